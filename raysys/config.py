@@ -1,0 +1,320 @@
+"""One typed settings object, built from the environment at the edge.
+
+No other module reads ``os.environ``: they take a :class:`Settings`. Every variable of the Celery
+service raysys replaces is honoured (``CELERY_BROKER_URL`` ... ``CLICKHOUSE_URL``), plus raysys' own.
+Invalid values fail at start with one sentence that names the variable (:class:`ConfigError`).
+
+Service URLs left unset mean "use the embedded stack": ``raysys up`` starts Redis, PostgreSQL and
+chDB from what pip installed and records their addresses in ``<data dir>/stack.json``;
+:meth:`Settings.resolved` fills the unset URLs from that file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import urllib.parse
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from raysys.constants import DEFAULT_DASHBOARD_PORT, DEFAULT_RAY_PORT, DEFAULT_REDIS_PORT, QUEUES
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one sentence naming the variable."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "raysys")
+
+
+# --- parsers: each takes the raw string and the variable name, returns the value or raises -------
+
+
+def _str(raw: str, name: str) -> str:
+    return raw
+
+
+def _opt_str(raw: str, name: str) -> str | None:
+    return raw or None
+
+
+def _int(minimum: int = 0) -> Callable[[str, str], int]:
+    def parse(raw: str, name: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+        return value
+
+    return parse
+
+
+def _opt_int(minimum: int = 0) -> Callable[[str, str], int | None]:
+    inner = _int(minimum)
+    return lambda raw, name: inner(raw, name) if raw.strip() else None
+
+
+def _float(minimum: float = 0.0) -> Callable[[str, str], float]:
+    def parse(raw: str, name: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+        return value
+
+    return parse
+
+
+def _opt_float(minimum: float = 0.0) -> Callable[[str, str], float | None]:
+    inner = _float(minimum)
+    return lambda raw, name: inner(raw, name) if raw.strip() else None
+
+
+def _bool(raw: str, name: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+
+
+def _url(*schemes: str, optional: bool = True) -> Callable[[str, str], str | None]:
+    def parse(raw: str, name: str) -> str | None:
+        raw = raw.strip()
+        if not raw:
+            if optional:
+                return None
+            raise ConfigError(f"{name} must be set.")
+        parsed = urllib.parse.urlparse(raw)
+        if parsed.scheme not in schemes:
+            raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}.")
+        if parsed.scheme not in ("chdb", "unix") and not (parsed.hostname or "host=" in parsed.query):
+            raise ConfigError(f"{name} must name a host, got {raw!r}.")
+        return raw
+
+    return parse
+
+
+def _timezone(raw: str, name: str) -> str:
+    raw = raw.strip() or "UTC"
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name} must be an IANA time zone such as UTC or Asia/Dubai, got {raw!r}.") from None
+    return raw
+
+
+def _queues(raw: str, name: str) -> tuple[str, ...]:
+    names = tuple(q.strip() for q in raw.split(",") if q.strip())
+    if not names:
+        raise ConfigError(f"{name} must list at least one queue name, got {raw!r}.")
+    bad = [q for q in names if not all(c.isalnum() or c in "-_.:" for c in q)]
+    if bad:
+        raise ConfigError(f"{name} has an invalid queue name {bad[0]!r} (letters, digits, - _ . : only).")
+    return names
+
+
+def _paths(raw: str, name: str) -> tuple[str, ...]:
+    return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p.strip())
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(raw: str, name: str) -> str:
+        v = raw.strip().lower()
+        if v not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}.")
+        return v
+
+    return parse
+
+
+def _gpus(raw: str, name: str) -> float | None:
+    """``auto`` (empty) lets raysys decide from the cluster; otherwise a GPU share in [0, 8]."""
+    if raw.strip().lower() in ("", "auto"):
+        return None
+    value = _float(0.0)(raw, name)
+    if value > 8:
+        raise ConfigError(f"{name} must be between 0 and 8 GPUs (or auto), got {value}.")
+    return value
+
+
+def _env(name: str, parser: Callable[[str, str], Any], default: Any, *aliases: str) -> Any:
+    """Declare a settings field read from variable ``name`` (or the first alias that is set)."""
+    return field(default=default, metadata={"env": (name, *aliases), "parse": parser})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """raysys' configuration. Build it with :meth:`from_env`; fields are documented in the README."""
+
+    # --- the Celery service's variables -------------------------------------------------------------
+    broker_url: str | None = _env("CELERY_BROKER_URL", _url("redis", "rediss", "unix"), None, "REDIS_URL")
+    result_backend: str | None = _env("CELERY_RESULT_BACKEND", _url("redis", "rediss", "unix"), None)
+    timezone: str = _env("CELERY_TIMEZONE", _timezone, "UTC")
+    worker_concurrency: int | None = _env("WORKER_CONCURRENCY", _opt_int(1), None)
+    worker_max_tasks_per_child: int | None = _env("WORKER_MAX_TASKS_PER_CHILD", _opt_int(1), None)
+    task_time_limit: float = _env("TASK_TIME_LIMIT", _float(0.001), 3600.0)
+    task_soft_time_limit: float = _env("TASK_SOFT_TIME_LIMIT", _float(0.001), 3300.0)
+    rag_service_url: str | None = _env("RAG_SERVICE_URL", _url("http", "https"), None)
+    postgres_url: str | None = _env("POSTGRES_URL", _url("postgresql", "postgres"), None, "DATABASE_URL")
+    clickhouse_url: str | None = _env("CLICKHOUSE_URL", _url("http", "https", "clickhouse", "chdb"), None)
+
+    # --- raysys' own ----------------------------------------------------------------------------------
+    ray_address: str | None = _env("RAY_ADDRESS", _opt_str, None)
+    data_dir: str = _env("RAYSYS_DATA_DIR", _str, "")
+    queues: tuple[str, ...] = _env("RAYSYS_QUEUES", _queues, QUEUES)
+    key_prefix: str = _env("RAYSYS_KEY_PREFIX", _str, "")
+    result_expires: int = _env("RESULT_EXPIRES", _int(1), 86_400)
+    max_retries: int = _env("TASK_MAX_RETRIES", _int(0), 3)
+    retry_backoff_max: float = _env("RETRY_BACKOFF_MAX", _float(0.0), 600.0)
+    max_message_bytes: int = _env("MAX_MESSAGE_BYTES", _int(1024), 1_048_576)
+    heartbeat_seconds: float = _env("HEARTBEAT_SECONDS", _float(0.1), 5.0)
+    consumer_timeout_seconds: float = _env("CONSUMER_TIMEOUT_SECONDS", _float(0.5), 30.0)
+    allowed_roots: tuple[str, ...] = _env("RAYSYS_ALLOWED_ROOTS", _paths, ())
+    max_document_bytes: int = _env("MAX_DOCUMENT_BYTES", _int(1), 50 * 1024 * 1024)
+    max_document_pages: int = _env("MAX_DOCUMENT_PAGES", _int(1), 2_000)
+    max_audio_seconds: float = _env("MAX_AUDIO_SECONDS", _float(1.0), 4 * 3600.0)
+    max_upload_bytes: int = _env("MAX_UPLOAD_BYTES", _int(1), 200 * 1024 * 1024)
+
+    embedding_model: str | None = _env("EMBEDDING_MODEL", _opt_str, None)
+    diarization_backend: str = _env("DIARIZATION_BACKEND", _choice("builtin", "pyannote"), "builtin")
+    diarization_model: str = _env("DIARIZATION_MODEL", _str, "pyannote/speaker-diarization-community-1")
+    emotion_backend: str = _env("EMOTION_BACKEND", _choice("builtin", "speechbrain"), "builtin")
+    emotion_model: str = _env("EMOTION_MODEL", _str, "speechbrain/emotion-recognition-wav2vec2-IEMOCAP")
+    hf_token: str | None = _env("HF_TOKEN", _opt_str, None, "HUGGINGFACE_TOKEN")
+    diarization_num_gpus: float | None = _env("DIARIZATION_NUM_GPUS", _gpus, None)
+    emotion_num_gpus: float | None = _env("EMOTION_NUM_GPUS", _gpus, None)
+    embedding_num_gpus: float | None = _env("EMBEDDING_NUM_GPUS", _gpus, None)
+    diarization_replicas: int = _env("DIARIZATION_REPLICAS", _int(1), 1)
+    emotion_replicas: int = _env("EMOTION_REPLICAS", _int(1), 1)
+    embedding_replicas: int = _env("EMBEDDING_REPLICAS", _int(1), 1)
+
+    smtp_url: str | None = _env("SMTP_URL", _url("smtp", "smtps"), None)
+    report_sender: str = _env("REPORT_SENDER", _str, "raysys-reports@localhost")
+    fcr_window_days: int = _env("FCR_WINDOW_DAYS", _int(1), 7)
+    call_retention_days: int = _env("CALL_RETENTION_DAYS", _int(1), 365)
+    temp_max_age_hours: float = _env("TEMP_MAX_AGE_HOURS", _float(0.0), 24.0)
+    summary_llm_url: str | None = _env("SUMMARY_LLM_URL", _url("http", "https"), None)
+    summary_llm_model: str = _env("SUMMARY_LLM_MODEL", _str, "gpt-4o-mini")
+    summary_llm_api_key: str | None = _env("SUMMARY_LLM_API_KEY", _opt_str, None)
+    intent_model_dir: str | None = _env("INTENT_MODEL_DIR", _opt_str, None)
+    audit_dir: str | None = _env("AUDIT_DIR", _opt_str, None)
+    audit_regression_threshold: float = _env("AUDIT_REGRESSION_THRESHOLD", _float(0.0), 0.05)
+    redis_port: int = _env("RAYSYS_REDIS_PORT", _int(1), DEFAULT_REDIS_PORT)
+    ray_port: int = _env("RAYSYS_RAY_PORT", _int(1), DEFAULT_RAY_PORT)
+    dashboard_port: int = _env("RAYSYS_DASHBOARD_PORT", _int(1), DEFAULT_DASHBOARD_PORT)
+    serve_host: str = _env("SERVE_HOST", _str, "127.0.0.1")
+    serve_port: int = _env("SERVE_PORT", _int(1), 8000)
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            object.__setattr__(self, "data_dir", _default_data_dir())
+        object.__setattr__(self, "data_dir", str(Path(self.data_dir).expanduser().resolve()))
+        if self.task_soft_time_limit > self.task_time_limit:
+            raise ConfigError(
+                f"TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit:g}) must not exceed "
+                f"TASK_TIME_LIMIT ({self.task_time_limit:g})."
+            )
+        if not self.allowed_roots:
+            roots = (str(Path(self.data_dir) / "uploads"), str(Path(self.data_dir) / "documents"))
+            object.__setattr__(self, "allowed_roots", roots)
+
+    # --- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``environ`` (default ``os.environ``); ``overrides`` win.
+
+        Raises:
+            ConfigError: a value is invalid; the message names the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            names = f.metadata["env"]
+            raw = next((env[n] for n in names if n in env), None)
+            if raw is not None:
+                values[f.name] = f.metadata["parse"](raw, names[0])
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings in another process (a Ray worker, a job)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            name = f.metadata["env"][0]
+            if isinstance(value, tuple):
+                sep = os.pathsep if f.name == "allowed_roots" else ","
+                out[name] = sep.join(value)
+            elif isinstance(value, bool):
+                out[name] = "true" if value else "false"
+            else:
+                out[name] = str(value)
+        return out
+
+    # --- derived ----------------------------------------------------------------------------------
+
+    @property
+    def stack_file(self) -> Path:
+        return Path(self.data_dir) / "stack.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return Path(self.data_dir) / "reports"
+
+    @property
+    def temp_dir(self) -> Path:
+        return Path(self.data_dir) / "tmp"
+
+    @property
+    def chdb_path(self) -> Path:
+        return Path(self.data_dir) / "clickhouse"
+
+    @property
+    def redis_url(self) -> str:
+        """The broker's URL; raises when neither it nor an embedded stack is known."""
+        url = self.broker_url or self.result_backend
+        if not url:
+            raise ConfigError("CELERY_BROKER_URL is not set and no embedded stack is running (run `raysys up`).")
+        return url
+
+    @property
+    def backend_url(self) -> str:
+        return self.result_backend or self.redis_url
+
+    @property
+    def warehouse_dsn(self) -> str:
+        return self.clickhouse_url or f"chdb://{self.chdb_path}"
+
+    def resolved(self) -> Settings:
+        """These settings with unset service URLs filled from the embedded stack's ``stack.json``."""
+        try:
+            stack = json.loads(self.stack_file.read_text())
+        except (OSError, ValueError):
+            return self
+        urls = stack.get("urls", {})
+        changes: dict[str, Any] = {}
+        if not self.broker_url and urls.get("redis"):
+            changes["broker_url"] = urls["redis"]
+        if not self.postgres_url and urls.get("postgres"):
+            changes["postgres_url"] = urls["postgres"]
+        if not self.ray_address and urls.get("ray"):
+            changes["ray_address"] = urls["ray"]
+        return self.replace(**changes) if changes else self

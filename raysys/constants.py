@@ -1,0 +1,45 @@
+"""Every name raysys puts in Redis, every queue and every default, in one place.
+
+Redis keys (``{p}`` is the key prefix, empty by default so Celery producers and raysys agree):
+
+- ``<queue>``                         Celery-compatible list of messages for a queue (LPUSH by producers,
+                                      consumers take from the right).
+- ``<queue>\\x06\\x16<step>``           Celery priority list for priority step 3, 6 or 9.
+- ``{p}raysys:inflight:<consumer>``   list of raw messages one consumer has claimed and not yet acked.
+- ``{p}raysys:consumers``             hash consumer id -> last heartbeat (unix seconds).
+- ``{p}raysys:delayed``               sorted set of ``<queue>\\x00<raw message>`` scored by due time.
+- ``<queue>.dead``                    list of dead-letter entries (JSON with the reason and the message).
+- ``celery-task-meta-<id>``           Celery result-backend value (SETEX) and pub/sub channel.
+- ``{p}raysys:sched:*``               scheduler lease, slot claims and schedule state.
+"""
+
+from __future__ import annotations
+
+QUEUES: tuple[str, ...] = ("ingest", "analytics", "reports")
+
+# Celery's Redis transport: priority steps and the separator it puts between queue name and step.
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
+
+RESULT_KEY_PREFIX = "celery-task-meta-"
+DEAD_SUFFIX = ".dead"
+
+INFLIGHT_PREFIX = "raysys:inflight:"
+CONSUMERS_KEY = "raysys:consumers"
+DELAYED_KEY = "raysys:delayed"
+SCHED_PREFIX = "raysys:sched:"
+
+# Ray names (namespace and named actors).
+RAY_NAMESPACE = "raysys"
+WAREHOUSE_ACTOR = "raysys-warehouse"
+SCHEDULER_ACTOR = "raysys-scheduler"
+BRIDGE_ACTOR_PREFIX = "raysys-bridge-"
+
+# Embedded-stack defaults (ports chosen away from the well-known ones so a real server can coexist).
+DEFAULT_REDIS_PORT = 6390
+DEFAULT_RAY_PORT = 6391
+DEFAULT_DASHBOARD_PORT = 8265
+DEFAULT_SERVE_PORT = 8000
+
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
+SAMPLE_RATE = 16_000

@@ -1,0 +1,30 @@
+"""Connecting this process to the Ray cluster raysys runs on."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from raysys.config import Settings
+from raysys.constants import RAY_NAMESPACE
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(settings: Settings, **kwargs) -> None:
+    """``ray.init`` against ``settings.ray_address`` (the embedded head when `raysys up` started one).
+
+    With no address at all, Ray starts a private local cluster for this process, which is what a
+    one-off CLI call or a test wants. Idempotent.
+    """
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+    address = settings.ray_address
+    kwargs.setdefault("log_to_driver", False)
+    kwargs.setdefault("configure_logging", False)
+    ray.init(address=address, namespace=RAY_NAMESPACE, ignore_reinit_error=True, **kwargs)
+    log.debug("connected to Ray at %s", address or "a new local cluster")

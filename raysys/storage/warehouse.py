@@ -1,0 +1,186 @@
+"""ClickHouse through clickhouse-connect: call facts, daily metrics, model audits.
+
+One client for both deployments: an embedded chDB (``chdb:///<dir>``, the default) or a ClickHouse
+server (``CLICKHOUSE_URL=http://host:8123``). chDB allows one process per data directory, so on a
+cluster a single Warehouse actor (``raysys.actors.warehouse``) owns the client and everything else
+calls it. Every query takes ``tenant_id`` as a bound parameter.
+
+Tables are ReplacingMergeTree keyed so that re-inserting a call or a day replaces the old row;
+queries read with ``FINAL`` so a replaced row is never counted twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+SCHEMA: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS call_facts (
+        tenant_id       String,
+        call_id         String,
+        day             Date,
+        started_at      DateTime64(3, 'UTC'),
+        customer_id     String,
+        agent_id        String,
+        channel         LowCardinality(String),
+        intent          LowCardinality(String),
+        resolved        UInt8,
+        talk_seconds    Float64,
+        hold_seconds    Float64,
+        acw_seconds     Float64,
+        aht_seconds     Float64,
+        sentiment_mean  Float64,
+        sentiment_start Float64,
+        sentiment_end   Float64,
+        num_speakers    UInt8,
+        silence_seconds Float64,
+        overlap_seconds Float64,
+        interruptions   UInt32,
+        version         UInt64
+    ) ENGINE = ReplacingMergeTree(version)
+    ORDER BY (tenant_id, day, call_id)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS daily_metrics (
+        tenant_id      String,
+        day            Date,
+        total_calls    UInt64,
+        aht_mean       Float64,
+        aht_p90        Float64,
+        fcr            Float64,
+        fcr_final      UInt8,
+        csat_proxy     Float64,
+        top_intents    Array(Tuple(String, UInt64)),
+        calls_by_hour  Array(UInt64),
+        computed_at    DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    ORDER BY (tenant_id, day)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS model_audits (
+        run_id        String,
+        model         LowCardinality(String),
+        version       String,
+        metric        LowCardinality(String),
+        value         Float64,
+        rtf           Float64,
+        baseline      Nullable(Float64),
+        regression    UInt8,
+        details       String,
+        run_at        DateTime64(3, 'UTC')
+    ) ENGINE = MergeTree
+    ORDER BY (model, metric, run_at)
+    """,
+)
+
+CALL_FACT_COLUMNS: tuple[str, ...] = (
+    "tenant_id", "call_id", "day", "started_at", "customer_id", "agent_id", "channel", "intent", "resolved",
+    "talk_seconds", "hold_seconds", "acw_seconds", "aht_seconds", "sentiment_mean", "sentiment_start",
+    "sentiment_end", "num_speakers", "silence_seconds", "overlap_seconds", "interruptions", "version",
+)
+
+DAILY_COLUMNS: tuple[str, ...] = (
+    "tenant_id", "day", "total_calls", "aht_mean", "aht_p90", "fcr", "fcr_final", "csat_proxy", "top_intents",
+    "calls_by_hour", "computed_at",
+)
+
+AUDIT_COLUMNS: tuple[str, ...] = (
+    "run_id", "model", "version", "metric", "value", "rtf", "baseline", "regression", "details", "run_at",
+)
+
+
+class Warehouse:
+    """A clickhouse-connect client on chDB or a server, with raysys' schema applied on open."""
+
+    def __init__(self, dsn: str) -> None:
+        import clickhouse_connect  # noqa: PLC0415 - heavy import, only where the warehouse lives
+
+        self.dsn = dsn
+        if dsn.startswith("chdb://"):
+            from pathlib import Path  # noqa: PLC0415
+
+            Path(dsn[len("chdb://"):]).mkdir(parents=True, exist_ok=True)
+            self.client = clickhouse_connect.get_client(dsn=dsn)
+        else:
+            self.client = clickhouse_connect.get_client(dsn=dsn.replace("clickhouse://", "http://", 1))
+        # chDB's session is not safe for concurrent use; a server client is, but a lock costs little.
+        self._lock = threading.Lock()
+        for ddl in SCHEMA:
+            self.command(ddl)
+
+    # primitives ----------------------------------------------------------------------------------------
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        with self._lock:
+            return self.client.command(sql, parameters=parameters)
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts. Use ``{name:Type}`` placeholders for every value."""
+        with self._lock:
+            result = self.client.query(sql, parameters=parameters)
+        names = result.column_names
+        return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> int:
+        if not rows:
+            return 0
+        with self._lock:
+            self.client.insert(table, rows, column_names=list(columns))
+        return len(rows)
+
+    def version(self) -> str:
+        return f"clickhouse {self.command('SELECT version()')}"
+
+    def ping(self) -> bool:
+        return self.command("SELECT 1") == 1
+
+    # call facts ------------------------------------------------------------------------------------------
+
+    def insert_call_facts(self, facts: Sequence[dict[str, Any]]) -> int:
+        """Insert (or replace, by tenant/day/call) one row per call; missing numeric fields are 0."""
+        now = int(datetime.now(UTC).timestamp() * 1_000_000)
+        rows = []
+        for f in facts:
+            row = {"agent_id": "", "channel": "voice", "intent": "", "resolved": 0, "num_speakers": 0,
+                   "silence_seconds": 0.0, "overlap_seconds": 0.0, "interruptions": 0, "sentiment_start": 0.0,
+                   "sentiment_end": 0.0, "sentiment_mean": 0.0, "talk_seconds": 0.0, "hold_seconds": 0.0,
+                   "acw_seconds": 0.0, "aht_seconds": 0.0, "version": now, **f}
+            if isinstance(row["started_at"], str):
+                row["started_at"] = datetime.fromisoformat(row["started_at"])
+            row.setdefault("day", row["started_at"].date())
+            if isinstance(row["day"], str):
+                row["day"] = date.fromisoformat(row["day"])
+            row["resolved"] = int(bool(row["resolved"]))
+            row["agent_id"] = row["agent_id"] or ""
+            row["intent"] = row["intent"] or ""
+            rows.append([row[c] for c in CALL_FACT_COLUMNS])
+        return self.insert("call_facts", rows, CALL_FACT_COLUMNS)
+
+    def call_fact(self, tenant_id: str, call_id: str) -> dict[str, Any] | None:
+        rows = self.query(
+            "SELECT * FROM call_facts FINAL WHERE tenant_id = {t:String} AND call_id = {c:String}",
+            {"t": tenant_id, "c": call_id})
+        return rows[0] if rows else None
+
+    def count_call_facts(self, tenant_id: str) -> int:
+        return int(self.command("SELECT count() FROM call_facts FINAL WHERE tenant_id = {t:String}", {"t": tenant_id}))
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        """Remove a tenant's rows (tests and tenant off-boarding)."""
+        for table in ("call_facts", "daily_metrics"):
+            self.command(f"DELETE FROM {table} WHERE tenant_id = {{t:String}}", {"t": tenant_id})
+
+    # daily metrics ---------------------------------------------------------------------------------------
+
+    def daily_metrics(self, tenant_id: str, start: date, end: date) -> list[dict[str, Any]]:
+        """The tenant's daily rows for ``start <= day <= end``, oldest first."""
+        return self.query(
+            "SELECT * FROM daily_metrics FINAL WHERE tenant_id = {t:String} AND day BETWEEN {a:Date} AND {b:Date} "
+            "ORDER BY day", {"t": tenant_id, "a": start, "b": end})
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
