@@ -1,0 +1,106 @@
+"""The task registry: Celery task names -> Python callables and their options.
+
+A task is a plain function registered with :func:`task`. Its first parameter is a
+:class:`TaskContext` (settings, job id, try number, progress), then the Celery ``args``/``kwargs``
+exactly as producers send them. It returns a JSON-serialisable value. It may raise
+:class:`raysys.errors.Retry` to be retried, :class:`raysys.errors.InvalidInput`/``NotFound`` to fail
+at once, and any other exception to be retried up to ``max_retries`` with backoff.
+
+Short names are accepted as aliases (``ingest_document`` for ``workers.tasks.ingest_document``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from raysys.config import Settings
+from raysys.errors import UnknownTask
+
+# Modules that register tasks; imported by load_all() wherever tasks run or are listed.
+TASK_MODULES = (
+    "raysys.tasks.builtin",
+    "raysys.tasks.ingest",
+    "raysys.tasks.analytics",
+    "raysys.tasks.metrics",
+    "raysys.tasks.reports",
+    "raysys.tasks.maintenance",
+)
+
+
+@dataclass
+class TaskContext:
+    """What a running task knows about its job."""
+
+    settings: Settings
+    task_id: str = ""
+    task_name: str = ""
+    queue: str = ""
+    retries: int = 0
+    progress_cb: Callable[[float, str], None] | None = field(default=None, repr=False)
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress in [0, 1] (shown as Celery's PROGRESS state and in logs)."""
+        if self.progress_cb is not None:
+            self.progress_cb(max(0.0, min(1.0, fraction)), message)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    fn: Callable[..., Any]
+    queue: str
+    aliases: tuple[str, ...] = ()
+    max_retries: int | None = None        # None: settings.max_retries
+    retry_backoff: float = 1.0            # first retry delay in seconds, doubled each try, jittered
+    light: bool = False                   # cheap and quick: may be run in batches on executor actors
+    num_cpus: float = 1.0                 # Ray resources for one run
+    num_gpus: float = 0.0
+    soft_time_limit: float | None = None  # None: settings.task_soft_time_limit
+    time_limit: float | None = None       # None: settings.task_time_limit
+
+    def check_arguments(self, args: list | tuple, kwargs: dict) -> None:
+        """Raise TypeError when ``args``/``kwargs`` do not fit the task's signature."""
+        inspect.signature(self.fn).bind(None, *args, **kwargs)
+
+
+REGISTRY: dict[str, TaskSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def task(name: str, queue: str, *, aliases: tuple[str, ...] = (), **options: Any) -> Callable:
+    """Register ``fn`` under ``name`` (and each alias); options as in :class:`TaskSpec`."""
+
+    def register(fn: Callable) -> Callable:
+        spec = TaskSpec(name=name, fn=fn, queue=queue, aliases=tuple(aliases), **options)
+        REGISTRY[name] = spec
+        for alias in (*aliases, name.rsplit(".", 1)[-1]):
+            _ALIASES.setdefault(alias, name)
+        fn.spec = spec  # type: ignore[attr-defined]
+        return fn
+
+    return register
+
+
+def load_all() -> dict[str, TaskSpec]:
+    """Import every task module (those not yet written are skipped) and return the registry."""
+    for module in TASK_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return REGISTRY
+
+
+def lookup(name: str) -> TaskSpec:
+    """The task registered as ``name`` or an alias of it. Raises :class:`UnknownTask`."""
+    if not REGISTRY:
+        load_all()
+    spec = REGISTRY.get(name) or REGISTRY.get(_ALIASES.get(name, ""))
+    if spec is None:
+        raise UnknownTask(f"unknown task {name!r}")
+    return spec
