@@ -1,0 +1,63 @@
+"""Confining file paths to the directories raysys may read (``settings.allowed_roots``).
+
+A path from a job, a CLI user or an HTTP request is resolved to its real location first (every
+symlink followed, every ``..`` collapsed) and only then compared with the roots, which are resolved
+the same way. So ``<root>/../etc/passwd`` and ``<root>/link -> /etc`` are refused, while a ``..``
+that stays inside a root, or a symlink from one allowed place to another, is fine.
+
+Relative paths are taken relative to the roots (the first root under which the file exists, else the
+first root), never to the worker's current directory, which differs from process to process.
+
+Limit: the check happens before the file is opened; a process that can rewrite the roots' contents
+between the check and the open can still race it. Open the returned path at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from raysys.errors import Forbidden, InvalidInput
+
+
+def _real(path: Path) -> Path:
+    # strict=False: a missing file still resolves (the caller reports NotFound/InvalidInput itself).
+    return Path(os.path.realpath(path))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def confine(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]]) -> Path:
+    """The real path of ``path`` when it lies inside one of ``roots``.
+
+    Args:
+        path: absolute, or relative to the roots.
+        roots: the allowed directories (``settings.allowed_roots``); none means nothing is allowed.
+
+    Returns:
+        The resolved absolute path (symlinks followed). It may not exist; the caller checks that.
+
+    Raises:
+        InvalidInput: the path is empty or contains a NUL byte.
+        Forbidden: its real location is outside every root (``..`` or a symlink escapes, or no roots).
+    """
+    raw = os.fspath(path)
+    if not raw or "\x00" in raw:
+        raise InvalidInput(f"invalid path {raw!r}")
+    real_roots = [_real(Path(r).expanduser()) for r in roots]
+    if not real_roots:
+        raise Forbidden(f"path {raw!r} is not allowed: no allowed roots are configured (RAYSYS_ALLOWED_ROOTS)")
+    given = Path(raw).expanduser()
+    if given.is_absolute():
+        candidates = [_real(given)]
+    else:
+        joined = [_real(root / given) for root in real_roots]
+        candidates = [c for c in joined if c.exists()] or joined[:1]
+    real = candidates[0]
+    if not any(_inside(real, root) for root in real_roots):
+        raise Forbidden(f"path {raw!r} resolves to {str(real)!r}, outside the allowed roots "
+                        f"({', '.join(str(r) for r in real_roots)})")
+    return real
