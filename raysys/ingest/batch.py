@@ -1,0 +1,143 @@
+"""Batch ingestion: many files fanned out over the Ray cluster, a bounded number in flight.
+
+Each file is one Ray task running :func:`raysys.ingest.pipeline.ingest_document`; at most
+``max_in_flight`` run at once (default ``WORKER_CONCURRENCY``, else the cluster's CPUs), so a
+100,000-file batch holds 100,000 paths, not 100,000 pending tasks. A file that fails - outside the
+allowed roots, corrupt, unsupported, too large, or even a crashed worker - yields a ``failed`` result
+with its error; every other file goes on.
+
+Directories are expanded recursively (hidden files and folders skipped, symlinks followed only when
+their target stays inside the allowed roots). Files reached twice are ingested once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from raysys.config import Settings
+from raysys.errors import Forbidden, InvalidInput, NotFound, RaysysError, TooLarge
+from raysys.paths import confine
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_FILES = 100_000
+
+
+def error_result(source_path: str, exc: BaseException, document_id: str | None = None) -> dict[str, Any]:
+    """The per-document entry of a file that failed."""
+    return {"source_path": source_path, "document_id": document_id, "status": "failed",
+            "error": {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
+                      "http_status": getattr(exc, "http_status", 500),
+                      "retryable": bool(getattr(exc, "retryable", not isinstance(exc, RaysysError)))}}
+
+
+def expand_paths(settings: Settings, paths: Iterable[str | os.PathLike[str]],
+                 limit: int = MAX_BATCH_FILES) -> tuple[list[tuple[str, Path]], list[dict[str, Any]]]:
+    """Confine and expand ``paths``: ([(as given, real file path)], [failed entries])."""
+    files: list[tuple[str, Path]] = []
+    failed: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+
+    def add(given: str, real: Path) -> None:
+        if real not in seen:
+            seen.add(real)
+            files.append((given, real))
+        if len(files) > limit:
+            raise TooLarge(f"the batch holds more than {limit:,} files; split it")
+
+    for raw in paths:
+        given = os.fspath(raw) if isinstance(raw, (str, os.PathLike)) else repr(raw)
+        try:
+            if not isinstance(raw, (str, os.PathLike)):
+                raise InvalidInput(f"source path must be a string, got {type(raw).__name__}")
+            real = confine(raw, settings.allowed_roots)
+            if not real.is_dir():
+                add(given, real)
+                continue
+            for folder, dirs, names in os.walk(real):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    if name.startswith("."):
+                        continue
+                    inner = os.path.join(folder, name)
+                    try:
+                        add(inner, confine(inner, settings.allowed_roots))
+                    except TooLarge:
+                        raise
+                    except (Forbidden, InvalidInput) as exc:
+                        failed.append(error_result(inner, exc))
+        except TooLarge:
+            raise
+        except (Forbidden, InvalidInput, NotFound) as exc:
+            failed.append(error_result(given, exc))
+    return files, failed
+
+
+def _remote_ingest():
+    import ray  # noqa: PLC0415
+
+    @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
+    def ingest_one(settings: Settings, tenant_id: str, source_path: str, real: str) -> dict[str, Any]:
+        from raysys.ingest.pipeline import document_id_for, ingest_document  # noqa: PLC0415
+
+        document_id = document_id_for(real)
+        try:
+            result = ingest_document(settings, tenant_id, real, document_id)
+        except Exception as exc:  # noqa: BLE001 - one bad file fails alone
+            log.warning("ingest %s failed: %s: %s", source_path, type(exc).__name__, exc)
+            return error_result(source_path, exc, document_id)
+        result["source_path"] = source_path
+        return result
+
+    return ingest_one
+
+
+def default_in_flight(settings: Settings) -> int:
+    if settings.worker_concurrency:
+        return settings.worker_concurrency
+    import ray  # noqa: PLC0415
+
+    return max(1, min(16, int(ray.cluster_resources().get("CPU", 2))))
+
+
+def ingest_many(settings: Settings, tenant_id: str, paths: Iterable[str | os.PathLike[str]], *,
+                max_in_flight: int | None = None,
+                on_total: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Ingest every file under ``paths``; yield one result per file as it completes.
+
+    Ray must be initialised. ``on_total(n)`` is called once with the number of results to expect.
+    Results are :func:`raysys.ingest.pipeline.ingest_document` summaries (with ``source_path`` as
+    given) or ``failed`` entries from :func:`error_result`.
+    """
+    import ray  # noqa: PLC0415
+
+    files, failed = expand_paths(settings, paths)
+    if on_total:
+        on_total(len(files) + len(failed))
+    yield from failed
+    ingest_one = _remote_ingest()
+    limit = max(1, max_in_flight or default_in_flight(settings))
+    pending: dict[Any, str] = {}
+    queue = iter(files)
+    exhausted = False
+    while pending or not exhausted:
+        while not exhausted and len(pending) < limit:
+            item = next(queue, None)
+            if item is None:
+                exhausted = True
+                break
+            given, real = item
+            pending[ingest_one.remote(settings, tenant_id, given, str(real))] = given
+        if not pending:
+            break
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            given = pending.pop(ref)
+            try:
+                yield ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a crashed worker fails its file only
+                yield error_result(given, exc)
