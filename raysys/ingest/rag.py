@@ -44,6 +44,10 @@ from raysys.errors import RaysysError
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Defaults for pushes made by ingestion (module-level so an operator or a test can tune them).
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_ATTEMPTS = 5
+DEFAULT_BACKOFF = 0.5  # seconds before the first retry; doubled each try, jittered, capped at backoff_max
 
 
 class RagServiceError(RaysysError):
@@ -65,12 +69,13 @@ def chunk_id(tenant_id: str, document_id: str, position: int, content_hash: str)
 class RagClient:
     """Pushes chunks to one RAG service. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, base_url: str, *, batch_size: int = 64, attempts: int = 5, backoff: float = 0.5,
-                 backoff_max: float = 30.0, timeout: float = 30.0, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, base_url: str, *, batch_size: int | None = None, attempts: int | None = None,
+                 backoff: float | None = None, backoff_max: float = 30.0, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.batch_size = max(1, batch_size)
-        self.attempts = max(1, attempts)
-        self.backoff = backoff
+        self.batch_size = max(1, batch_size or DEFAULT_BATCH_SIZE)
+        self.attempts = max(1, attempts or DEFAULT_ATTEMPTS)
+        self.backoff = DEFAULT_BACKOFF if backoff is None else backoff
         self.backoff_max = backoff_max
         self.client = httpx.Client(timeout=timeout, transport=transport)
         self.requests = 0  # HTTP requests made, retries included (for logs and tests)
