@@ -125,6 +125,14 @@ def _queues(raw: str, name: str) -> tuple[str, ...]:
     return names
 
 
+def _modules(raw: str, name: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in raw.split(",") if m.strip())
+    bad = [m for m in names if not all(part.isidentifier() for part in m.split("."))]
+    if bad:
+        raise ConfigError(f"{name} must list dotted Python module names, got {bad[0]!r}.")
+    return names
+
+
 def _paths(raw: str, name: str) -> tuple[str, ...]:
     return tuple(str(Path(p).expanduser().resolve()) for p in raw.split(os.pathsep) if p.strip())
 
@@ -181,6 +189,9 @@ class Settings:
     max_message_bytes: int = _env("MAX_MESSAGE_BYTES", _int(1024), 1_048_576)
     heartbeat_seconds: float = _env("HEARTBEAT_SECONDS", _float(0.1), 5.0)
     consumer_timeout_seconds: float = _env("CONSUMER_TIMEOUT_SECONDS", _float(0.5), 30.0)
+    task_modules: tuple[str, ...] = _env("RAYSYS_TASK_MODULES", _modules, ())  # extra modules that register tasks
+    bridge_batch_size: int = _env("BRIDGE_BATCH_SIZE", _int(1), 256)  # light jobs per executor call
+    bridge_executors: int = _env("BRIDGE_EXECUTORS", _int(1), 2)  # light-job executor actors per bridge
     allowed_roots: tuple[str, ...] = _env("RAYSYS_ALLOWED_ROOTS", _paths, ())
     max_document_bytes: int = _env("MAX_DOCUMENT_BYTES", _int(1), 50 * 1024 * 1024)
     max_document_pages: int = _env("MAX_DOCUMENT_PAGES", _int(1), 2_000)

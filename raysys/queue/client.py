@@ -55,8 +55,10 @@ def resolve_task(name: str, settings: Settings) -> tuple[str, str]:
     first configured queue. Raises :class:`UnknownTask` when neither knows it.
     """
     try:
-        from raysys.tasks.registry import lookup  # noqa: PLC0415
+        from raysys.tasks.registry import REGISTRY, load_all, lookup  # noqa: PLC0415
 
+        if not REGISTRY or settings.task_modules:
+            load_all(settings.task_modules)
         spec = lookup(name)
         queue = settings.queues[0] if spec.queue == "*" else spec.queue
         return spec.name, queue

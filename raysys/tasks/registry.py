@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,15 +85,26 @@ def task(name: str, queue: str, *, aliases: tuple[str, ...] = (), **options: Any
     return register
 
 
-def load_all() -> dict[str, TaskSpec]:
-    """Import every task module (those not yet written are skipped) and return the registry."""
+def load_all(extra: Iterable[str] = ()) -> dict[str, TaskSpec]:
+    """Import every task module (those not yet written are skipped) and return the registry.
+
+    ``extra`` names more modules to import (``settings.task_modules``, ``RAYSYS_TASK_MODULES``); unlike
+    the built-in ones, a missing extra module is an error (an operator asked for it).
+    """
     for module in TASK_MODULES:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+    for module in extra:
+        importlib.import_module(module)
     return REGISTRY
+
+
+def names_of(spec: TaskSpec) -> tuple[str, ...]:
+    """Every name a producer may use for ``spec``: its full name, aliases and short name."""
+    return tuple(n for n, full in _ALIASES.items() if full == spec.name) + (spec.name,)
 
 
 def lookup(name: str) -> TaskSpec:

@@ -1,0 +1,342 @@
+"""The bridge's Redis side: claim, ack, delay, dead-letter and recovery, each one atomic Lua script.
+
+Keys (``{p}`` is ``settings.key_prefix``; queue lists and results carry no prefix so Celery agrees):
+
+- ``<list>``                              a queue's list (``<queue>`` or ``<queue>\\x06\\x16<step>``);
+                                          producers LPUSH, consumers take from the right.
+- ``{p}raysys:inflight:<consumer>:<list>`` messages ``<consumer>`` took from ``<list>`` and has not
+                                          acked; LPUSHed on claim, LREMed on ack, pushed back to the
+                                          right end of ``<list>`` on recovery (so they run next).
+- ``{p}raysys:consumers``                 hash consumer -> last heartbeat (unix seconds).
+- ``{p}raysys:consumer-queues``           hash consumer -> JSON list of the lists it consumes.
+- ``{p}raysys:delayed``                   sorted set of ``<list>\\x00<raw message>`` scored by due time
+                                          (eta/countdown and retry backoff).
+- ``<queue>.dead``                        dead letters, JSON ``{"reason", "id", "task", "queue", "message", ...}``.
+- ``celery-task-meta-<id>``               result value (SETEX) and pub/sub channel (PUBLISH).
+
+A message leaves an in-flight list only in the same script that stores its result (or moves it to the
+delayed set, a dead letter or back to its queue), so a crash at any point loses nothing; a stored
+SUCCESS is never overwritten, and a job whose SUCCESS is stored is acked without running again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from raysys.config import Settings
+from raysys.constants import CONSUMERS_KEY, DEAD_SUFFIX, DELAYED_KEY, INFLIGHT_PREFIX
+from raysys.queue import protocol
+
+CONSUMER_QUEUES_KEY = "raysys:consumer-queues"
+
+# Claim messages without going past the free slots.
+# KEYS: for each source list i: KEYS[2i-1] the list, KEYS[2i] this consumer's in-flight list for it.
+# ARGV[1] free light slots; ARGV[2] number of lists n; ARGV[3..2+n] the queue index of list i;
+# ARGV[3+n..] free heavy slots per queue index (1-based), then "|" then the light task names.
+# Within a list the order is kept: a message that does not fit stops that list.
+# Returns a flat array: list index, 1 if classified light else 0, raw message, ...
+CLAIM = """
+local light_free = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local qidx = {}
+for i = 1, n do qidx[i] = tonumber(ARGV[2 + i]) end
+local heavy_free = {}
+local light = {}
+local j = 3 + n
+while ARGV[j] ~= '|' do heavy_free[#heavy_free + 1] = tonumber(ARGV[j]); j = j + 1 end
+for k = j + 1, #ARGV do light[ARGV[k]] = true end
+local out = {}
+for i = 1, n do
+  local src, dst, q = KEYS[2 * i - 1], KEYS[2 * i], qidx[i]
+  while light_free > 0 or heavy_free[q] > 0 do
+    local raw = redis.call('LINDEX', src, -1)
+    if not raw then break end
+    local name = string.match(raw, '"task"%s*:%s*"([^"]*)"')
+    local is_light = (name == nil) or (light[name] == true)
+    if is_light then
+      if light_free <= 0 then break end
+      light_free = light_free - 1
+    else
+      if heavy_free[q] <= 0 then break end
+      heavy_free[q] = heavy_free[q] - 1
+    end
+    redis.call('LMOVE', src, dst, 'RIGHT', 'LEFT')
+    out[#out + 1] = i
+    out[#out + 1] = is_light and 1 or 0
+    out[#out + 1] = raw
+  end
+end
+return out
+"""
+
+# Apply a batch of job transitions atomically. ARGV is a sequence of ops, each an opcode and its
+# operands; keys are named by index into KEYS (so every key is declared).
+#   R key_i value ttl       store a result: SETEX + PUBLISH, unless a SUCCESS is stored already
+#   A key_i raw             ack: LREM one copy of raw from an in-flight list
+#   P key_i raw             publish a message: LPUSH onto a queue list (as producers do)
+#   F key_i raw             push back to the consumer end: RPUSH (runs next)
+#   Z key_i score member    ZADD to the delayed set
+#   D key_i entry           LPUSH a dead-letter entry
+# Returns the number of results skipped because a SUCCESS was already stored.
+APPLY = """
+local i = 1
+local skipped = 0
+while i <= #ARGV do
+  local op = ARGV[i]
+  local key = KEYS[tonumber(ARGV[i + 1])]
+  if op == 'R' then
+    local cur = redis.call('GET', key)
+    if cur and string.find(string.sub(cur, 1, 40), '"status": *"SUCCESS"') then
+      skipped = skipped + 1
+    else
+      redis.call('SETEX', key, ARGV[i + 3], ARGV[i + 2])
+      redis.call('PUBLISH', key, ARGV[i + 2])
+    end
+    i = i + 4
+  elseif op == 'A' then
+    redis.call('LREM', key, -1, ARGV[i + 2]); i = i + 3
+  elseif op == 'P' then
+    redis.call('LPUSH', key, ARGV[i + 2]); i = i + 3
+  elseif op == 'F' then
+    redis.call('RPUSH', key, ARGV[i + 2]); i = i + 3
+  elseif op == 'Z' then
+    redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'D' then
+    redis.call('LPUSH', key, ARGV[i + 2]); i = i + 3
+  else
+    return redis.error_reply('unknown op ' .. tostring(op))
+  end
+end
+return skipped
+"""
+
+# Move due delayed messages back to the consumer end of their lists.
+# KEYS[1] the delayed set. ARGV[1] now, ARGV[2] max count.
+# Returns {moved, next due score or -1}.
+DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local sep = string.find(member, '\\0', 1, true)
+  if sep then
+    redis.call('RPUSH', string.sub(member, 1, sep - 1), string.sub(member, sep + 1))
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if nxt[2] then return {#due, nxt[2]} end
+return {#due, '-1'}
+"""
+
+# Give an in-flight list back to its queue: newest first onto the consumer end, so the oldest runs
+# first. KEYS[1] the in-flight list, KEYS[2] the queue list. Returns how many moved.
+REQUEUE = """
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+return n
+"""
+
+# Forget a consumer if its heartbeat is still the stale one we saw (a restarted consumer keeps its
+# entry). KEYS[1] consumers hash, KEYS[2] consumer-queues hash. ARGV[1] consumer, ARGV[2] heartbeat seen.
+FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class Ops:
+    """A batch of job transitions applied by one :data:`APPLY` call."""
+
+    __slots__ = ("keys", "_kidx", "argv", "count")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._kidx: dict[str, int] = {}
+        self.argv: list[Any] = []
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _k(self, key: str) -> int:
+        idx = self._kidx.get(key)
+        if idx is None:
+            self.keys.append(key)
+            idx = self._kidx[key] = len(self.keys)
+        return idx
+
+    def result(self, task_id: str, value: str, ttl: int) -> None:
+        self.argv += ["R", self._k(protocol.result_key(task_id)), value, ttl]
+        self.count += 1
+
+    def ack(self, inflight: str, raw: bytes) -> None:
+        self.argv += ["A", self._k(inflight), raw]
+        self.count += 1
+
+    def publish(self, list_name: str, raw: str | bytes) -> None:
+        self.argv += ["P", self._k(list_name), raw]
+        self.count += 1
+
+    def push_front(self, list_name: str, raw: str | bytes) -> None:
+        self.argv += ["F", self._k(list_name), raw]
+        self.count += 1
+
+    def delay(self, delayed_key: str, due: float, list_name: str, raw: str | bytes) -> None:
+        member = (list_name.encode() + b"\x00" + (raw.encode() if isinstance(raw, str) else raw))
+        self.argv += ["Z", self._k(delayed_key), repr(due), member]
+        self.count += 1
+
+    def dead(self, queue: str, entry: str) -> None:
+        self.argv += ["D", self._k(f"{queue}{DEAD_SUFFIX}"), entry]
+        self.count += 1
+
+    def extend(self, other: Ops) -> None:
+        # other's key indexes are its own: re-index them into ours
+        argv = other.argv
+        i = 0
+        while i < len(argv):
+            op = argv[i]
+            key = other.keys[argv[i + 1] - 1]
+            width = 4 if op in ("R", "Z") else 3
+            self.argv += [op, self._k(key), *argv[i + 2:i + width]]
+            i += width
+        self.count += other.count
+
+
+def dead_entry(reason: str, queue: str, raw: bytes | str, *, task_id: str | None = None, task: str | None = None,
+               retries: int | None = None, consumer: str | None = None, source: str | None = None) -> str:
+    """The JSON kept in ``<queue>.dead``: why, when, which job, and the original message to requeue."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return json.dumps({"reason": reason, "id": task_id, "task": task, "queue": queue, "list": source or queue,
+                       "retries": retries, "consumer": consumer, "at": protocol.now_iso(), "message": text})
+
+
+class Broker:
+    """Async Redis operations of one consumer (one QueueBridge). All methods may raise redis errors."""
+
+    def __init__(self, settings: Settings, consumer: str, queues: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.queues = tuple(queues)
+        p = settings.key_prefix
+        self.prefix = p
+        self.lists = protocol.lists_in_order(self.queues)
+        self.list_queue = {name: q for q in self.queues for name in protocol.lists_in_order([q])}
+        self.inflight = {name: self.inflight_key(consumer, name) for name in self.lists}
+        self.consumers_key = p + CONSUMERS_KEY
+        self.consumer_queues_key = p + CONSUMER_QUEUES_KEY
+        self.delayed_key = p + DELAYED_KEY
+        self.redis = self.connect()
+        self._claim = self.redis.register_script(CLAIM)
+        self._apply = self.redis.register_script(APPLY)
+        self._due = self.redis.register_script(DUE)
+        self._requeue = self.redis.register_script(REQUEUE)
+        self._forget = self.redis.register_script(FORGET)
+
+    def connect(self, **kwargs: Any) -> aioredis.Redis:
+        return aioredis.Redis.from_url(self.settings.redis_url, health_check_interval=10,
+                                       socket_keepalive=True, **kwargs)
+
+    def inflight_key(self, consumer: str, list_name: str) -> str:
+        return f"{self.prefix}{INFLIGHT_PREFIX}{consumer}:{list_name}"
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def claim(self, light_free: int, heavy_free: dict[str, int], light_names: list[str]) -> list[tuple[str, bool, bytes]]:
+        """Move up to the free slots' worth of messages into in-flight lists, in Celery's priority order.
+
+        Returns ``(source list, predicted light, raw)`` per message.
+        """
+        n = len(self.lists)
+        keys: list[str] = []
+        for name in self.lists:
+            keys += [name, self.inflight[name]]
+        qindex = {q: i + 1 for i, q in enumerate(self.queues)}
+        argv: list[Any] = [max(0, light_free), n]
+        argv += [qindex[self.list_queue[name]] for name in self.lists]
+        argv += [max(0, heavy_free.get(q, 0)) for q in self.queues]
+        argv += ["|", *light_names]
+        flat = await self._claim(keys=keys, args=argv)
+        return [(self.lists[int(flat[i]) - 1], bool(int(flat[i + 1])), flat[i + 2]) for i in range(0, len(flat), 3)]
+
+    async def block_claim(self, list_name: str, timeout: float, conn: aioredis.Redis) -> bytes | None:
+        """BLMOVE one message from ``list_name`` into its in-flight list (on a dedicated connection)."""
+        return await conn.blmove(list_name, self.inflight[list_name], timeout, "RIGHT", "LEFT")
+
+    async def apply(self, ops: Ops) -> int:
+        if not ops.count:
+            return 0
+        return int(await self._apply(keys=ops.keys, args=ops.argv))
+
+    async def results(self, ids: list[str]) -> list[bytes | None]:
+        if not ids:
+            return []
+        return await self.redis.mget([protocol.result_key(i) for i in ids])
+
+    async def move_due(self, limit: int = 500) -> tuple[int, float | None]:
+        moved, nxt = await self._due(keys=[self.delayed_key], args=[repr(time.time()), limit])
+        nxt = float(nxt)
+        return int(moved), (None if nxt < 0 else nxt)
+
+    async def heartbeat(self) -> None:
+        now = repr(time.time())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.consumers_key, self.consumer, now)
+            pipe.hset(self.consumer_queues_key, self.consumer, json.dumps(self.lists))
+            await pipe.execute()
+
+    async def requeue_consumer(self, consumer: str, lists: list[str] | None = None) -> int:
+        """Give every message ``consumer`` holds back to its queue; returns how many."""
+        if lists is None:
+            raw = await self.redis.hget(self.consumer_queues_key, consumer)
+            lists = json.loads(raw) if raw else list(self.lists)
+        total = 0
+        for name in lists:
+            total += int(await self._requeue(keys=[self.inflight_key(consumer, name), name]))
+        return total
+
+    async def dead_consumers(self, timeout: float) -> list[tuple[str, bytes]]:
+        """Other consumers whose heartbeat is older than ``timeout`` seconds: ``(id, heartbeat seen)``."""
+        beats = await self.redis.hgetall(self.consumers_key)
+        now = time.time()
+        out = []
+        for cid, hb in beats.items():
+            cid = cid.decode()
+            if cid == self.consumer:
+                continue
+            try:
+                stale = now - float(hb) > timeout
+            except ValueError:
+                stale = True
+            if stale:
+                out.append((cid, hb))
+        return out
+
+    async def forget_consumer(self, consumer: str, heartbeat_seen: bytes) -> bool:
+        return bool(await self._forget(keys=[self.consumers_key, self.consumer_queues_key],
+                                       args=[consumer, heartbeat_seen]))
+
+    async def deregister(self) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.consumers_key, self.consumer)
+            pipe.hdel(self.consumer_queues_key, self.consumer)
+            await pipe.execute()
+
+    async def depths(self) -> dict[str, int]:
+        """Messages waiting per queue (all its priority lists)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in self.lists:
+                pipe.llen(name)
+            sizes = await pipe.execute()
+        out = dict.fromkeys(self.queues, 0)
+        for name, size in zip(self.lists, sizes, strict=True):
+            out[self.list_queue[name]] += int(size)
+        return out

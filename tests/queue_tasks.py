@@ -1,0 +1,107 @@
+"""Test-only tasks for the queue/bridge tests (imported by bridges via RAYSYS_TASK_MODULES=tests.queue_tasks).
+
+They talk to Redis through ``ctx.settings`` to leave traces the tests read (run counts, order, pids).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+from raysys.errors import InvalidInput, Retry
+from raysys.tasks.registry import TaskContext, task
+
+
+def _r(ctx: TaskContext) -> redis.Redis:
+    return redis.Redis.from_url(ctx.settings.redis_url)
+
+
+@task("tests.add", queue="ingest", light=True, num_cpus=0)
+def add(ctx: TaskContext, x: float, y: float = 0) -> float:
+    return x + y
+
+
+@task("tests.mul", queue="analytics", num_cpus=0.1)
+def mul(ctx: TaskContext, x: float, y: float) -> float:
+    return x * y
+
+
+@task("tests.boom", queue="analytics", max_retries=0, num_cpus=0.1)
+def boom(ctx: TaskContext, msg: str) -> None:
+    raise ValueError(f"bad input: {msg}")
+
+
+@task("tests.invalid", queue="reports", light=True, num_cpus=0)
+def invalid(ctx: TaskContext) -> None:
+    raise InvalidInput("no such call")
+
+
+@task("tests.flaky", queue="reports", retry_backoff=0.1, num_cpus=0.1)
+def flaky(ctx: TaskContext, key: str, failures: int) -> dict:
+    """Fails ``failures`` times (plain exception: retried with backoff), then succeeds."""
+    n = _r(ctx).incr(key)
+    if n <= failures:
+        raise RuntimeError(f"try {ctx.retries}")
+    return {"ok": True, "retries": ctx.retries}
+
+
+@task("tests.explicit_retry", queue="reports", num_cpus=0.1)
+def explicit_retry(ctx: TaskContext, key: str) -> int:
+    """Raises Retry(countdown=0.2) once, like Celery's ``self.retry(countdown=...)``."""
+    if _r(ctx).incr(key) == 1:
+        raise Retry(RuntimeError("not yet"), countdown=0.2)
+    return ctx.retries
+
+
+@task("tests.record", queue="ingest", num_cpus=0.1)
+def record(ctx: TaskContext, key: str, value: str) -> str:
+    """Appends ``value`` to the Redis list ``key`` (execution order) and records the run time."""
+    r = _r(ctx)
+    r.rpush(key, value)
+    r.hset(f"{key}:at", value, repr(time.time()))
+    return value
+
+
+@task("tests.count", queue="ingest", light=True, num_cpus=0)
+def count(ctx: TaskContext, key: str, value: int) -> int:
+    """Counts runs per job id (so tests can prove a job ran once)."""
+    _r(ctx).hincrby(key, ctx.task_id, 1)
+    return value
+
+
+@task("tests.sleep", queue="analytics", num_cpus=0.1)
+def sleep(ctx: TaskContext, seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task("tests.stubborn", queue="analytics", num_cpus=0.1)
+def stubborn(ctx: TaskContext, seconds: float) -> float:
+    """Ignores the soft time limit (swallows the interrupt), so only the hard limit stops it."""
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+    return seconds
+
+
+@task("tests.crash_once", queue="analytics", num_cpus=0.1)
+def crash_once(ctx: TaskContext, key: str) -> dict:
+    """First run: publishes its pid in ``key`` and waits to be killed; later runs succeed."""
+    r = _r(ctx)
+    if r.set(key, os.getpid(), nx=True):
+        time.sleep(60)
+        return {"killed": False}
+    return {"killed": True, "pid": os.getpid(), "first_pid": int(r.get(key))}
+
+
+@task("tests.progress", queue="reports", num_cpus=0.1)
+def progress(ctx: TaskContext, steps: int) -> int:
+    for i in range(steps):
+        ctx.progress((i + 1) / steps, f"step {i + 1}")
+        time.sleep(0.05)
+    return steps
