@@ -11,6 +11,7 @@ Redis keys (``{p}`` is the key prefix, empty by default so Celery producers and 
 - ``<queue>.dead``                    list of dead-letter entries (JSON with the reason and the message).
 - ``celery-task-meta-<id>``           Celery result-backend value (SETEX) and pub/sub channel.
 - ``{p}raysys:sched:*``               scheduler lease, slot claims and schedule state.
+- ``{p}raysys:job-tenant:<id>``       tenant that enqueued job ``<id>`` over HTTP (string, expires with the result).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ INFLIGHT_PREFIX = "raysys:inflight:"
 CONSUMERS_KEY = "raysys:consumers"
 DELAYED_KEY = "raysys:delayed"
 SCHED_PREFIX = "raysys:sched:"
+JOB_TENANT_PREFIX = "raysys:job-tenant:"
 
 # Ray names (namespace and named actors).
 RAY_NAMESPACE = "raysys"

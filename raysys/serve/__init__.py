@@ -1,0 +1,18 @@
+"""The HTTP API on Ray Serve (see :mod:`raysys.serve.app`). ``deploy(settings) -> base_url`` starts it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raysys.config import Settings
+
+
+def deploy(settings: Settings, *, blocking: bool = False) -> str:
+    """Deploy the API on the cluster at ``settings.ray_address``; return its base URL (see app.deploy)."""
+    from raysys.serve.app import deploy as _deploy  # noqa: PLC0415 - Serve and FastAPI load only when used
+
+    return _deploy(settings, blocking=blocking)
+
+
+__all__ = ["deploy"]

@@ -1,0 +1,72 @@
+"""Which tenant owns which job, and a job's state as the Celery result backend holds it.
+
+Jobs enqueued over HTTP are recorded under ``{p}raysys:job-tenant:<id>`` (see raysys.constants) before
+they are sent, with the result's lifetime, so a status read can refuse another tenant's job (404, as
+if it did not exist). States and results are read straight from ``celery-task-meta-<id>``, the value
+the bridge writes for Celery clients; tracebacks stay on the server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from raysys.config import Settings
+from raysys.constants import JOB_TENANT_PREFIX, RESULT_KEY_PREFIX
+
+
+class JobStore:
+    """Async Redis access for job ownership (broker Redis) and results (result backend)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = aioredis.Redis.from_url(settings.redis_url)
+        self.backend = (self.broker if settings.backend_url == settings.redis_url
+                        else aioredis.Redis.from_url(settings.backend_url))
+
+    def _owner_key(self, job_id: str) -> str:
+        return f"{self.settings.key_prefix}{JOB_TENANT_PREFIX}{job_id}"
+
+    async def record(self, tenant_id: str, job_id: str) -> None:
+        """Remember that ``tenant_id`` enqueued ``job_id`` (kept as long as its result)."""
+        await self.broker.set(self._owner_key(job_id), tenant_id, ex=self.settings.result_expires)
+
+    async def owner(self, job_id: str) -> str | None:
+        value = await self.broker.get(self._owner_key(job_id))
+        return value.decode() if value is not None else None
+
+    async def state(self, job_id: str) -> dict[str, Any]:
+        """``{"job_id", "state", "result"|"error"|"progress", "date_done"}`` for the job; PENDING if unknown."""
+        raw = await self.backend.get(f"{RESULT_KEY_PREFIX}{job_id}")
+        if raw is None:
+            return {"job_id": job_id, "state": "PENDING", "ready": False}
+        meta = json.loads(raw)
+        status = str(meta.get("status", "PENDING")).upper()
+        out: dict[str, Any] = {"job_id": job_id, "state": status,
+                               "ready": status in ("SUCCESS", "FAILURE", "REVOKED")}
+        result = meta.get("result")
+        if status == "SUCCESS":
+            out["result"] = result
+        elif status in ("FAILURE", "REVOKED", "RETRY"):
+            if isinstance(result, dict):
+                message = result.get("exc_message")
+                if isinstance(message, list | tuple):
+                    message = " ".join(str(m) for m in message)
+                out["error"] = {"type": result.get("exc_type"), "message": message}
+            elif result is not None:
+                out["error"] = {"type": None, "message": str(result)}
+        elif result is not None:
+            out["progress"] = result
+        if meta.get("date_done"):
+            out["date_done"] = meta["date_done"]
+        return out
+
+    async def ping(self) -> bool:
+        return bool(await self.broker.ping())
+
+    async def close(self) -> None:
+        await self.broker.aclose()
+        if self.backend is not self.broker:
+            await self.backend.aclose()

@@ -1,0 +1,112 @@
+"""Uploaded recordings: size limit while streaming, type check by content, a private file to work on.
+
+The type is decided by the first bytes, never by the file name or the client's Content-Type: what the
+audio decoder (libsndfile through soundfile) reads is accepted — WAV/RF64/W64, FLAC, Ogg (Vorbis,
+Opus), AIFF, MP3 — and anything else is refused with :class:`UnsupportedMedia` (HTTP 415). A file
+whose header matches but whose body does not decode is the model layer's :class:`InvalidInput` (422).
+
+Files land in ``<data dir>/uploads/<tenant>/`` (an allowed root, so the model actors may read them);
+on a multi-node cluster that directory must be on a volume every node mounts (see cluster/README.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+
+from raysys.config import Settings
+from raysys.errors import TooLarge, UnsupportedMedia
+
+CHUNK = 1 << 20
+
+
+def sniff_audio(head: bytes) -> str | None:
+    """The container of an audio file from its first bytes (at least 12), or None if not audio we decode."""
+    if len(head) >= 12 and head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"riff" and len(head) >= 16:  # Sony Wave64 GUID starts with 'riff'
+        return "w64"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if len(head) >= 12 and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return "aiff"
+    if head[:3] == b"ID3":
+        return "mp3"
+    # An MPEG audio frame: 11 sync bits, layer III (MP3) only.
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0 and (head[1] & 0x06) == 0x02:
+        return "mp3"
+    return None
+
+
+def _tenant_dir(settings: Settings, tenant_id: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", tenant_id)[:100] or "_"
+    path = Path(settings.data_dir) / "uploads" / safe
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def save_upload(upload, settings: Settings, tenant_id: str) -> Path:  # noqa: ANN001 - starlette UploadFile
+    """Copy ``upload`` to a new file under the tenant's upload directory and return its path.
+
+    Raises:
+        TooLarge: more than ``settings.max_upload_bytes`` bytes (the partial file is removed).
+        UnsupportedMedia: the content is not an audio format we decode (nothing is kept).
+    """
+    limit = settings.max_upload_bytes
+    head = await upload.read(64)
+    kind = sniff_audio(head)
+    if kind is None:
+        raise UnsupportedMedia("the upload is not an audio file raysys decodes (WAV, FLAC, Ogg, AIFF or MP3)")
+    if len(head) > limit:
+        raise TooLarge(f"the upload is larger than the {limit}-byte limit")
+    path = _tenant_dir(settings, tenant_id) / f"{uuid.uuid4().hex}.{kind}"
+    size = len(head)
+    try:
+        with open(path, "wb") as out:
+            out.write(head)
+            while chunk := await upload.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"the upload is larger than the {limit}-byte limit")
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class DeclaredSizeLimit:
+    """ASGI middleware: a request to ``paths`` whose Content-Length is over ``limit`` gets a JSON 413 at once.
+
+    The routes' own ``max_body_size`` still counts bytes as they stream (chunked bodies); this only
+    answers the common case early, before anything is read, with raysys' JSON error body.
+    """
+
+    def __init__(self, app, limit: int, paths: tuple[str, ...]) -> None:  # noqa: ANN001
+        self.app, self.limit, self.paths = app, limit, paths
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    body = json.dumps({"error": "TooLarge",
+                                       "detail": f"the request body is larger than the {self.limit}-byte limit"}).encode()
+                    await send({"type": "http.response.start", "status": 413,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode()),
+                                            (b"connection", b"close")]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
