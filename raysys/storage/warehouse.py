@@ -184,3 +184,70 @@ class Warehouse:
     def close(self) -> None:
         with self._lock:
             self.client.close()
+
+    # call archive (analytics engineer: cleanup_expired_sessions) ---------------------------------------
+
+    def _ensure_archive(self) -> None:
+        if not getattr(self, "_archive_ready", False):
+            self.command(ARCHIVE_DDL)
+            self._archive_ready = True
+
+    def archive_calls(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert archived calls: dicts with the :data:`ARCHIVE_COLUMNS` (JSON text in call/turns/analytics)."""
+        self._ensure_archive()
+        now = datetime.now(UTC)
+        data = []
+        for r in rows:
+            row = {"archived_at": now, **r}
+            if isinstance(row["started_at"], str):
+                row["started_at"] = datetime.fromisoformat(row["started_at"])
+            data.append([row[c] for c in ARCHIVE_COLUMNS])
+        return self.insert("calls_archive", data, ARCHIVE_COLUMNS)
+
+    def archived_checksums(self, tenant_id: str, call_ids: Sequence[str]) -> dict[str, str]:
+        """call id -> checksum of the archived copy, for the given calls that are in the archive."""
+        self._ensure_archive()
+        rows = self.query(
+            "SELECT call_id, checksum FROM calls_archive FINAL WHERE tenant_id = {t:String} "
+            "AND call_id IN {ids:Array(String)}", {"t": tenant_id, "ids": list(call_ids)})
+        return {r["call_id"]: r["checksum"] for r in rows}
+
+    def archived_calls(self, tenant_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        self._ensure_archive()
+        return self.query("SELECT * FROM calls_archive FINAL WHERE tenant_id = {t:String} ORDER BY started_at "
+                          "LIMIT {n:UInt32}", {"t": tenant_id, "n": limit})
+
+    # model audits (analytics engineer: audit_models) ----------------------------------------------------
+
+    def insert_model_audits(self, rows: Sequence[dict[str, Any]]) -> int:
+        """One row per (model, metric) of an audit run; dicts with the :data:`AUDIT_COLUMNS`."""
+        now = datetime.now(UTC)
+        return self.insert("model_audits", [[{"run_at": now, **r}[c] for c in AUDIT_COLUMNS] for r in rows],
+                           AUDIT_COLUMNS)
+
+    def last_model_audit(self, model: str, metric: str) -> dict[str, Any] | None:
+        """The most recent audit row of ``model``/``metric`` (any version), or None."""
+        rows = self.query("SELECT * FROM model_audits WHERE model = {m:String} AND metric = {k:String} "
+                          "ORDER BY run_at DESC LIMIT 1", {"m": model, "k": metric})
+        return rows[0] if rows else None
+
+
+# Archived calls: one row per call removed from PostgreSQL after the retention period. The row keeps the
+# call, its turns and its analytics as JSON, and a checksum that cleanup reads back before it deletes.
+ARCHIVE_DDL = """
+    CREATE TABLE IF NOT EXISTS calls_archive (
+        tenant_id    String,
+        call_id      String,
+        started_at   DateTime64(3, 'UTC'),
+        customer_id  String,
+        call         String,
+        turns        String,
+        analytics    String,
+        checksum     String,
+        archived_at  DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(archived_at)
+    ORDER BY (tenant_id, call_id)
+    """
+ARCHIVE_COLUMNS: tuple[str, ...] = (
+    "tenant_id", "call_id", "started_at", "customer_id", "call", "turns", "analytics", "checksum", "archived_at",
+)

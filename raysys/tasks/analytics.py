@@ -1,0 +1,304 @@
+"""Post-call analytics tasks (queue ``analytics``): the whole call, diarization alone, emotion alone.
+
+``workers.tasks.process_call_analytics(call_id)`` loads the call and its turns, runs diarization and
+emotion on the recording through the model actors (when the call has one), maps the diarized speakers
+to agent and customer, classifies the customer's intent, summarises the call, computes the call's
+metrics, and stores the result idempotently: one ``call_analytics`` row in PostgreSQL (upsert) and one
+``call_facts`` row in ClickHouse (ReplacingMergeTree, newest version wins). A call without a recording
+still gets its text analytics (intent, summary, text sentiment, metrics from the turns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from raysys.analytics import callmetrics, intents, summary
+from raysys.analytics.sentiment import text_sentiment
+from raysys.config import ConfigError, Settings
+from raysys.errors import InvalidInput, NotFound
+from raysys.tasks.registry import TaskContext, task
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# --- helpers shared by the analytics, metrics, reports and maintenance tasks --------------------------------
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous task code, even where a loop already runs."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def postgres_url(settings: Settings) -> str:
+    url = settings.postgres_url or settings.resolved().postgres_url
+    if not url:
+        raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
+    return url
+
+
+@contextlib.asynccontextmanager
+async def open_db(settings: Settings) -> AsyncIterator[Any]:
+    """A :class:`raysys.storage.postgres.Database` for one task run (a small pool, closed after)."""
+    from raysys.storage.postgres import Database  # noqa: PLC0415
+
+    db = await Database.open(postgres_url(settings), max_size=2)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+def warehouse_call(settings: Settings, method: str, *args: Any) -> Any:
+    """A Warehouse method on the cluster's Warehouse actor (Ray must be initialised)."""
+    from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+
+    return wh_call(settings, method, *args)
+
+
+def encoder(settings: Settings):
+    """``encode(texts) -> vectors`` through the cluster's embedding actor."""
+    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(embed_texts(settings, list(texts)), dtype=np.float32)
+
+    return encode
+
+
+def confined_audio(settings: Settings, audio_path: str) -> Path:
+    """The recording's real path inside ``settings.allowed_roots``; Forbidden/NotFound otherwise."""
+    from raysys.paths import confine  # noqa: PLC0415
+
+    path = confine(audio_path, settings.allowed_roots)
+    if not path.is_file():
+        raise NotFound(f"recording {audio_path!r} does not exist")
+    return path
+
+
+# --- analysis ----------------------------------------------------------------------------------------------
+
+
+def _turn_dicts(turns: list[Any]) -> list[dict[str, Any]]:
+    return [{"role": t.speaker_role, "text": t.text, "start": t.start_s, "end": t.end_s} for t in turns]
+
+
+def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path | None,
+                 progress=lambda f, m: None) -> dict[str, Any]:  # noqa: ANN001
+    """Everything ``process_call_analytics`` computes, without storing it. Needs Ray for the models."""
+    timings: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    t0 = time.perf_counter()
+    diarization: dict[str, Any] | None = None
+    emotion: dict[str, Any] | None = None
+    mapping: dict[str, Any] = {"mapping": {}, "method": "none"}
+    if audio is not None:
+        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
+        from raysys.actors.emotion import analyze_file  # noqa: PLC0415
+
+        progress(0.1, "diarization")
+        diarization = diarize_file(settings, str(audio), layout=call.audio_layout or "auto")
+        timings["diarization"] = time.perf_counter() - t0
+        versions["diarization"] = f"{diarization.get('backend', '')}:{diarization.get('model_version', '')}"
+        mapping = callmetrics.map_speakers(diarization["segments"], turns, diarization.get("layout"))
+        progress(0.4, "emotion")
+        t1 = time.perf_counter()
+        transcript = [{"start": t.start_s, "end": t.end_s, "text": t.text} for t in turns if t.text]
+        emotion = analyze_file(settings, str(audio), segments=diarization["segments"], transcript=transcript or None)
+        timings["emotion"] = time.perf_counter() - t1
+        versions["emotion"] = f"{emotion.get('backend', '')}:{emotion.get('model_version', '')}"
+        role_of = mapping["mapping"]
+        segments = [{**s, "role": role_of.get(str(s["speaker"]), "unknown")} for s in diarization["segments"]]
+        diarization = {**diarization, "segments": segments, "speaker_roles": role_of}
+        timeline = callmetrics.timeline_metrics([{**s, "speaker": s["role"]} for s in segments],
+                                                diarization.get("duration"))
+        timeline["source"] = "audio"
+        sentiment_items = [{"start": s["start"], "end": s["end"], "valence": s.get("valence"),
+                            "role": role_of.get(str(s.get("speaker")), "unknown")} for s in emotion["segments"]]
+        sentiment_source = "emotion"
+    else:
+        timeline = callmetrics.timeline_metrics(
+            [{"start": t.start_s, "end": t.end_s, "speaker": t.speaker_role} for t in turns])
+        timeline["source"] = "turns"
+        sentiment_items = []
+        sentiment_source = "text"
+    if not any(i.get("valence") is not None for i in sentiment_items):
+        sentiment_items = [{"start": t.start_s, "end": t.end_s, "valence": text_sentiment(t.text),
+                            "role": t.speaker_role} for t in turns if t.text.strip()]
+        sentiment_source = "text"
+    sentiment = callmetrics.sentiment_summary(sentiment_items)
+
+    progress(0.7, "intent and summary")
+    t2 = time.perf_counter()
+    encode = encoder(settings)
+    tdicts = _turn_dicts(turns)
+    customer_texts = [t.text for t in turns if t.speaker_role == "customer" and t.text.strip()]
+    model_dir = intents.model_dir_for(settings.intent_model_dir, call.tenant_id)
+    intent: dict[str, Any]
+    if model_dir is not None and (customer_texts or tdicts):
+        model = intents.load_cached(model_dir)
+        name, confidence, evidence = intents.classify_call(model, customer_texts or [t["text"] for t in tdicts],
+                                                           encode)
+        intent = {"intent": name, "confidence": round(confidence, 4), "source": "model", "evidence": evidence}
+        versions["intents"] = model.version
+    elif call.intent:
+        intent = {"intent": call.intent, "confidence": None, "source": "call record"}
+    else:
+        intent = {"intent": intents.UNKNOWN, "confidence": None,
+                  "source": "no intent model" if model_dir is None else "no customer speech"}
+    summ = summary.summarize(tdicts, encode, llm_url=settings.summary_llm_url, llm_model=settings.summary_llm_model,
+                             llm_api_key=settings.summary_llm_api_key)
+    timings["text"] = time.perf_counter() - t2
+    handling = callmetrics.aht(call, timeline["duration_seconds"])
+    timings["total"] = time.perf_counter() - t0
+    return {
+        "diarization": diarization, "emotion": emotion, "mapping": mapping, "timeline": timeline,
+        "sentiment": sentiment, "sentiment_source": sentiment_source, "intent": intent, "summary": summ,
+        "aht": handling, "versions": versions, "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def _values(result: dict[str, Any], call: Any) -> dict[str, Any]:
+    """The ``call_analytics`` row (PostgreSQL)."""
+    tl, s = result["timeline"], result["sentiment"]
+    diar = result["diarization"]
+    return {
+        "num_speakers": diar["num_speakers"] if diar else len({t for t in tl["speech_seconds"]}),
+        "diarization": diar, "emotion": result["emotion"],
+        "intent": result["intent"]["intent"], "intent_confidence": result["intent"]["confidence"],
+        "summary": result["summary"]["text"],
+        "talk_seconds": result["aht"]["talk_seconds"], "silence_seconds": tl["silence_seconds"],
+        "overlap_seconds": tl["overlap_seconds"], "interruptions": tl["interruptions"],
+        "aht_seconds": result["aht"]["aht_seconds"],
+        "sentiment_start": s["start"], "sentiment_end": s["end"], "sentiment_mean": s["mean"],
+        "details": {"timeline": tl, "speaker_mapping": result["mapping"], "intent": result["intent"],
+                    "summary": result["summary"], "aht": result["aht"], "sentiment_source": result["sentiment_source"],
+                    "timings": result["timings"]},
+        "model_versions": result["versions"],
+    }
+
+
+def _fact(call: Any, values: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The ``call_facts`` row (ClickHouse); missing sentiment counts as neutral (0)."""
+    started = call.started_at if call.started_at.tzinfo else call.started_at.replace(tzinfo=UTC)
+    return {
+        "tenant_id": call.tenant_id, "call_id": call.id, "started_at": started.astimezone(UTC),
+        "day": started.astimezone(UTC).date(), "customer_id": call.customer_id, "agent_id": call.agent_id or "",
+        "channel": call.channel, "intent": values["intent"] or "", "resolved": bool(call.resolved),
+        "talk_seconds": result["aht"]["talk_seconds"], "hold_seconds": result["aht"]["hold_seconds"],
+        "acw_seconds": result["aht"]["acw_seconds"], "aht_seconds": result["aht"]["aht_seconds"],
+        "sentiment_mean": values["sentiment_mean"] or 0.0, "sentiment_start": values["sentiment_start"] or 0.0,
+        "sentiment_end": values["sentiment_end"] or 0.0, "num_speakers": min(255, int(values["num_speakers"] or 0)),
+        "silence_seconds": values["silence_seconds"], "overlap_seconds": values["overlap_seconds"],
+        "interruptions": values["interruptions"],
+    }
+
+
+# --- tasks -------------------------------------------------------------------------------------------------
+
+
+@task("workers.tasks.process_call_analytics", queue="analytics")
+def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
+    """Analyse one call and store the result (re-running replaces it).
+
+    Returns a summary: call id, tenant, intent, speakers, AHT, sentiment, summary text, timings.
+    Raises NotFound (no such call, or its recording is missing), Forbidden (recording outside the
+    allowed roots), InvalidInput (unreadable audio).
+    """
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidInput("call_id must be a non-empty string")
+    settings = ctx.settings
+    from raysys.storage.postgres import NotFound as RowNotFound  # noqa: PLC0415
+
+    async def load():
+        async with open_db(settings) as db:
+            try:
+                call = await db.get_call(call_id)
+            except RowNotFound:
+                raise NotFound(f"call {call_id!r} does not exist") from None
+            return call, await db.get_turns(call.tenant_id, call_id)
+
+    call, turns = run_sync(load())
+    audio = confined_audio(settings, call.audio_path) if call.audio_path else None
+    result = analyse_call(settings, call, turns, audio=audio, progress=ctx.progress)
+    values = _values(result, call)
+    ctx.progress(0.9, "storing")
+
+    async def store():
+        async with open_db(settings) as db:
+            await db.save_analytics(call.tenant_id, call.id, values)
+
+    run_sync(store())
+    warehouse_call(settings, "insert_call_facts", [_fact(call, values, result)])
+    log.info("call analytics done call=%s tenant=%s intent=%s audio=%s elapsed=%.2fs", call.id, call.tenant_id,
+             values["intent"], audio is not None, result["timings"]["total"])
+    return {
+        "call_id": call.id, "tenant_id": call.tenant_id, "intent": values["intent"],
+        "intent_confidence": values["intent_confidence"], "num_speakers": values["num_speakers"],
+        "talk_seconds": values["talk_seconds"], "silence_seconds": values["silence_seconds"],
+        "overlap_seconds": values["overlap_seconds"], "interruptions": values["interruptions"],
+        "aht_seconds": values["aht_seconds"], "sentiment": result["sentiment"], "summary": values["summary"],
+        "has_audio": audio is not None, "timings": result["timings"],
+    }
+
+
+@task("workers.tasks.diarize_call", queue="analytics")
+def diarize_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, Any]:
+    """Who spoke when in ``audio_path``: ``{call_id, num_speakers, segments: [{start, end, speaker}], ...}``.
+
+    Raises Forbidden (outside the allowed roots), NotFound (no such file), InvalidInput (bad audio).
+    """
+    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
+
+    path = confined_audio(ctx.settings, audio_path)
+    result = diarize_file(ctx.settings, str(path))
+    return {"call_id": call_id, **result}
+
+
+@task("workers.tasks.analyze_emotion", queue="analytics")
+def analyze_emotion(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, Any]:
+    """Emotion per speaker segment of ``audio_path`` (diarized first), and a summary per speaker.
+
+    Returns ``{call_id, segments: [{start, end, speaker, label, scores, valence, arousal}],
+    speakers: {speaker: {seconds, valence, arousal, label}}, backend, model_version}``.
+    """
+    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
+    from raysys.actors.emotion import analyze_file  # noqa: PLC0415
+
+    path = confined_audio(ctx.settings, audio_path)
+    diar = diarize_file(ctx.settings, str(path))
+    ctx.progress(0.5, "emotion")
+    result = analyze_file(ctx.settings, str(path), segments=diar["segments"])
+    speakers: dict[str, dict[str, Any]] = {}
+    for seg in result["segments"]:
+        entry = speakers.setdefault(str(seg["speaker"]), {"seconds": 0.0, "_v": 0.0, "_a": 0.0, "_labels": {}})
+        w = max(0.0, float(seg["end"]) - float(seg["start"]))
+        entry["seconds"] += w
+        entry["_v"] += w * float(seg.get("valence") or 0.0)
+        entry["_a"] += w * float(seg.get("arousal") or 0.0)
+        entry["_labels"][seg.get("label")] = entry["_labels"].get(seg.get("label"), 0.0) + w
+    for entry in speakers.values():
+        secs = entry["seconds"] or 1.0
+        entry["valence"] = round(entry.pop("_v") / secs, 4)
+        entry["arousal"] = round(entry.pop("_a") / secs, 4)
+        labels = entry.pop("_labels")
+        entry["label"] = max(labels, key=labels.get) if labels else None
+        entry["seconds"] = round(entry["seconds"], 3)
+    return {"call_id": call_id, "segments": result["segments"], "speakers": speakers,
+            "num_speakers": diar["num_speakers"], "backend": result.get("backend"),
+            "model_version": result.get("model_version"), "processed_at": datetime.now(UTC).isoformat()}

@@ -1,0 +1,254 @@
+"""Maintenance tasks (queue ``reports``): session/archive/temp cleanup and model audits.
+
+``workers.tasks.cleanup_expired_sessions()``
+    1. expired sessions: each ``sessions`` row past ``expires_at`` is deleted with its Redis key;
+    2. old calls: calls that started more than ``CALL_RETENTION_DAYS`` ago are copied (call, turns and
+       analytics as JSON, with a checksum) into ClickHouse ``calls_archive``, the copy is read back, and
+       only calls whose archived checksum matches are deleted from PostgreSQL (turns and analytics go
+       with them). A call whose archive write or read-back fails stays in PostgreSQL and is counted in
+       ``archive_failed``; the next run tries again;
+    3. temporary files under ``<data dir>/tmp`` older than ``TEMP_MAX_AGE_HOURS``.
+
+``workers.tasks.audit_models()``
+    diarization DER and intent accuracy (with speed) on the audit set (``AUDIT_DIR``, default
+    ``<data dir>/audit``) into ClickHouse ``model_audits``, flagging a regression beyond
+    ``AUDIT_REGRESSION_THRESHOLD`` against the previous run of the same model and metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from raysys.analytics import audit, intents
+from raysys.config import Settings
+from raysys.errors import InvalidInput
+from raysys.tasks.analytics import encoder, open_db, run_sync, warehouse_call
+from raysys.tasks.registry import TaskContext, task
+
+log = logging.getLogger(__name__)
+ARCHIVE_BATCH = 500
+
+WarehouseCall = Callable[..., Any]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return v
+
+
+def _json(v: Any) -> str:
+    return json.dumps(v, default=str, sort_keys=True, separators=(",", ":"))
+
+
+async def _expire_sessions(db: Any, redis_client: Any, now: datetime) -> dict[str, int]:
+    sessions = keys = 0
+    for tenant in await db.list_tenants():
+        rows = await db.pool.fetch(
+            "DELETE FROM sessions WHERE tenant_id = $1 AND expires_at < $2 RETURNING redis_key", tenant, now)
+        sessions += len(rows)
+        names = [r["redis_key"] for r in rows if r["redis_key"]]
+        if names:
+            keys += int(redis_client.delete(*names))
+    return {"sessions_deleted": sessions, "redis_keys_deleted": keys}
+
+
+async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[str, Any]:
+    archived = deleted = failed = 0
+    errors: list[str] = []
+    for tenant in await db.list_tenants():
+        skip: list[str] = []  # calls that failed in this run are not retried until the next run
+        while True:
+            async with db.pool.acquire() as conn, conn.transaction():
+                calls = await conn.fetch(
+                    "SELECT * FROM calls WHERE tenant_id = $1 AND started_at < $2 AND NOT (id = ANY($3::text[])) "
+                    "ORDER BY started_at LIMIT $4 FOR UPDATE", tenant, cutoff, skip, ARCHIVE_BATCH)
+                if not calls:
+                    break
+                ids = [c["id"] for c in calls]
+                turns: dict[str, list] = {i: [] for i in ids}
+                for t in await conn.fetch(
+                        "SELECT call_id, turn_index, speaker_role, start_s, end_s, text FROM call_turns "
+                        "WHERE tenant_id = $1 AND call_id = ANY($2::text[]) ORDER BY call_id, turn_index", tenant, ids):
+                    turns[t["call_id"]].append({k: t[k] for k in ("turn_index", "speaker_role", "start_s", "end_s",
+                                                                  "text")})
+                analytics = {a["call_id"]: {k: _jsonable(v) for k, v in dict(a).items()} for a in await conn.fetch(
+                    "SELECT * FROM call_analytics WHERE tenant_id = $1 AND call_id = ANY($2::text[])", tenant, ids)}
+                rows, sums = [], {}
+                for c in calls:
+                    call_json = _json({k: _jsonable(v) for k, v in dict(c).items()})
+                    turns_json, analytics_json = _json(turns[c["id"]]), _json(analytics.get(c["id"]))
+                    sums[c["id"]] = hashlib.sha256("\x00".join((call_json, turns_json, analytics_json)).encode()
+                                                   ).hexdigest()
+                    rows.append({"tenant_id": tenant, "call_id": c["id"], "started_at": c["started_at"],
+                                 "customer_id": c["customer_id"], "call": call_json, "turns": turns_json,
+                                 "analytics": analytics_json, "checksum": sums[c["id"]]})
+                try:
+                    wh("archive_calls", rows)
+                    stored = wh("archived_checksums", tenant, ids)
+                except Exception as exc:  # noqa: BLE001 - any warehouse failure keeps the calls
+                    log.warning("archiving %d calls of %s failed, nothing deleted: %s", len(ids), tenant, exc)
+                    errors.append(f"{tenant}: {type(exc).__name__}: {exc}"[:300])
+                    failed += len(ids)
+                    skip.extend(ids)
+                    continue
+                confirmed = [i for i in ids if stored.get(i) == sums[i]]
+                unconfirmed = [i for i in ids if i not in set(confirmed)]
+                if unconfirmed:
+                    errors.append(f"{tenant}: {len(unconfirmed)} archived calls did not read back")
+                    failed += len(unconfirmed)
+                    skip.extend(unconfirmed)
+                archived += len(confirmed)
+                if confirmed:
+                    status = await conn.execute("DELETE FROM calls WHERE tenant_id = $1 AND id = ANY($2::text[])",
+                                                tenant, confirmed)
+                    deleted += int(status.split()[-1])
+    return {"calls_archived": archived, "calls_deleted": deleted, "archive_failed": failed, "errors": errors}
+
+
+def _clean_temp(root: Path, max_age_hours: float, now: float) -> dict[str, int]:
+    files = size = 0
+    if not root.is_dir():
+        return {"temp_files_deleted": 0, "temp_bytes_freed": 0}
+    cutoff = now - max_age_hours * 3600
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            p = Path(dirpath) / name
+            try:
+                st = p.lstat()  # a symlink is judged (and removed) itself, never followed
+                if st.st_mtime < cutoff:
+                    p.unlink()
+                    files += 1
+                    size += st.st_size
+            except FileNotFoundError:
+                continue
+        for name in dirnames:
+            p = Path(dirpath) / name
+            try:
+                if not p.is_symlink() and p.lstat().st_mtime < cutoff and not any(p.iterdir()):
+                    p.rmdir()
+            except OSError:
+                continue
+    return {"temp_files_deleted": files, "temp_bytes_freed": size}
+
+
+def cleanup(settings: Settings, wh: WarehouseCall | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The work of :func:`cleanup_expired_sessions`; ``wh(method, *args)`` reaches the warehouse."""
+    import redis  # noqa: PLC0415
+
+    wh = wh or (lambda method, *args: warehouse_call(settings, method, *args))
+    now = now or datetime.now(UTC)
+    started = time.perf_counter()
+    client = redis.Redis.from_url(settings.redis_url)
+
+    async def database_part() -> dict[str, Any]:
+        async with open_db(settings) as db:
+            out = await _expire_sessions(db, client, now)
+            out.update(await _archive_calls(db, wh, now - timedelta(days=settings.call_retention_days)))
+            return out
+
+    try:
+        result = run_sync(database_part())
+    finally:
+        client.close()
+    result.update(_clean_temp(settings.temp_dir, settings.temp_max_age_hours, now.timestamp()))
+    result["elapsed_seconds"] = round(time.perf_counter() - started, 3)
+    log.info("cleanup: %s", {k: v for k, v in result.items() if k != "errors"})
+    return result
+
+
+@task("workers.tasks.cleanup_expired_sessions", queue="reports")
+def cleanup_expired_sessions(ctx: TaskContext) -> dict[str, Any]:
+    """Expired sessions (rows and Redis keys), archive-then-delete of old calls, old temp files.
+
+    Returns counts: sessions_deleted, redis_keys_deleted, calls_archived, calls_deleted, archive_failed,
+    temp_files_deleted, temp_bytes_freed, errors (one line per failed archive batch).
+    """
+    return cleanup(ctx.settings)
+
+
+# --- audits -------------------------------------------------------------------------------------------------
+
+
+def _regression(metric: str, value: float, baseline: float | None, threshold: float) -> bool:
+    if baseline is None:
+        return False
+    worse = value - baseline if metric == "der" else baseline - value  # DER: lower is better
+    return worse > threshold
+
+
+def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = None,
+              diarize: Callable[[str], dict] | None = None) -> dict[str, Any]:
+    """The work of :func:`audit_models`; ``diarize(path)`` defaults to the diarization actor."""
+    wh = wh or (lambda method, *args: warehouse_call(settings, method, *args))
+    if diarize is None:
+        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
+
+        def diarize(path: str) -> dict:
+            return diarize_file(settings, path)
+
+    run_id = uuid.uuid4().hex[:12]
+    rows: list[dict[str, Any]] = []
+    items = audit.diarization_items(audit_dir)
+    if items:
+        pairs, seconds, audio_seconds, version = [], 0.0, 0.0, ""
+        for wav, ref in items:
+            t0 = time.perf_counter()
+            hyp = diarize(str(wav))
+            seconds += time.perf_counter() - t0
+            audio_seconds += float(hyp.get("duration") or 0.0)
+            version = f"{hyp.get('backend', '')}:{hyp.get('model_version', '')}"
+            pairs.append((ref, hyp["segments"]))
+        der = audit.diarization_error_rate(pairs)
+        rows.append({"model": "diarization", "version": version, "metric": "der", "value": der["der"],
+                     "rtf": seconds / audio_seconds if audio_seconds else 0.0,
+                     "details": {**der, "files": [w.name for w, _ in items], "audio_seconds": audio_seconds}})
+    model_dir = audit_dir / "intent_model" if (audit_dir / "intent_model" / intents.META_FILE).is_file() else \
+        intents.model_dir_for(settings.intent_model_dir, "")
+    csv_path = audit_dir / "intents.csv"
+    if model_dir is not None and csv_path.is_file():
+        texts, cats = intents.read_catalogue(csv_path)
+        model = intents.IntentModel.load(model_dir)
+        encode = encoder(settings)
+        t0 = time.perf_counter()
+        acc = audit.intent_accuracy(list(zip(texts, cats, strict=True)), lambda ts: model.predict(ts, encode))
+        elapsed = time.perf_counter() - t0
+        rows.append({"model": "intents", "version": model.version, "metric": "accuracy", "value": acc["accuracy"],
+                     "rtf": 0.0, "details": {**acc, "seconds_per_text": elapsed / max(1, acc["n"]),
+                                             "model_dir": str(model_dir)}})
+    if not rows:
+        raise InvalidInput(f"audit set {audit_dir} has neither recordings with RTTM references nor an intents.csv "
+                           "with an intent model")
+    for r in rows:
+        prev = wh("last_model_audit", r["model"], r["metric"])
+        r["baseline"] = float(prev["value"]) if prev else None
+        r["regression"] = int(_regression(r["metric"], r["value"], r["baseline"], settings.audit_regression_threshold))
+        if r["regression"]:
+            log.warning("model audit regression: %s %s %s %.4f vs %.4f (threshold %.3f)", r["model"], r["version"],
+                        r["metric"], r["value"], r["baseline"], settings.audit_regression_threshold)
+    wh("insert_model_audits", [{**r, "run_id": run_id, "details": json.dumps(r["details"], default=str)}
+                               for r in rows])
+    return {"run_id": run_id, "audit_dir": str(audit_dir),
+            "results": [{k: r[k] for k in ("model", "version", "metric", "value", "rtf", "baseline")}
+                        | {"regression": bool(r["regression"])} for r in rows],
+            "regressions": [f"{r['model']}:{r['metric']}" for r in rows if r["regression"]]}
+
+
+@task("workers.tasks.audit_models", queue="reports")
+def audit_models(ctx: TaskContext) -> dict[str, Any]:
+    """Run the models on the audit set; store DER, accuracy and speed; flag regressions."""
+    settings = ctx.settings
+    audit_dir = Path(settings.audit_dir) if settings.audit_dir else Path(settings.data_dir) / "audit"
+    if not audit_dir.is_dir():
+        raise InvalidInput(f"no audit set at {audit_dir}: set AUDIT_DIR, or build one with "
+                           "`raysys analytics audit-set --data ../shared/data --out DIR`")
+    return run_audit(settings, audit_dir)

@@ -1,0 +1,87 @@
+"""``workers.tasks.generate_daily_report(tenant_id, date=None)`` (queue ``reports``).
+
+Builds the tenant's report for the day (default yesterday, UTC): HTML with charts and CSV files saved
+under ``<data dir>/reports/<tenant>/<day>/``, then e-mailed through ``SMTP_URL`` from
+``REPORT_SENDER`` to the tenant's ``report_recipients`` with the charts inline and the CSVs attached.
+If the day has not been aggregated yet it is aggregated first. An SMTP failure is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+from datetime import timedelta
+from typing import Any
+
+from raysys.analytics import mail
+from raysys.analytics.aggregation import aggregate_days, days_to_recompute
+from raysys.analytics.report import CALL_FIELDS, build_report, save_report
+from raysys.errors import InvalidInput, NotFound, Retry
+from raysys.tasks.analytics import open_db, run_sync, warehouse_call
+from raysys.tasks.metrics import parse_day
+from raysys.tasks.registry import TaskContext, task
+
+log = logging.getLogger(__name__)
+MAX_CALL_ROWS = 200_000  # per-call CSV and histograms; larger days are sampled by time order
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "_"
+
+
+@task("workers.tasks.generate_daily_report", queue="reports")
+def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) -> dict[str, Any]:  # noqa: A002
+    """Render, save and e-mail one tenant's daily report.
+
+    Returns ``{"tenant_id", "day", "files": {...}, "emailed": bool, "recipients": [...], "total_calls"}``.
+    Raises NotFound for an unknown tenant, InvalidInput for a bad date, Retry when SMTP fails.
+    """
+    settings = ctx.settings
+    if not isinstance(tenant_id, str) or not tenant_id:
+        raise InvalidInput("tenant_id must be a non-empty string")
+    day = parse_day(date)
+    from raysys.storage.postgres import NotFound as RowNotFound  # noqa: PLC0415
+
+    async def tenant_row():
+        async with open_db(settings) as db:
+            try:
+                return await db.get_tenant(tenant_id)
+            except RowNotFound:
+                raise NotFound(f"tenant {tenant_id!r} does not exist") from None
+
+    tenant = run_sync(tenant_row())
+    rows = warehouse_call(settings, "daily_metrics", tenant_id, day - timedelta(days=6), day)
+    if not any(r["day"] == day for r in rows):
+        first, last = days_to_recompute(day, settings.fcr_window_days)
+        aggregate_days(lambda sql, params: warehouse_call(settings, "command", sql, params), first, last,
+                       window_days=settings.fcr_window_days, tenant_id=tenant_id)
+        rows = warehouse_call(settings, "daily_metrics", tenant_id, day - timedelta(days=6), day)
+    ctx.progress(0.3, "loading calls")
+    calls = warehouse_call(
+        settings, "query",
+        f"SELECT {', '.join(CALL_FIELDS)} FROM call_facts FINAL WHERE tenant_id = {{t:String}} AND day = {{d:Date}} "
+        "ORDER BY started_at LIMIT {n:UInt32}", {"t": tenant_id, "d": day, "n": MAX_CALL_ROWS})
+    ctx.progress(0.5, "rendering")
+    report = build_report(tenant_id, day, rows, calls)
+    directory = settings.reports_dir / _safe(tenant_id) / day.isoformat()
+    files = save_report(report, directory)
+    recipients = list(tenant.get("report_recipients") or [])
+    emailed, reason = False, ""
+    if not settings.smtp_url:
+        reason = "SMTP_URL is not set"
+    elif not recipients:
+        reason = "the tenant has no report recipients"
+    else:
+        ctx.progress(0.8, "sending")
+        message = mail.build_message(report, settings.report_sender, recipients)
+        try:
+            mail.send(settings.smtp_url, message)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise Retry(exc, countdown=60) from exc
+        emailed = True
+    if reason:
+        log.info("report for %s %s saved, not e-mailed: %s", tenant_id, day, reason)
+    return {"tenant_id": tenant_id, "day": day.isoformat(), "directory": str(directory), "files": files,
+            "emailed": emailed, "not_emailed_reason": reason or None, "recipients": recipients,
+            "total_calls": int(report.metrics.get("total_calls", 0)), "calls_in_csv": len(calls)}
