@@ -54,6 +54,7 @@ log = logging.getLogger("raysys.queue.bridge")
 POLL_SECONDS = 0.1        # idle re-check of every list (priority lists, missed wake-ups)
 BLOCK_SECONDS = 1.0       # BLMOVE timeout of the per-queue waiters
 KILL_GRACE_SECONDS = 5.0  # after the hard limit, how long a force-cancelled task may take to go
+SOFT_GRACE_SECONDS = 0.5  # after the soft limit (raised in the job), when the bridge cancels the Ray task
 
 
 @dataclass
@@ -400,7 +401,8 @@ class BridgeCore:
         now = time.time()
         for job in batch:
             job.started = now
-        payload = [(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue) for j in batch]
+        payload = [(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue, self._limits(j)[0])
+                   for j in batch]
         limit = max(self._limits(j)[1] for j in batch) + KILL_GRACE_SECONDS
         outcomes = None
         try:
@@ -451,7 +453,8 @@ class BridgeCore:
                                        "name": f"{job.spec.name}:{job.id}"}
             if self.settings.worker_max_tasks_per_child:
                 options["max_calls"] = self.settings.worker_max_tasks_per_child
-            payload = (job.spec.name, job.msg.args, job.msg.kwargs, job.id, job.msg.retries, queue)
+            payload = (job.spec.name, job.msg.args, job.msg.kwargs, job.id, job.msg.retries, queue,
+                       self._limits(job)[0])
             ref = run_heavy.options(**options).remote(self.settings_ref, payload)
             outcome = await self._await_limited(job, ref)
         self._finish(job, outcome)
@@ -461,15 +464,18 @@ class BridgeCore:
         soft, hard = self._limits(job)
         t0 = time.perf_counter()
         fut = asyncio.ensure_future(_await(ref))
-        done, _ = await asyncio.wait({fut}, timeout=soft)
+        # The worker raises SoftTimeLimitExceeded in the job at ``soft`` itself; a job still running a
+        # moment later is cancelled through Ray, and one still running at ``hard`` is killed.
+        first = min(hard, soft + SOFT_GRACE_SECONDS)
+        done, _ = await asyncio.wait({fut}, timeout=first)
         soft_hit = False
         if not done:
             soft_hit = True
-            log.warning("job %s %s try=%d soft time limit %.1f s: cancelling", job.id, job.spec.name,
+            log.warning("job %s %s try=%d past its soft time limit %.1f s: cancelling", job.id, job.spec.name,
                         job.msg.retries, soft)
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=False)
-            done, _ = await asyncio.wait({fut}, timeout=max(0.0, hard - soft))
+            done, _ = await asyncio.wait({fut}, timeout=max(0.0, hard - first))
             if not done:
                 log.warning("job %s %s try=%d hard time limit %.1f s: killing its worker", job.id, job.spec.name,
                             job.msg.retries, hard)

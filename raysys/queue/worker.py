@@ -13,8 +13,11 @@ A job cancelled by the soft time limit (Ray raises ``KeyboardInterrupt`` in it) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -27,7 +30,7 @@ from raysys.tasks.registry import TaskContext, load_all, lookup
 
 log = logging.getLogger("raysys.queue.worker")
 
-Job = tuple[str, list, dict, str, int, str]  # task name, args, kwargs, task id, retries, queue
+Job = tuple  # (task name, args, kwargs, task id, retries, queue, soft time limit in seconds or None)
 
 _state: dict[str, Any] = {}
 
@@ -62,9 +65,31 @@ def _progress(settings: Settings, task_id: str):  # noqa: ANN202
     return report
 
 
+def _on_soft_limit(signum: int, frame: Any) -> None:
+    raise protocol.SoftTimeLimitExceeded()
+
+
+@contextlib.contextmanager
+def soft_limit(seconds: float | None):
+    """Raise Celery's ``SoftTimeLimitExceeded`` inside the job after ``seconds`` (SIGALRM, as billiard does
+    with its own signal): it interrupts sleeps and blocking I/O, and the task may catch it to clean up.
+    Only in the main thread (where Ray runs tasks); elsewhere the bridge's ``ray.cancel`` is the soft limit.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _on_soft_limit)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def execute(settings: Settings, job: Job) -> tuple:
     """Run one job here and now; return its outcome (see the module docstring). Never raises."""
-    name, args, kwargs, task_id, retries, queue = job
+    name, args, kwargs, task_id, retries, queue, soft = job
     t0 = time.perf_counter()
     try:
         spec = lookup(name)
@@ -73,7 +98,8 @@ def execute(settings: Settings, job: Job) -> tuple:
     ctx = TaskContext(settings=settings, task_id=task_id, task_name=spec.name, queue=queue, retries=retries,
                       progress_cb=_progress(settings, task_id))
     try:
-        value = spec.fn(ctx, *args, **kwargs)
+        with soft_limit(soft):
+            value = spec.fn(ctx, *args, **kwargs)
     except Retry as exc:
         inner = exc.exc if exc.exc is not None else exc
         return ("retry", time.perf_counter() - t0, protocol.exception_meta(inner), protocol.format_traceback(exc),
