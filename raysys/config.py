@@ -227,6 +227,7 @@ class Settings:
     dashboard_port: int = _env("RAYSYS_DASHBOARD_PORT", _int(1), DEFAULT_DASHBOARD_PORT)
     serve_host: str = _env("SERVE_HOST", _str, "127.0.0.1")
     serve_port: int = _env("SERVE_PORT", _int(1), 8000)
+    schedule_file: str | None = _env("RAYSYS_SCHEDULE_FILE", _opt_str, None)  # scheduler: TOML/JSON/YAML
 
     def __post_init__(self) -> None:
         if not self.data_dir:
