@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import redis
 from raysys.config import Settings
 
 TASK_MODULES = ("tests.queue_tasks",)
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # Ray workers get the project root from the driver's cwd; the driver too
+    sys.path.insert(0, str(ROOT))
 
 # Routes a Celery producer of this platform would configure: test tasks spread over the three queues.
 CELERY_ROUTES = {

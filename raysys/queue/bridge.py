@@ -335,7 +335,9 @@ class BridgeCore:
                 _log_job(msg, "revoked (expired)", now - msg.expires)
                 continue
             if msg.eta is not None and msg.eta > now + 0.002:
-                self.buf.delay(self.broker.delayed_key, msg.eta, source, raw)
+                # A native countdown is relative: park the message with its absolute eta instead.
+                parked = protocol.reencode(msg) if msg.kind == "native" else raw
+                self.buf.delay(self.broker.delayed_key, msg.eta, source, parked)
                 self.buf.ack(inflight, raw)
                 self.buf_release.append(slot)
                 self.due_event.set()

@@ -24,6 +24,7 @@ are written in Celery's own format::
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -32,6 +33,8 @@ from typing import Any
 from raysys.config import Settings
 from raysys.errors import UnknownTask
 from raysys.queue import protocol
+
+log = logging.getLogger(__name__)
 
 # Where each task goes when the registry is not importable here (the Celery service's routes).
 DEFAULT_ROUTES: dict[str, str] = {
@@ -64,8 +67,8 @@ def resolve_task(name: str, settings: Settings) -> tuple[str, str]:
         return spec.name, queue
     except UnknownTask:
         pass
-    except Exception:  # noqa: BLE001 - a broken task module must not stop producers; fall back to routes
-        pass
+    except Exception as exc:  # noqa: BLE001 - a broken task module must not stop producers; fall back to routes
+        log.warning("task registry unavailable here (%s); routing %r by the Celery service's routes", exc, name)
     full = name if name in DEFAULT_ROUTES else f"workers.tasks.{name}"
     if full in DEFAULT_ROUTES:
         return full, DEFAULT_ROUTES[full]

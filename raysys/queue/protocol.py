@@ -262,7 +262,7 @@ _ID_RE = re.compile(rb'"(?:id|correlation_id|task_id)"\s*:\s*"([A-Za-z0-9_.:\-]{
 
 def sniff_id(raw: bytes) -> str | None:
     """Best-effort job id from a message too large or too broken to decode."""
-    m = _ID_RE.search(raw[:65536])
+    m = _ID_RE.search(raw[:65536]) or (_ID_RE.search(raw[-65536:]) if len(raw) > 65536 else None)
     return m.group(1).decode() if m else None
 
 
