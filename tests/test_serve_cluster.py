@@ -147,6 +147,8 @@ def head(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # Ray 2.60 turns token auth on when a token exists; say so explicitly, for the head and its clients.
         mp.setenv("RAY_AUTH_MODE", "token")
+        # Job entrypoints run `python` from the head's PATH: the project's venv, as under ./dev.
+        mp.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         address, sid = start_ray_head(temp_dir, free_port(), dashboard, num_cpus=2)
     try:
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}"}
@@ -206,6 +208,76 @@ def test_serve_deploy_of_cluster_serve_yaml(tmp_path, head, redis_server, pg_ser
     assert "raysys-api" in status.stdout and "HEALTHY" in status.stdout, status.stdout[-2000:]
     subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", head["dashboard"]], env=env,
                    capture_output=True, timeout=120)
+
+
+def _run_job(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """`ray job submit ...`; retried while the fresh head's dashboard agent is not up yet."""
+    deadline = time.monotonic() + 90
+    while True:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        out = proc.stdout + proc.stderr
+        if "No available agent to submit job" not in out or time.monotonic() > deadline:
+            return proc.returncode, out
+        time.sleep(2)
+
+
+def _summary(output: str) -> dict:
+    lines = [ln for ln in output.splitlines() if "SUMMARY {" in ln]
+    assert lines, output[-4000:]
+    return json.loads(lines[-1].split("SUMMARY ", 1)[1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_job_submit_backfill_and_directory_ingestion(tmp_path, head, redis_server, pg_server):
+    """The documented `ray job submit ... -- python -m raysys.jobs.<job>` commands, against a real head."""
+    from raysys import synthetic
+    from raysys.storage.postgres import Database
+
+    pg_url = _new_database(pg_server)
+    ds = synthetic.generate(tenants=1, calls=4, days=2, seed=3)
+    tenant = ds.tenants[0]
+    calls = [sc.call for sc in ds.calls]
+    for call in calls:
+        call.audio_path = None  # text analytics only: the models are tested elsewhere
+
+    async def seed() -> None:
+        db = await Database.open(pg_url, max_size=1)
+        try:
+            await db.upsert_tenant(tenant)
+            await db.upsert_calls(calls)
+            for sc in ds.calls:
+                await db.replace_turns(tenant, sc.call.id, sc.turns)
+        finally:
+            await db.close()
+
+    asyncio.run(seed())
+    docs = tmp_path / "data" / "documents" / tenant
+    (docs / "faq").mkdir(parents=True)
+    (docs / "faq" / "cards.md").write_text("# Cards\n\nBlock a lost card in the app under Cards > Block.\n")
+    (docs / "fees.txt").write_text("Transfers abroad cost one percent of the amount.\n")
+    (docs / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))   # not a document: skipped
+    runtime_env = json.dumps({"env_vars": {
+        "RAYSYS_DATA_DIR": str(tmp_path / "data"), "CELERY_BROKER_URL": redis_server["url"], "POSTGRES_URL": pg_url,
+        "CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}", "EMBEDDING_NUM_GPUS": "0"}})
+    days = sorted({c.started_at.date() for c in calls})
+    env = _env(RAY_AUTH_MODE="token")
+    submit = [str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--working-dir", ".",
+              "--runtime-env-json", runtime_env, "--"]
+
+    rc, out = _run_job([*submit, "python", "-m", "raysys.jobs.backfill", "--tenant", tenant, "--start", str(days[0]),
+                        "--end", str(days[-1]), "--log-every", "2"], env, timeout=400)
+    summary = _summary(out)
+    assert summary["total"] == len(calls) and summary["succeeded"] == len(calls) and summary["failed"] == 0, out[-4000:]
+    assert f"progress {len(calls)}/{len(calls)}" in out
+    assert rc == 0, out[-3000:]
+
+    rc, out = _run_job([*submit, "python", "-m", "raysys.jobs.ingest_dir", str(docs), "--tenant", tenant], env,
+                       timeout=300)
+    summary = _summary(out)
+    assert summary["total"] == 2 and summary["ingested"] == 2 and summary["skipped"] == 1, out[-4000:]
+    assert summary["chunks"] >= 2 and "progress 2/2" in out
+    assert rc == 0, out[-3000:]
 
 
 # --- placement on a two-node cluster -------------------------------------------------------------------------
