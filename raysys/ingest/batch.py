@@ -1,10 +1,13 @@
 """Batch ingestion: many files fanned out over the Ray cluster, a bounded number in flight.
 
-Each file is one Ray task running :func:`raysys.ingest.pipeline.ingest_document`; at most
-``max_in_flight`` run at once (default ``WORKER_CONCURRENCY``, else the cluster's CPUs), so a
-100,000-file batch holds 100,000 paths, not 100,000 pending tasks. A file that fails - outside the
-allowed roots, corrupt, unsupported, too large, or even a crashed worker - yields a ``failed`` result
-with its error; every other file goes on.
+Files are grouped - small ones together (up to 16 files or 256 KiB per group), a large one alone - and
+each group is one Ray task running :func:`raysys.ingest.pipeline.ingest_documents` over one database
+connection, its files' chunks embedded in shared batches. At most ``max_in_flight`` groups run at
+once (default ``WORKER_CONCURRENCY``, else the cluster's CPUs), so a 100,000-file batch holds
+100,000 paths in the driver, not 100,000 pending tasks. A file that fails - outside the allowed
+roots, corrupt, unsupported, too large - yields a ``failed`` result with its error and every other
+file goes on; only a failure of the whole group (a crashed worker, the database or the embedding
+actor down) fails the files of that group together.
 
 Directories are expanded recursively (hidden files and folders skipped, symlinks followed only when
 their target stays inside the allowed roots). Files reached twice are ingested once.
@@ -25,6 +28,8 @@ from raysys.paths import confine
 log = logging.getLogger(__name__)
 
 MAX_BATCH_FILES = 100_000
+GROUP_BYTES = 256 * 1024  # small files per Ray task, by total size ...
+GROUP_FILES = 16          # ... and by count
 
 
 def error_result(source_path: str, exc: BaseException, document_id: str | None = None) -> dict[str, Any]:
@@ -81,19 +86,25 @@ def _remote_ingest():
     import ray  # noqa: PLC0415
 
     @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
-    def ingest_one(settings: Settings, tenant_id: str, source_path: str, real: str) -> dict[str, Any]:
-        from raysys.ingest.pipeline import document_id_for, ingest_document  # noqa: PLC0415
+    def ingest_group(settings: Settings, tenant_id: str, files: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        from raysys.ingest.pipeline import document_id_for, ingest_documents  # noqa: PLC0415
 
-        document_id = document_id_for(real)
+        items = [(real, document_id_for(real)) for _, real in files]
         try:
-            result = ingest_document(settings, tenant_id, real, document_id)
-        except Exception as exc:  # noqa: BLE001 - one bad file fails alone
-            log.warning("ingest %s failed: %s: %s", source_path, type(exc).__name__, exc)
-            return error_result(source_path, exc, document_id)
-        result["source_path"] = source_path
-        return result
+            outcomes = ingest_documents(settings, tenant_id, items)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is down: every file of the group fails
+            outcomes = [exc] * len(files)
+        results = []
+        for (given, _), (_, document_id), outcome in zip(files, items, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("ingest %s failed: %s: %s", given, type(outcome).__name__, outcome)
+                results.append(error_result(given, outcome, document_id))
+            else:
+                outcome["source_path"] = given
+                results.append(outcome)
+        return results
 
-    return ingest_one
+    return ingest_group
 
 
 def default_in_flight(settings: Settings) -> int:
@@ -104,6 +115,28 @@ def default_in_flight(settings: Settings) -> int:
     return max(1, min(16, int(ray.cluster_resources().get("CPU", 2))))
 
 
+def group_files(files: list[tuple[str, Path]], max_bytes: int = GROUP_BYTES,
+                max_files: int = GROUP_FILES) -> list[list[tuple[str, str]]]:
+    """Small files travel together (one Ray task, one database connection, shared embedding batches);
+    a file of ``max_bytes`` or more travels alone."""
+    groups: list[list[tuple[str, str]]] = []
+    current: list[tuple[str, str]] = []
+    size = 0
+    for given, real in files:
+        try:
+            n = real.stat().st_size
+        except OSError:
+            n = 0  # the task reports the error
+        if current and (size + n > max_bytes or len(current) >= max_files):
+            groups.append(current)
+            current, size = [], 0
+        current.append((given, str(real)))
+        size += n
+    if current:
+        groups.append(current)
+    return groups
+
+
 def ingest_many(settings: Settings, tenant_id: str, paths: Iterable[str | os.PathLike[str]], *,
                 max_in_flight: int | None = None,
                 on_total: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
@@ -111,7 +144,8 @@ def ingest_many(settings: Settings, tenant_id: str, paths: Iterable[str | os.Pat
 
     Ray must be initialised. ``on_total(n)`` is called once with the number of results to expect.
     Results are :func:`raysys.ingest.pipeline.ingest_document` summaries (with ``source_path`` as
-    given) or ``failed`` entries from :func:`error_result`.
+    given) or ``failed`` entries from :func:`error_result`. ``max_in_flight`` bounds the Ray tasks
+    running at once; each takes a group of small files (:func:`group_files`) or one large file.
     """
     import ray  # noqa: PLC0415
 
@@ -119,25 +153,25 @@ def ingest_many(settings: Settings, tenant_id: str, paths: Iterable[str | os.Pat
     if on_total:
         on_total(len(files) + len(failed))
     yield from failed
-    ingest_one = _remote_ingest()
+    ingest_group = _remote_ingest()
     limit = max(1, max_in_flight or default_in_flight(settings))
-    pending: dict[Any, str] = {}
-    queue = iter(files)
+    pending: dict[Any, list[tuple[str, str]]] = {}
+    queue = iter(group_files(files))
     exhausted = False
     while pending or not exhausted:
         while not exhausted and len(pending) < limit:
-            item = next(queue, None)
-            if item is None:
+            group = next(queue, None)
+            if group is None:
                 exhausted = True
                 break
-            given, real = item
-            pending[ingest_one.remote(settings, tenant_id, given, str(real))] = given
+            pending[ingest_group.remote(settings, tenant_id, group)] = group
         if not pending:
             break
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            given = pending.pop(ref)
+            group = pending.pop(ref)
             try:
-                yield ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a crashed worker fails its file only
-                yield error_result(given, exc)
+                yield from ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a crashed worker fails its files only
+                for given, _ in group:
+                    yield error_result(given, exc)

@@ -17,7 +17,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +36,8 @@ from raysys.paths import confine
 log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = "ingest-1"  # bump when parsing or chunking changes what chunks a file yields
-EMBED_BATCH = 64
+EMBED_BATCH = 16      # texts per embedding call (small batches run faster on CPU: cache-sized)
+EMBED_IN_FLIGHT = 4   # embedding calls in flight at once
 
 T = TypeVar("T")
 Embedder = Callable[[list[str]], np.ndarray]
@@ -105,6 +108,25 @@ def read_document(settings: Settings, source_path: str | os.PathLike[str]) -> tu
     return path, data
 
 
+@dataclass
+class _Prepared:
+    """A document read, parsed and chunked, waiting for its vectors."""
+
+    index: int
+    summary: dict[str, Any]
+    record: index.DocumentRecord
+    chunks: list[chunking.Chunk]
+    timings: dict[str, float]
+    seconds: float  # time spent on this document so far
+
+
+def _check_ids(tenant_id: Any, document_id: Any) -> None:
+    if not isinstance(tenant_id, str) or not tenant_id or len(tenant_id) > 200:
+        raise InvalidInput("tenant_id must be a non-empty string of at most 200 characters")
+    if document_id is not None and (not isinstance(document_id, str) or not document_id or len(document_id) > 200):
+        raise InvalidInput("document_id must be a non-empty string of at most 200 characters")
+
+
 def ingest_document(settings: Settings, tenant_id: str, source_path: str | os.PathLike[str],
                     document_id: str | None = None, *, embed: Embedder | None = None,
                     progress: Callable[[float, str], None] | None = None, force: bool = False) -> dict[str, Any]:
@@ -112,7 +134,7 @@ def ingest_document(settings: Settings, tenant_id: str, source_path: str | os.Pa
 
     Summary keys: ``document_id``, ``tenant_id``, ``source_path``, ``status`` (``ingested`` |
     ``unchanged``), ``chunks``, ``pages``, ``mime_type``, ``title``, ``bytes``, ``content_hash``,
-    ``seconds`` (and per-stage ``timings``), ``rag`` (push summary or None).
+    ``seconds`` (and per-stage ``timings`` when ingested), ``rag`` (push summary or None).
 
     Raises:
         Forbidden: the path escapes ``settings.allowed_roots``.
@@ -122,38 +144,101 @@ def ingest_document(settings: Settings, tenant_id: str, source_path: str | os.Pa
         InvalidInput: corrupt, encrypted, empty, or bad ids.
         RagServiceError: the RAG service refused or stayed down (retryable then).
     """
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-    report = progress or (lambda fraction, message: None)
-    if not tenant_id or not isinstance(tenant_id, str) or len(tenant_id) > 200:
-        raise InvalidInput("tenant_id must be a non-empty string of at most 200 characters")
+    _check_ids(tenant_id, document_id)
+    result = ingest_documents(settings, tenant_id, [(source_path, document_id)], embed=embed, progress=progress,
+                              force=force)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def ingest_documents(settings: Settings, tenant_id: str,
+                     items: Sequence[tuple[str | os.PathLike[str], str | None]], *, embed: Embedder | None = None,
+                     progress: Callable[[float, str], None] | None = None,
+                     force: bool = False) -> list[dict[str, Any] | BaseException]:
+    """Ingest several ``(source_path, document_id or None)`` files over one database connection.
+
+    The chunks of all changed files are embedded together (full batches even for small files), and
+    each file is stored in its own transaction. Returns, in order, each file's summary (as
+    :func:`ingest_document`) or the exception that file raised; one bad file does not stop the others.
+    """
+    _check_ids(tenant_id, None)
     if not settings.postgres_url:
         raise InvalidInput("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`)")
+    return run_async(_ingest_group(settings, tenant_id, list(items), embed or cluster_embedder(settings),
+                                   progress or (lambda fraction, message: None), force))
+
+
+async def _ingest_group(settings: Settings, tenant_id: str, items: list[tuple[Any, str | None]], embed: Embedder,
+                        report: Callable[[float, str], None], force: bool) -> list[dict[str, Any] | BaseException]:
+    from raysys.storage.postgres import connect  # noqa: PLC0415
+
+    results: list[dict[str, Any] | BaseException | None] = [None] * len(items)
+    prepared: list[_Prepared] = []
+    conn = await connect(settings.postgres_url)
+    try:
+        for i, (source_path, document_id) in enumerate(items):
+            try:
+                outcome = await _prepare(settings, conn, tenant_id, source_path, document_id, force, i)
+            except Exception as exc:  # noqa: BLE001 - reported for this file only
+                results[i] = exc
+                continue
+            if isinstance(outcome, dict):
+                results[i] = outcome
+            else:
+                prepared.append(outcome)
+        report(0.3, f"{sum(len(p.chunks) for p in prepared)} chunks to embed")
+
+        mark = time.perf_counter()
+        texts = [c.embed_text for p in prepared for c in p.chunks]
+        try:
+            matrix = await asyncio.to_thread(embed_all, embed, texts,
+                                             lambda f: report(0.3 + 0.6 * f, "embedding"))
+        except Exception as exc:  # noqa: BLE001 - the embedding service failed: every pending file fails
+            for p in prepared:
+                results[p.index] = exc
+            prepared = []
+        embed_seconds = time.perf_counter() - mark
+
+        offset = 0
+        for p in prepared:
+            share = embed_seconds * len(p.chunks) / max(1, len(texts))
+            vectors = matrix[offset:offset + len(p.chunks)]
+            offset += len(p.chunks)
+            p.timings["embed"] = share
+            try:
+                results[p.index] = await _store(settings, conn, p, vectors)
+            except Exception as exc:  # noqa: BLE001
+                results[p.index] = exc
+    finally:
+        await conn.close()
+    report(1.0, "indexed")
+    return results  # type: ignore[return-value]
+
+
+async def _prepare(settings: Settings, conn: Any, tenant_id: str, source_path: Any, document_id: str | None,
+                   force: bool, position: int) -> dict[str, Any] | _Prepared:
+    """Read and check one file; an unchanged one is finished here (a summary), a changed one parsed."""
+    started = time.perf_counter()
+    _check_ids(tenant_id, document_id)
     path, data = read_document(settings, source_path)
     document_id = document_id or document_id_for(path)
-    if not isinstance(document_id, str) or not document_id or len(document_id) > 200:
-        raise InvalidInput("document_id must be a non-empty string of at most 200 characters")
     content_hash = "sha256:" + hashlib.sha256(data).hexdigest()
     model = model_path(settings)
-    timings["read"] = time.perf_counter() - started
-
-    async def existing() -> dict[str, Any] | None:
-        from raysys.storage.postgres import connect  # noqa: PLC0415
-
-        conn = await connect(settings.postgres_url)
-        try:
-            return await index.get_document(conn, tenant_id, document_id)
-        finally:
-            await conn.close()
-
-    current = run_async(existing())
+    timings = {"read": time.perf_counter() - started}
     summary: dict[str, Any] = {"document_id": document_id, "tenant_id": tenant_id, "source_path": str(path),
                                "bytes": len(data), "content_hash": content_hash, "rag": None}
+    current = await index.get_document(conn, tenant_id, document_id)
     if (not force and current and current["content_hash"] == content_hash
             and current["embedding_model"] == model and current["pipeline"] == PIPELINE_VERSION):
         summary.update(status="unchanged", chunks=current["chunk_count"], pages=current["pages"],
                        mime_type=current["mime_type"], title=current["title"])
-        run_async(_touch_and_push(settings, tenant_id, document_id, str(path), current, summary))
+        await index.touch_document(conn, tenant_id, document_id, str(path))
+        if settings.rag_service_url and current["rag_pushed_hash"] != current["content_hash"]:
+            rows = await index.load_chunks(conn, tenant_id, document_id)
+            summary["rag"] = await asyncio.to_thread(_push, settings, record_meta(current), tenant_id, document_id,
+                                                     content_hash, rows)
+            await index.mark_pushed(conn, tenant_id, document_id, content_hash)
         summary["seconds"] = round(time.perf_counter() - started, 4)
         log.info("ingest %s/%s unchanged (%s) in %.2fs", tenant_id, document_id, path.name, summary["seconds"])
         return summary
@@ -161,55 +246,58 @@ def ingest_document(settings: Settings, tenant_id: str, source_path: str | os.Pa
     mark = time.perf_counter()
     kind = sniff(data, path.name)
     parsed = parse(kind, data, max_pages=settings.max_document_pages, filename=path.name)
-    del data
     timings["parse"] = time.perf_counter() - mark
-    report(0.2, f"parsed {kind}: {parsed.pages or '-'} pages")
-
     mark = time.perf_counter()
     chunks = chunking.chunk_blocks(parsed.blocks, chunking.token_counter(model))
     timings["chunk"] = time.perf_counter() - mark
-    report(0.3, f"{len(chunks)} chunks")
-
-    mark = time.perf_counter()
-    embed = embed or cluster_embedder(settings)
-    texts = [c.embed_text for c in chunks]
-    vectors: list[np.ndarray] = []
-    for i in range(0, len(texts), EMBED_BATCH):
-        vectors.append(np.asarray(embed(texts[i:i + EMBED_BATCH]), dtype=np.float32))
-        report(0.3 + 0.6 * min(1.0, (i + EMBED_BATCH) / len(texts)), "embedding")
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    timings["embed"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
     record = index.DocumentRecord(document_id, tenant_id, str(path), content_hash, parsed.mime_type,
-                                  (parsed.title or "")[:500] or None, parsed.pages, summary["bytes"], model,
+                                  (parsed.title or "")[:500] or None, parsed.pages, len(data), model,
                                   PIPELINE_VERSION)
+    summary.update(chunks=len(chunks), pages=parsed.pages, mime_type=parsed.mime_type, title=record.title)
+    return _Prepared(position, summary, record, chunks, timings, time.perf_counter() - started)
 
-    async def store() -> None:
-        from raysys.storage.postgres import connect  # noqa: PLC0415
 
-        conn = await connect(settings.postgres_url)
-        try:
-            await index.replace_document(conn, record, chunks, matrix)
-        finally:
-            await conn.close()
-
-    run_async(store())
-    timings["index"] = time.perf_counter() - mark
-    summary.update(status="ingested", chunks=len(chunks), pages=parsed.pages, mime_type=parsed.mime_type,
-                   title=record.title)
+async def _store(settings: Settings, conn: Any, p: _Prepared, vectors: np.ndarray) -> dict[str, Any]:
+    mark = time.perf_counter()
+    await index.replace_document(conn, p.record, p.chunks, vectors)
+    p.timings["index"] = time.perf_counter() - mark
+    summary = p.summary
+    summary["status"] = "ingested"
     if settings.rag_service_url:
         mark = time.perf_counter()
         rows = [{"position": c.position, "page": c.page, "heading": c.heading, "text": c.text,
-                 "embedding": matrix[i]} for i, c in enumerate(chunks)]
-        summary["rag"] = _push(settings, record_meta(record), tenant_id, document_id, content_hash, rows)
-        timings["rag"] = time.perf_counter() - mark
-    report(1.0, "indexed")
-    summary["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    summary["seconds"] = round(time.perf_counter() - started, 4)
-    log.info("ingest %s/%s %s: %s pages, %d chunks in %.2fs", tenant_id, document_id, path.name,
-             parsed.pages or "-", len(chunks), summary["seconds"])
+                 "embedding": vectors[i]} for i, c in enumerate(p.chunks)]
+        r = p.record
+        summary["rag"] = await asyncio.to_thread(_push, settings, record_meta(r), r.tenant_id, r.id,
+                                                 r.content_hash, rows)
+        await index.mark_pushed(conn, r.tenant_id, r.id, r.content_hash)
+        p.timings["rag"] = time.perf_counter() - mark
+    summary["timings"] = {k: round(v, 4) for k, v in p.timings.items()}
+    summary["seconds"] = round(p.seconds + sum(v for k, v in p.timings.items() if k not in ("read", "parse", "chunk")), 4)
+    log.info("ingest %s/%s %s: %s pages, %d chunks in %.2fs", p.record.tenant_id, p.record.id,
+             Path(p.record.source_path).name, p.record.pages or "-", len(p.chunks), summary["seconds"])
     return summary
+
+
+def embed_all(embed: Embedder, texts: list[str], progress: Callable[[float], None] | None = None,
+              batch: int = EMBED_BATCH, in_flight: int = EMBED_IN_FLIGHT) -> np.ndarray:
+    """Embed ``texts`` in batches of ``batch``, up to ``in_flight`` batches at once (so a pool of embedding
+    actors works in parallel; a single actor simply queues them)."""
+    if not texts:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    spans = [(i, texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    if len(spans) == 1:
+        return np.asarray(embed(spans[0][1]), dtype=np.float32)
+    done = 0
+    parts: dict[int, np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=min(in_flight, len(spans)), thread_name_prefix="raysys-embed") as pool:
+        futures = {pool.submit(embed, chunk): start for start, chunk in spans}
+        for future in as_completed(futures):
+            parts[futures[future]] = np.asarray(future.result(), dtype=np.float32)
+            done += 1
+            if progress:
+                progress(done / len(spans))
+    return np.concatenate([parts[start] for start, _ in spans])
 
 
 def record_meta(record: index.DocumentRecord | dict[str, Any]) -> dict[str, Any]:
@@ -217,40 +305,13 @@ def record_meta(record: index.DocumentRecord | dict[str, Any]) -> dict[str, Any]
     return {"title": get("title"), "source_path": get("source_path"), "mime_type": get("mime_type")}
 
 
-async def _touch_and_push(settings: Settings, tenant_id: str, document_id: str, source_path: str,
-                          current: dict[str, Any], summary: dict[str, Any]) -> None:
-    """An unchanged document: note the sighting, and push it if the RAG service lacks this version."""
-    from raysys.storage.postgres import connect  # noqa: PLC0415
-
-    conn = await connect(settings.postgres_url)
-    try:
-        await index.touch_document(conn, tenant_id, document_id, source_path)
-        if settings.rag_service_url and current["rag_pushed_hash"] != current["content_hash"]:
-            rows = await index.load_chunks(conn, tenant_id, document_id)
-            summary["rag"] = await asyncio.to_thread(_push, settings, record_meta(current), tenant_id, document_id,
-                                                     current["content_hash"], rows)
-    finally:
-        await conn.close()
-
-
 def _push(settings: Settings, meta: dict[str, Any], tenant_id: str, document_id: str, content_hash: str,
           rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Push one document version to the RAG service (blocking HTTP; run it in a thread from async code)."""
     from raysys.ingest.rag import RagClient  # noqa: PLC0415
 
     with RagClient(settings.rag_service_url) as client:
-        result = client.push_document(tenant_id, document_id, content_hash, rows, meta)
-
-    async def marked() -> None:
-        from raysys.storage.postgres import connect  # noqa: PLC0415
-
-        conn = await connect(settings.postgres_url)
-        try:
-            await index.mark_pushed(conn, tenant_id, document_id, content_hash)
-        finally:
-            await conn.close()
-
-    run_async(marked())
-    return result
+        return client.push_document(tenant_id, document_id, content_hash, rows, meta)
 
 
 def search(settings: Settings, tenant_id: str, query: str, top_k: int = 5, *,
