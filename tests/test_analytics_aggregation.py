@@ -1,4 +1,5 @@
 """Daily aggregation in real chDB (through the Warehouse actor) on hand-checkable calls."""
+# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def day_row(settings, tenant, day):
     return rows[0] if rows else None
 
 
-def test_daily_metrics_fcr_window_p90_top_intents_and_recompute(ctx, asettings, tenant_id):  # noqa: F811
+def test_daily_metrics_fcr_window_p90_top_intents_and_recompute(ctx, asettings, tenant_id):
     t = tenant_id
     wh(asettings, "insert_call_facts", [
         fact(t, "c1", utc(2025, 3, 3, 9, 10), "A", "billing", True, 100, 0.5),
@@ -73,7 +74,7 @@ def test_daily_metrics_fcr_window_p90_top_intents_and_recompute(ctx, asettings, 
     assert day_row(asettings, "other_" + t, D1) is None, "a tenant's run leaves other tenants alone"
 
 
-def test_all_tenants_provisional_fcr_and_bad_dates(ctx, asettings, tenant_id):  # noqa: F811
+def test_all_tenants_provisional_fcr_and_bad_dates(ctx, asettings, tenant_id):
     today = datetime.now(UTC).date()
     recent = today - timedelta(days=2)
     when = datetime.combine(recent, datetime.min.time(), UTC) + timedelta(hours=12)
@@ -86,7 +87,7 @@ def test_all_tenants_provisional_fcr_and_bad_dates(ctx, asettings, tenant_id):  
         aggregate_daily_metrics(ctx, date="yesterday-ish")
 
 
-def test_aggregate_days_with_a_plain_command_callable(asettings, ray_cluster, tenant_id):  # noqa: F811
+def test_aggregate_days_with_a_plain_command_callable(asettings, ray_cluster, tenant_id):
     """aggregate_days takes any command(sql, params); 'today' decides when a day's FCR is final."""
     wh(asettings, "insert_call_facts", [fact(tenant_id, "c1", utc(2025, 5, 1, 8), "A", "x", True, 10)])
     aggregate_days(lambda sql, p: wh(asettings, "command", sql, p), date(2025, 5, 1), date(2025, 5, 1),

@@ -1,4 +1,5 @@
 """Call metrics, speaker mapping, sentiment and summaries on hand-checkable inputs (no Ray)."""
+# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ TURNS = [
 ]
 
 
-def test_extractive_summary_is_central_non_redundant_and_attributed(text_encoder):  # noqa: F811
+def test_extractive_summary_is_central_non_redundant_and_attributed(text_encoder):
     result = summary.extractive_summary(TURNS, text_encoder.encode, max_turns=2)
     assert result["method"] == "extractive" and len(result["sentences"]) == 2
     texts = [s["text"] for s in result["sentences"]]
@@ -122,7 +123,7 @@ def chat_server():
     server.shutdown()
 
 
-def test_llm_summary_through_an_openai_compatible_endpoint_and_fallback(chat_server, text_encoder):  # noqa: F811
+def test_llm_summary_through_an_openai_compatible_endpoint_and_fallback(chat_server, text_encoder):
     result = summary.summarize(TURNS, text_encoder.encode, llm_url=chat_server, llm_model="m1", llm_api_key="k")
     assert result == {"method": "llm", "model": "m1", "text": "Customer was double charged; agent refunded.",
                       "sentences": []}

@@ -1,4 +1,5 @@
 """Intent classifier: training, persistence, threshold, CLI, and accuracy on a held-out Banking77 split."""
+# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _cli(*args: str, stdin: str | None = None, timeout: float = 300) -> subproce
                           timeout=timeout, cwd=ROOT, env=env)
 
 
-def test_trained_model_classifies_unseen_phrasings_and_round_trips(tmp_path, text_encoder):  # noqa: F811
+def test_trained_model_classifies_unseen_phrasings_and_round_trips(tmp_path, text_encoder):
     texts, cats = zip(*SMALL_CATALOGUE, strict=True)
     model = intents.IntentModel.train(list(texts), list(cats), text_encoder.encode, threshold=0.2)
     assert sorted(model.labels) == ["card_lost", "delivery_status", "password_reset"]
@@ -49,7 +50,7 @@ def test_trained_model_classifies_unseen_phrasings_and_round_trips(tmp_path, tex
     assert not list((tmp_path / "m").glob("*.pkl")), "model directories hold no pickles"
 
 
-def test_low_confidence_is_unknown_and_call_intent_comes_from_the_content_turn(text_encoder):  # noqa: F811
+def test_low_confidence_is_unknown_and_call_intent_comes_from_the_content_turn(text_encoder):
     texts, cats = zip(*SMALL_CATALOGUE, strict=True)
     model = intents.IntentModel.train(list(texts), list(cats), text_encoder.encode, threshold=0.2)
     preds = model.predict(["my card was stolen"], text_encoder.encode, threshold=0.999)
@@ -60,7 +61,7 @@ def test_low_confidence_is_unknown_and_call_intent_comes_from_the_content_turn(t
     assert intents.classify_call(model, [], text_encoder.encode)[0] == intents.UNKNOWN
 
 
-def test_bad_catalogues_and_model_dirs_are_clear_errors(tmp_path, text_encoder):  # noqa: F811
+def test_bad_catalogues_and_model_dirs_are_clear_errors(tmp_path, text_encoder):
     bad = tmp_path / "bad.csv"
     bad.write_text("sentence,label\nhello,greet\n")
     with pytest.raises(InvalidInput, match="text,category"):

@@ -1,4 +1,5 @@
 """Daily report: HTML/CSV contents, and delivery to a real SMTP server on loopback (aiosmtpd)."""
+# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def _seed(settings, tenant, recipients):
     wh(settings, "insert_call_facts", facts)
 
 
-def test_generate_daily_report_emails_inline_charts_and_csv(ctx, asettings, tenant_id, smtp_server):  # noqa: F811
+def test_generate_daily_report_emails_inline_charts_and_csv(ctx, asettings, tenant_id, smtp_server):
     url, handler = smtp_server
     ctx.settings = asettings.replace(smtp_url=url, report_sender="reports@raysys.test")
     _seed(asettings, tenant_id, ["ops@acme.test", "boss@acme.test"])
@@ -114,7 +115,7 @@ def test_generate_daily_report_emails_inline_charts_and_csv(ctx, asettings, tena
     assert "Total calls: 4" in msg.get_body(preferencelist=("plain",)).get_content()
 
 
-def test_report_without_smtp_unknown_tenant_and_smtp_down(ctx, asettings, tenant_id):  # noqa: F811
+def test_report_without_smtp_unknown_tenant_and_smtp_down(ctx, asettings, tenant_id):
     _seed(asettings, tenant_id, ["ops@acme.test"])
     out = generate_daily_report(ctx, tenant_id, DAY.isoformat())
     assert out["emailed"] is False and "SMTP_URL" in out["not_emailed_reason"]

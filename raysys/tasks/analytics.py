@@ -263,9 +263,9 @@ def diarize_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, A
 
     Raises Forbidden (outside the allowed roots), NotFound (no such file), InvalidInput (bad audio).
     """
+    path = confined_audio(ctx.settings, audio_path)
     from raysys.actors.diarization import diarize_file  # noqa: PLC0415
 
-    path = confined_audio(ctx.settings, audio_path)
     result = diarize_file(ctx.settings, str(path))
     return {"call_id": call_id, **result}
 
@@ -277,10 +277,10 @@ def analyze_emotion(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str
     Returns ``{call_id, segments: [{start, end, speaker, label, scores, valence, arousal}],
     speakers: {speaker: {seconds, valence, arousal, label}}, backend, model_version}``.
     """
+    path = confined_audio(ctx.settings, audio_path)
     from raysys.actors.diarization import diarize_file  # noqa: PLC0415
     from raysys.actors.emotion import analyze_file  # noqa: PLC0415
 
-    path = confined_audio(ctx.settings, audio_path)
     diar = diarize_file(ctx.settings, str(path))
     ctx.progress(0.5, "emotion")
     result = analyze_file(ctx.settings, str(path), segments=diar["segments"])

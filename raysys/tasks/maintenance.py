@@ -190,16 +190,16 @@ def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = No
               diarize: Callable[[str], dict] | None = None) -> dict[str, Any]:
     """The work of :func:`audit_models`; ``diarize(path)`` defaults to the diarization actor."""
     wh = wh or (lambda method, *args: warehouse_call(settings, method, *args))
-    if diarize is None:
-        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-
-        def diarize(path: str) -> dict:
-            return diarize_file(settings, path)
-
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict[str, Any]] = []
     items = audit.diarization_items(audit_dir)
     if items:
+        if diarize is None:
+            from raysys.actors.diarization import diarize_file  # noqa: PLC0415
+
+            def diarize(path: str) -> dict:
+                return diarize_file(settings, path)
+
         pairs, seconds, audio_seconds, version = [], 0.0, 0.0, ""
         for wav, ref in items:
             t0 = time.perf_counter()
