@@ -105,3 +105,18 @@ def progress(ctx: TaskContext, steps: int) -> int:
         ctx.progress((i + 1) / steps, f"step {i + 1}")
         time.sleep(0.05)
     return steps
+
+
+@task("tests.slow_count", queue="ingest", light=True, num_cpus=0)
+def slow_count(ctx: TaskContext, key: str, ms: float) -> str:
+    """Counts runs per job id in the hash ``key``, then takes ``ms`` milliseconds."""
+    _r(ctx).hincrby(key, ctx.task_id, 1)
+    time.sleep(ms / 1000)
+    return ctx.task_id
+
+
+@task("tests.nap", queue="ingest", light=True, num_cpus=0)
+def nap(ctx: TaskContext, value: int, ms: float) -> int:
+    """Takes ``ms`` milliseconds and returns ``value`` (no Redis: runs through a Redis outage)."""
+    time.sleep(ms / 1000)
+    return value

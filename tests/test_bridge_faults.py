@@ -1,0 +1,124 @@
+"""Faults with real processes: SIGKILL of the bridge, SIGKILL of a worker running a job, a Redis restart."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import redis
+
+from raysys.queue import protocol
+
+pytest_plugins = ("queue_fixtures",)
+
+
+def enqueue(r: redis.Redis, queue: str, task: str, args_for, n: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    pipe = r.pipeline(transaction=False)
+    for i, task_id in enumerate(ids):
+        pipe.lpush(queue, protocol.encode_celery(task, args_for(i, task_id), task_id=task_id, queue=queue))
+    pipe.execute()
+    return ids
+
+
+def states(r: redis.Redis, ids: list[str]) -> collections.Counter:
+    values = r.mget([protocol.result_key(i) for i in ids])
+    return collections.Counter(json.loads(v)["status"] if v else "PENDING" for v in values)
+
+
+def test_bridge_sigkill_with_2000_jobs_loses_nothing(ray_cluster, qsettings, r, wait_for):
+    """Kill -9 the bridge mid-run: Ray restarts it, it requeues what it held, every job gets one SUCCESS."""
+    import ray
+
+    from raysys.queue.bridge import start_bridges, stop_bridges
+
+    queue, key = "faults", f"runs-{uuid.uuid4()}"
+    published: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    def on_result(message):
+        meta = json.loads(message["data"])
+        published[meta["task_id"]][meta["status"]] += 1
+
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(**{"celery-task-meta-*": on_result})
+    listener = pubsub.run_in_thread(sleep_time=0.005, daemon=True)
+    try:
+        ids = enqueue(r, queue, "tests.slow_count", lambda i, _: [key, 2], 2000)
+        handles = start_bridges(qsettings, queues=[queue], concurrency=2)
+        try:
+            bridge = handles[0]
+            pid = ray.get(bridge.pid.remote())
+            wait_for(lambda: r.hlen(key) >= 300, what="300 jobs run")
+            os.kill(pid, signal.SIGKILL)
+            held = sum(r.llen(k) for k in r.keys("raysys:inflight:*"))
+            assert held > 0 and r.llen(queue) > 0  # jobs were both in flight and queued when it died
+            wait_for(lambda: states(r, ids)["SUCCESS"] == 2000, timeout=90, interval=0.25, what="2000 SUCCESS")
+            assert ray.get(bridge.pid.remote()) != pid
+        finally:
+            stop_bridges(handles, timeout=5)
+        time.sleep(0.3)  # let the listener drain the last publications
+    finally:
+        listener.stop()
+        listener.join(timeout=5)
+        pubsub.close()
+    assert r.llen(queue) == 0 and r.llen(f"{queue}.dead") == 0
+    assert not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
+    assert {task_id: dict(c) for task_id, c in published.items() if c["SUCCESS"] != 1} == {}
+    assert set(published) == set(ids)
+    runs = [int(v) for v in r.hvals(key)]
+    assert len(runs) == 2000 and min(runs) >= 1  # at least once; jobs caught mid-batch may have run twice
+
+
+def test_worker_sigkill_reruns_the_job(qsettings, bridges, r, wait_for):
+    """Kill -9 the Ray worker running a job: the job runs again and succeeds."""
+    from raysys.queue.client import Client
+
+    key = f"crash-{uuid.uuid4()}"
+    with Client(qsettings) as client:
+        res = client.send_task("tests.crash_once", [key])
+        pid = int(wait_for(lambda: r.get(key), what="the job to start"))
+        os.kill(pid, signal.SIGKILL)
+        value = res.get(timeout=60)
+    assert value["killed"] is True and value["first_pid"] == pid and value["pid"] != pid
+
+
+def test_redis_restart_mid_run(ray_cluster, tmp_path, wait_for):
+    """Stop and restart redis-server (same port and data dir) mid-run: the bridge reconnects and finishes."""
+    from queue_fixtures import bridge_settings
+
+    from raysys.queue.bridge import start_bridges, stop_bridges
+    from raysys.stack import free_port, start_redis, terminate
+
+    port, directory = free_port(), tmp_path / "redis"
+    pid, url = start_redis(directory, port)
+    try:
+        settings = bridge_settings(url, tmp_path / "data")
+        r = redis.Redis.from_url(url)
+        ids = enqueue(r, "ingest", "tests.nap", lambda i, _: [i, 4], 800)
+        handles = start_bridges(settings, queues=["ingest"], concurrency=2, executors=1, batch_size=32)
+        try:
+            wait_for(lambda: states(r, ids)["SUCCESS"] >= 100, what="100 jobs done")
+            terminate([pid])                      # SIGTERM: Redis writes its append-only file and exits
+            time.sleep(1.0)
+            pid, _ = start_redis(directory, port)  # same port, same data
+            r = redis.Redis.from_url(url)
+            wait_for(lambda: states(r, ids)["SUCCESS"] == 800, timeout=60, interval=0.25, what="800 SUCCESS")
+            values = [json.loads(v)["result"] for v in r.mget([protocol.result_key(i) for i in ids])]
+            assert values == list(range(800))
+            assert r.llen("ingest") == 0 and r.llen("ingest.dead") == 0
+        finally:
+            stop_bridges(handles, timeout=5)
+    finally:
+        terminate([pid])
+
+
+@pytest.fixture
+def r(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
