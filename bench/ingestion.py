@@ -123,7 +123,8 @@ def main() -> int:
         ray.init(num_cpus=os.cpu_count(), namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False)
     tenant = f"bench_{int(time.time())}"
     try:
-        print(f"machine: {os.cpu_count()} CPUs; Ray CPUs {ray.cluster_resources().get('CPU', 0):g}")
+        print(f"machine: {os.cpu_count()} CPUs; Ray CPUs {ray.cluster_resources().get('CPU', 0):g}; "
+              f"load average {os.getloadavg()[0]:.1f} (other work on the machine slows every figure below)")
         t = time.perf_counter()
         embed_texts(settings, ["warm up"])
         print(f"embedding actor ready in {time.perf_counter() - t:.1f}s (model load, paid once per actor)")
@@ -150,10 +151,11 @@ def main() -> int:
                 per_doc = sum(r.get("seconds", 0) for r in results) / max(1, len(results))
                 print(f"\n{len(paths)}-document batch, {label}: {wall:.1f} s wall, {len(paths) / wall:.1f} docs/s, "
                       f"{chunks / wall:.1f} chunks/s ({chunks} chunks, {len(failed)} failed); "
-                      f"{wall / len(paths):.3f} s/doc of wall time, {per_doc:.3f} s mean latency per document")
+                      f"{wall / len(paths):.3f} s/doc of wall time, {per_doc:.3f} s mean processing time per document")
                 print(f"  seed Celery service: {SEED_SECONDS_PER_DOC[0]:g}-{SEED_SECONDS_PER_DOC[1]:g} s per document "
                       f"-> {len(paths) * SEED_SECONDS_PER_DOC[0]:.0f}-{len(paths) * SEED_SECONDS_PER_DOC[1]:.0f} s "
                       "for the batch on one worker")
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     finally:
         ray.shutdown()
         if pg_pid:
