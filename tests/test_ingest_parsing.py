@@ -83,3 +83,16 @@ def test_chunks_fit_the_model_keep_their_heading_and_overlap(counter):
     assert len([c for c in chunks if c.heading == "Run-on"]) >= 15  # a sentence longer than the budget is cut
     assert chunks[-1].heading == "Other" and chunks[-1].text == "Short tail."
     assert any("Sentence number 119" in c.text for c in limits)
+
+
+def test_a_docx_that_expands_too_far_is_refused(monkeypatch):
+    from raysys.errors import TooLarge
+    from raysys.ingest import detect
+
+    monkeypatch.setattr(detect, "MAX_UNZIPPED_BYTES", 1024 * 1024)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("word/document.xml", b"0" * (2 * 1024 * 1024))
+    assert len(buf.getvalue()) < 10_000  # small on disk, 2 MiB inside
+    with pytest.raises(TooLarge, match="expands to"):
+        sniff(buf.getvalue(), "bomb.docx")

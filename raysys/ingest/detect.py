@@ -13,7 +13,7 @@ import io
 import re
 import zipfile
 
-from raysys.errors import InvalidInput, UnsupportedMedia
+from raysys.errors import InvalidInput, TooLarge, UnsupportedMedia
 
 MIME_TYPES = {
     "pdf": "application/pdf",
@@ -46,6 +46,7 @@ _KNOWN_BINARY: tuple[tuple[bytes, str], ...] = (
     (b"SQLite format 3\x00", "an SQLite database"),
     (b"%!PS-Adobe", "a PostScript file"),
 )
+MAX_UNZIPPED_BYTES = 512 * 1024 * 1024  # a DOCX whose parts expand beyond this is refused
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -97,8 +98,11 @@ def _sniff_zip(data: bytes) -> str:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = set(zf.namelist())
+            unzipped = sum(info.file_size for info in zf.infolist())
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise InvalidInput(f"the document is a corrupt ZIP/DOCX container: {exc}") from None
+    if unzipped > MAX_UNZIPPED_BYTES:  # a zip bomb, or a document no one can read whole
+        raise TooLarge(f"the document expands to {unzipped:,} bytes, more than {MAX_UNZIPPED_BYTES:,}")
     if "word/document.xml" in names:
         return "docx"
     if "xl/workbook.xml" in names:
