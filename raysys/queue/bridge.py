@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -173,6 +174,10 @@ class BridgeCore:
         self.tasks = [loop.create_task(c) for c in (
             self._claim_loop(), self._flush_loop(), self._due_loop(), self._heartbeat_loop())]
         self.tasks += [loop.create_task(self._waiter(q)) for q in self.queues]
+        # Everything imported so far (Ray, task modules) lives as long as the process: keep it out of
+        # the collector's full passes, which otherwise pause the event loop for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         self.ready.set()
 
     async def _recover_own(self) -> None:

@@ -14,6 +14,7 @@ A job cancelled by the soft time limit (Ray raises ``KeyboardInterrupt`` in it) 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -137,6 +138,8 @@ class LightExecutor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         prepare(settings)
+        gc.collect()
+        gc.freeze()  # long-lived imports out of full collections (short pauses between batches)
 
     def run_batch(self, jobs: list[Job]) -> list[tuple]:
         return [execute(self.settings, job) for job in jobs]

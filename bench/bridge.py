@@ -1,0 +1,209 @@
+"""raysys' queue bridge against a real Celery prefork worker, side by side on the same Redis.
+
+Both consume the queue ``bench`` and run the same no-op job (``raysys.ping``, result stored in the
+Redis result backend). Measured, one system at a time (the other one stopped):
+
+- **drain**: 10,000 jobs pushed at once (one pipeline); jobs/s from the first push to the last result.
+- **latency**: jobs offered at 200/s; enqueue -> result received over pub/sub, p50 and p99.
+
+Usage: ``./dev bench bridge [--jobs 10000] [--rate 200] [--latency-jobs 1000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from raysys.config import Settings
+from raysys.queue import protocol
+from raysys.stack import free_port, start_redis, terminate
+
+QUEUE = "bench"
+
+CELERY_APP = '''
+from celery import Celery
+app = Celery("bench", broker="{url}", backend="{url}")
+app.conf.task_default_queue = "{queue}"
+app.conf.worker_hijack_root_logger = False
+
+@app.task(name="raysys.ping")
+def ping(value="pong"):
+    return value
+'''
+
+
+def push(r: redis.Redis, n: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    msgs = [protocol.encode_celery("raysys.ping", [i], task_id=task_id, queue=QUEUE) for i, task_id in enumerate(ids)]
+    pipe = r.pipeline(transaction=False)
+    for m in msgs:
+        pipe.lpush(QUEUE, m)
+    pipe.execute()
+    return ids
+
+
+def wait_all(r: redis.Redis, ids: list[str], timeout: float) -> float:
+    keys = [protocol.result_key(i) for i in ids]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = sum(r.exists(*keys[i:i + 5000]) for i in range(0, len(keys), 5000))
+        if done == len(keys):
+            return time.perf_counter()
+        time.sleep(0.02)
+    raise SystemExit(f"timed out: {done}/{len(keys)} results after {timeout} s")
+
+
+def drain(r: redis.Redis, n: int) -> float:
+    t0 = time.perf_counter()
+    ids = push(r, n)
+    t1 = wait_all(r, ids, timeout=600)
+    return n / (t1 - t0)
+
+
+def latency(url: str, rate: float, n: int) -> tuple[float, float]:
+    """Offer ``n`` jobs at ``rate``/s; return (p50, p99) enqueue -> result-received in milliseconds."""
+    r = redis.Redis.from_url(url)
+    received: dict[str, float] = {}
+    listener_conn = redis.Redis.from_url(url)
+    pubsub = listener_conn.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe("celery-task-meta-*")
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            m = pubsub.get_message(timeout=0.05)
+            if m and m["type"] == "pmessage":
+                meta = json.loads(m["data"])
+                if meta.get("status") == "SUCCESS":
+                    received.setdefault(meta["task_id"], time.perf_counter())
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    sent: dict[str, float] = {}
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        task_id = str(uuid.uuid4())
+        raw = protocol.encode_celery("raysys.ping", [i], task_id=task_id, queue=QUEUE)
+        sent[task_id] = time.perf_counter()
+        r.lpush(QUEUE, raw)
+    deadline = time.monotonic() + 60
+    while len(received) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    pubsub.close()
+    lat = sorted((received[k] - sent[k]) * 1000 for k in sent if k in received)
+    if len(lat) < n:
+        print(f"warning: {n - len(lat)} results missing", file=sys.stderr)
+    p99 = lat[min(len(lat) - 1, int(round(0.99 * len(lat))) - 1)]
+    if os.environ.get("BENCH_DEBUG"):
+        print("latency ms p90/p95/p98/max:", [round(lat[int(q * len(lat)) - 1], 2) for q in (0.9, 0.95, 0.98, 1.0)],
+              file=sys.stderr)
+        slow = sorted(((received[k] - sent[k]) * 1000, sent[k] - start) for k in sent if k in received)[-15:]
+        print("slowest (ms, sent at s):", [(round(a, 1), round(b, 2)) for a, b in slow], file=sys.stderr)
+    return statistics.median(lat), p99
+
+
+def run_celery(url: str, workdir: Path, args: argparse.Namespace) -> dict:
+    (workdir / "bench_celery_app.py").write_text(CELERY_APP.format(url=url, queue=QUEUE))
+    env = {**os.environ, "PYTHONPATH": str(workdir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "bench_celery_app", "worker", "-Q", QUEUE, "--pool", "prefork",
+         "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "celery.log", "wb"),  # noqa: SIM115
+        start_new_session=True)
+    try:
+        r = redis.Redis.from_url(url)
+        wait_all(r, push(r, 200), timeout=60)  # warm: the worker is up and its children forked
+        out = {"drain": drain(r, args.jobs)}
+        time.sleep(1.0)  # let the backlog's aftermath (AOF, result writes) settle before timing latency
+        out["p50"], out["p99"] = latency(url, args.rate, args.latency_jobs)
+        return out
+    finally:
+        terminate([proc.pid], timeout=15)
+
+
+def run_raysys(url: str, workdir: Path, args: argparse.Namespace) -> dict:
+    import ray
+
+    from raysys.constants import RAY_NAMESPACE
+    from raysys.queue.bridge import start_bridges, stop_bridges
+
+    settings = Settings.from_env({}, broker_url=url, data_dir=str(workdir / "data"))
+    ray.init(num_cpus=2, namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        handles = start_bridges(settings, queues=[QUEUE], concurrency=2)
+        r = redis.Redis.from_url(url)
+        wait_all(r, push(r, 200), timeout=60)
+        out = {"drain": drain(r, args.jobs)}
+        time.sleep(1.0)  # let the backlog's aftermath (AOF, result writes) settle before timing latency
+        out["p50"], out["p99"] = latency(url, args.rate, args.latency_jobs)
+        out["stats"] = ray.get(handles[0].stats.remote())
+        stop_bridges(handles, timeout=10)
+        return out
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--latency-jobs", type=int, default=1000)
+    parser.add_argument("--only", choices=("celery", "raysys"))
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with tempfile.TemporaryDirectory(prefix="raysys-bench-") as tmp:
+        workdir = Path(tmp)
+        pid, url = start_redis(workdir / "redis", free_port())
+        try:
+            results = {}
+            for name, runner in (("celery", run_celery), ("raysys", run_raysys)):
+                if args.only and args.only != name:
+                    continue
+                redis.Redis.from_url(url).flushall()
+                print(f"running {name} ...", file=sys.stderr, flush=True)
+                results[name] = runner(url, workdir, args)
+        finally:
+            terminate([pid])
+    c, s = results.get("celery"), results.get("raysys")
+    print(f"\nqueue bridge benchmark: no-op jobs with results stored, same Redis, {os.cpu_count()} CPUs")
+    print(f"{'':34}{'celery prefork c=2':>20}{'raysys 1 bridge':>18}{'raysys/celery':>15}")
+
+    def row(label: str, key: str, fmt: str, better_low: bool) -> None:
+        cv = c[key] if c else None
+        sv = s[key] if s else None
+        ratio = ""
+        if cv and sv:
+            ratio = f"{(cv / sv if better_low else sv / cv):.2f}x" + (" better" if (sv < cv if better_low else sv > cv)
+                                                                         else " worse")
+        print(f"{label:34}{(format(cv, fmt) if cv is not None else '-'):>20}"
+              f"{(format(sv, fmt) if sv is not None else '-'):>18}{ratio:>15}")
+
+    row(f"drain {args.jobs:,} queued (jobs/s)", "drain", ",.0f", False)
+    row(f"latency p50 @{args.rate:.0f}/s (ms)", "p50", ".2f", True)
+    row(f"latency p99 @{args.rate:.0f}/s (ms)", "p99", ".2f", True)
+    if s:
+        print(f"\nraysys bridge totals: {s['stats']['totals']}")
+
+
+if __name__ == "__main__":
+    main()
