@@ -5,8 +5,10 @@ Redis keys (``{p}`` is the key prefix, empty by default so Celery producers and 
 - ``<queue>``                         Celery-compatible list of messages for a queue (LPUSH by producers,
                                       consumers take from the right).
 - ``<queue>\\x06\\x16<step>``           Celery priority list for priority step 3, 6 or 9.
-- ``{p}raysys:inflight:<consumer>``   list of raw messages one consumer has claimed and not yet acked.
+- ``{p}raysys:inflight:<consumer>:<list>`` raw messages a consumer took from ``<list>`` and has not
+                                      acked yet (one in-flight list per source list).
 - ``{p}raysys:consumers``             hash consumer id -> last heartbeat (unix seconds).
+- ``{p}raysys:consumer-queues``       hash consumer id -> JSON list of the lists it consumes.
 - ``{p}raysys:delayed``               sorted set of ``<queue>\\x00<raw message>`` scored by due time.
 - ``<queue>.dead``                    list of dead-letter entries (JSON with the reason and the message).
 - ``celery-task-meta-<id>``           Celery result-backend value (SETEX) and pub/sub channel.
@@ -27,6 +29,7 @@ DEAD_SUFFIX = ".dead"
 
 INFLIGHT_PREFIX = "raysys:inflight:"
 CONSUMERS_KEY = "raysys:consumers"
+CONSUMER_QUEUES_KEY = "raysys:consumer-queues"
 DELAYED_KEY = "raysys:delayed"
 SCHED_PREFIX = "raysys:sched:"
 JOB_TENANT_PREFIX = "raysys:job-tenant:"

@@ -28,10 +28,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from raysys.config import Settings
-from raysys.constants import CONSUMERS_KEY, DEAD_SUFFIX, DELAYED_KEY, INFLIGHT_PREFIX
+from raysys.constants import CONSUMER_QUEUES_KEY, CONSUMERS_KEY, DEAD_SUFFIX, DELAYED_KEY, INFLIGHT_PREFIX
 from raysys.queue import protocol
-
-CONSUMER_QUEUES_KEY = "raysys:consumer-queues"
 
 # Claim messages without going past the free slots.
 # KEYS: for each source list i: KEYS[2i-1] the list, KEYS[2i] this consumer's in-flight list for it.
