@@ -11,10 +11,16 @@ from typing import Any
 import redis
 
 from raysys.config import Settings
-from raysys.constants import CONSUMERS_KEY, DEAD_SUFFIX, DELAYED_KEY, PRIORITY_SEP, PRIORITY_STEPS
+from raysys.constants import (
+    CONSUMER_QUEUES_KEY,
+    CONSUMERS_KEY,
+    DEAD_SUFFIX,
+    DELAYED_KEY,
+    PRIORITY_SEP,
+    PRIORITY_STEPS,
+)
 from raysys.errors import NotFound
 from raysys.queue import protocol
-from raysys.queue.redis import CONSUMER_QUEUES_KEY
 
 # Move one dead-letter entry back onto a queue list atomically.
 # KEYS[1] the dead list, KEYS[2] the target list; ARGV[1] the entry, ARGV[2] the message to push.
