@@ -61,9 +61,10 @@ def _db(url: str, fn):
 
 
 def _short_wav(seconds: float = 8.0) -> bytes:
+    """``seconds`` of two-speaker speech from sample.wav (its first 6.6 s are silence)."""
     audio, sr = sf.read(str(shared_data("diarization", "sample.wav")), dtype="float32")
     buf = io.BytesIO()
-    sf.write(buf, audio[: int(seconds * sr)], sr, format="WAV", subtype="PCM_16")
+    sf.write(buf, audio[6 * sr: int((6 + seconds) * sr)], sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 
@@ -150,14 +151,33 @@ def test_healthz_and_openapi_docs(api):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
-def test_readyz_reports_every_dependency(api):
-    r = api.http.get("/readyz")
+def test_readyz_turns_ready_once_dependencies_and_models_are_up(api):
+    deadline = time.monotonic() + 240
+    while True:
+        r = api.http.get("/readyz")
+        body = r.json()
+        assert set(body["checks"]) == {"redis", "postgres", "warehouse", "models"}
+        assert r.status_code == (200 if body["ready"] else 503)
+        if body["ready"] or time.monotonic() > deadline:
+            break
+        assert body["checks"]["models"] != "ok"  # only the models may still be loading
+        time.sleep(1)
+    assert r.status_code == 200 and all(v == "ok" for v in body["checks"].values()), body
+
+
+def test_readyz_is_503_when_redis_is_down(api):
+    """In-process app over the same PostgreSQL, with Redis pointing at a closed port."""
+    from fastapi.testclient import TestClient
+
+    from raysys.serve.app import Service, create_app
+
+    service = Service(api.settings.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    with TestClient(create_app(service)) as client:
+        r = client.get("/readyz")
+    assert r.status_code == 503
     body = r.json()
-    assert set(body["checks"]) == {"redis", "postgres", "warehouse", "models"}
-    assert body["checks"]["redis"] == "ok" and body["checks"]["postgres"] == "ok"
-    assert body["checks"]["warehouse"] == "ok"
-    assert r.status_code == (200 if body["ready"] else 503)
-    assert body["ready"] == all(v == "ok" for v in body["checks"].values())
+    assert body["ready"] is False and body["checks"]["redis"] != "ok" and body["checks"]["postgres"] == "ok"
+    assert "Traceback" not in r.text
 
 
 # --- auth --------------------------------------------------------------------------------------------------
@@ -330,10 +350,17 @@ def test_diarize_upload(api):
 
 
 def test_emotion_upload(api):
-    r = api.http.post("/v1/emotion", files={"file": ("call.wav", _short_wav(6.0), "audio/wav")}, headers=api.auth("a"))
+    wav = _short_wav(6.0)
+    r = api.http.post("/v1/emotion", files={"file": ("call.wav", wav, "audio/wav")}, headers=api.auth("a"))
     assert r.status_code == 200, r.text
     segments = r.json()["segments"]
     assert segments and all(-1.0 <= s["valence"] <= 1.0 and 0.0 <= s["arousal"] <= 1.0 for s in segments)
+    assert all(set(s["scores"]) and s["label"] in s["scores"] for s in segments)
+    whole = api.http.post("/v1/emotion", files={"file": ("call.wav", wav, "audio/wav")}, data={"diarize": "false"},
+                          headers=api.auth("a"))
+    assert whole.status_code == 200, whole.text
+    (one,) = whole.json()["segments"]
+    assert one["start"] == 0.0 and abs(one["end"] - 6.0) < 0.05
 
 
 def test_oversize_upload_is_413(api):

@@ -338,7 +338,7 @@ def test_model_actors_land_on_the_gpu_node_and_tasks_elsewhere(tmp_path):
     audio, sr = sf.read(str(shared_data("diarization", "sample.wav")), dtype="float32")
     wav = tmp_path / "data" / "uploads" / "short.wav"
     wav.parent.mkdir(parents=True)
-    sf.write(str(wav), audio[: 6 * sr], sr)
+    sf.write(str(wav), audio[6 * sr: 14 * sr], sr)  # speech starts at 6.6 s
     script = tmp_path / "placement.py"
     script.write_text(PLACEMENT_SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "data"), str(wav)], env=_env(),

@@ -98,6 +98,7 @@ class Service:
         self.jobs: JobStore | None = None
         self._client = None
         self._models_ready = False
+        self._models_task: asyncio.Future | None = None
 
     async def start(self) -> None:
         check_settings(self.settings)
@@ -182,9 +183,10 @@ class Service:
         confine(path, self.settings.allowed_roots)
 
     async def job(self, tenant_id: str, job_id: str) -> dict[str, Any]:
-        if await self.jobs.owner(job_id) != tenant_id:
+        state = await self.jobs.owned_state(tenant_id, job_id)
+        if state is None:
             raise errors.NotFound(f"job {job_id!r} not found")
-        return await self.jobs.state(job_id)
+        return state
 
     # on-demand analytics ---------------------------------------------------------------------------
 
@@ -236,22 +238,32 @@ class Service:
         return checks
 
     async def models(self) -> None:
-        """Raise unless the diarization and emotion actors are up with their models loaded."""
+        """Raise unless the diarization and emotion actors are up with their models loaded.
+
+        The first check starts the pools loading in the background (a load can take longer than a
+        probe may wait) and reports "loading" until they are ready; a failed load is reported once
+        and retried on the next check.
+        """
         if self._models_ready:
             return
-        await asyncio.to_thread(models_ready, self.settings)
+        if self._models_task is None:
+            self._models_task = asyncio.ensure_future(asyncio.to_thread(models_ready, self.settings))
+        if not self._models_task.done():
+            raise errors.ModelUnavailable("models are loading")
+        task, self._models_task = self._models_task, None
+        task.result()  # raises the load's error
         self._models_ready = True
 
 
-def models_ready(settings: Settings) -> None:
-    """Start (if needed) the shared model actors and wait until their models are loaded; raise if not."""
-    from raysys.actors import diarization, emotion  # noqa: PLC0415 - model engineer's modules
+def models_ready(settings: Settings) -> list[dict]:
+    """Start (if needed) the shared diarization and emotion actors and wait until their models are loaded.
 
-    for module in (diarization, emotion):
-        ready = getattr(module, "ready", None)
-        if ready is None:
-            raise errors.ModelUnavailable(f"{module.__name__} offers no readiness check")
-        ready(settings)
+    Raises ModelUnavailable when a model cannot load.
+    """
+    from raysys.actors.diarization import diarization_pool  # noqa: PLC0415 - model engineer's modules
+    from raysys.actors.emotion import emotion_pool  # noqa: PLC0415
+
+    return [*diarization_pool(settings).ready(), *emotion_pool(settings).ready()]
 
 
 def check_settings(settings: Settings) -> None:
@@ -405,10 +417,8 @@ def create_app(service: Service) -> FastAPI:
                       diarize: bool = Form(True, description="find speaker segments first (else one segment)")) -> dict:
         path = await uploads.save_upload(file, settings, tenant_id)
         try:
-            segments = None
-            if diarize:
-                found = await asyncio.to_thread(model_function("diarization", "diarize_file"), settings, str(path))
-                segments = found["segments"]
+            # None: analyze_file diarizes first; otherwise one segment, clamped to the recording's length.
+            segments = None if diarize else [{"start": 0.0, "end": 1e9, "speaker": "SPEAKER_00"}]
             analyze_file = model_function("emotion", "analyze_file")
             return await asyncio.to_thread(analyze_file, settings, str(path), segments=segments)
         except Exception as exc:

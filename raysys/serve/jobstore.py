@@ -37,9 +37,23 @@ class JobStore:
         value = await self.broker.get(self._owner_key(job_id))
         return value.decode() if value is not None else None
 
+    async def owned_state(self, tenant_id: str, job_id: str) -> dict[str, Any] | None:
+        """The job's state if ``tenant_id`` enqueued it, else None (one round trip when Redis is shared)."""
+        if self.backend is self.broker:
+            owner, raw = await self.broker.mget(self._owner_key(job_id), f"{RESULT_KEY_PREFIX}{job_id}")
+            if owner is None or owner.decode() != tenant_id:
+                return None
+            return self._state(job_id, raw)
+        if await self.owner(job_id) != tenant_id:
+            return None
+        return await self.state(job_id)
+
     async def state(self, job_id: str) -> dict[str, Any]:
         """``{"job_id", "state", "result"|"error"|"progress", "date_done"}`` for the job; PENDING if unknown."""
-        raw = await self.backend.get(f"{RESULT_KEY_PREFIX}{job_id}")
+        return self._state(job_id, await self.backend.get(f"{RESULT_KEY_PREFIX}{job_id}"))
+
+    @staticmethod
+    def _state(job_id: str, raw: bytes | None) -> dict[str, Any]:
         if raw is None:
             return {"job_id": job_id, "state": "PENDING", "ready": False}
         meta = json.loads(raw)

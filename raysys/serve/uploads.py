@@ -5,8 +5,8 @@ audio decoder (libsndfile through soundfile) reads is accepted — WAV/RF64/W64,
 Opus), AIFF, MP3 — and anything else is refused with :class:`UnsupportedMedia` (HTTP 415). A file
 whose header matches but whose body does not decode is the model layer's :class:`InvalidInput` (422).
 
-Files land in ``<data dir>/uploads/<tenant>/`` (an allowed root, so the model actors may read them);
-on a multi-node cluster that directory must be on a volume every node mounts (see cluster/README.md).
+Files land in ``<data dir>/uploads/<tenant>/`` only while the request runs: the API replica decodes
+them itself and sends the samples to the model actors, so they need no shared volume.
 """
 
 from __future__ import annotations
