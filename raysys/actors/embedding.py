@@ -4,7 +4,8 @@ The default model is the all-MiniLM-L6-v2 folder that the PyPI package ``gt-all-
 so nothing is downloaded; ``EMBEDDING_MODEL`` names another local folder or hub id.
 
 - :class:`TextEncoder` — the model in this process (used inside actors, and by tests).
-- :class:`EmbeddingActor` — the model in a Ray actor; :func:`embed_texts` calls the cluster's pool.
+- :class:`EmbeddingActor` — the model in a Ray actor of the pool (:mod:`raysys.actors.pool`);
+  :func:`embed_texts` calls the cluster's pool, which batches concurrent requests into one encode.
 
 Public API (stable for ingestion and intents): ``TextEncoder(model).encode(texts) -> np.ndarray``
 (float32, L2-normalised rows) and ``embed_texts(settings, texts) -> np.ndarray``.
@@ -17,7 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from raysys.actors.pool import ModelPool, ModelServer, get_pool
 from raysys.config import Settings
+from raysys.constants import EMBEDDING_DIM
 
 
 def default_model() -> str:
@@ -58,39 +61,45 @@ class TextEncoder:
         return len(self.model.tokenizer.tokenize(text))
 
 
-def _remote_class():
-    import ray  # noqa: PLC0415
+class EmbeddingActor(ModelServer):
+    """Holds one :class:`TextEncoder`; concurrent requests (lists of texts) are encoded as one batch."""
 
-    @ray.remote(max_restarts=-1, max_task_retries=2)
-    class EmbeddingActor:
-        """Holds one :class:`TextEncoder`; ``embed(texts)`` returns normalised vectors."""
+    max_batch = 64
 
-        def __init__(self, model: str) -> None:
-            self.encoder = TextEncoder(model)
+    def load(self, spec: dict, device: str) -> TextEncoder:
+        return TextEncoder(spec["model"], device=device)
 
-        def embed(self, texts: list[str]) -> np.ndarray:
-            return self.encoder.encode(texts)
+    def run_batch(self, items: list[list[str]]) -> list[np.ndarray]:
+        flat = [t for texts in items for t in texts]
+        vectors = self.model.encode(flat)
+        out, start = [], 0
+        for texts in items:
+            out.append(vectors[start:start + len(texts)])
+            start += len(texts)
+        return out
 
-        def ready(self) -> dict:
-            return {"model": self.encoder.model_name, "device": self.encoder.device, "dim": self.encoder.dim}
+    def describe(self) -> dict:
+        return {"backend": "sentence-transformers", "model_version": self.model.model_name, "dim": self.model.dim,
+                "parameters_on": sorted({str(p.device) for p in self.model.model.parameters()})}
 
-    return EmbeddingActor
+
+def embedding_pool(settings: Settings) -> ModelPool:
+    """The cluster's embedding pool (``EMBEDDING_REPLICAS`` actors, ``EMBEDDING_NUM_GPUS`` each)."""
+    return get_pool(settings, "embedding", EmbeddingActor, {"model": model_name(settings)})
 
 
 def embedding_actor(settings: Settings):
-    """The cluster's embedding actor (created on first use). Placeholder pool of one; see actors/pool.py."""
-    import hashlib  # noqa: PLC0415
-
-    from raysys.constants import RAY_NAMESPACE  # noqa: PLC0415
-
-    model = model_name(settings)
-    name = "raysys-embedding-" + hashlib.sha1(model.encode()).hexdigest()[:8]
-    return _remote_class().options(name=name, namespace=RAY_NAMESPACE, get_if_exists=True,
-                                   lifetime="detached", num_cpus=1).remote(model)
+    """One actor of the cluster's embedding pool (created on first use)."""
+    return embedding_pool(settings).pick()[1]
 
 
 def embed_texts(settings: Settings, texts: Sequence[str]) -> np.ndarray:
-    """Embed ``texts`` on the cluster's embedding actor (Ray must be initialised)."""
-    import ray  # noqa: PLC0415
+    """Embed ``texts`` on the cluster's embedding pool (Ray must be initialised): (n, 384) float32.
 
-    return ray.get(embedding_actor(settings).embed.remote(list(texts)))
+    Raises:
+        ModelUnavailable: the model cannot be loaded.
+    """
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    return np.asarray(embedding_pool(settings).call(texts), dtype=np.float32)

@@ -1,0 +1,143 @@
+"""Diarization benchmark: DER and real-time factor, builtin vs pyannote (random weights: speed only).
+
+Files: ../shared/data/diarization/sample.wav (+ sample.rttm) and trn00-trn09 (+ debug.train.rttm).
+DER from pyannote.metrics with overlapped speech scored (skip_overlap=False) at collars 0.25 s and 0 s
+(pyannote's collar is the total width around each reference boundary), over the whole 0-30 s of
+each file. RTF = processing seconds / audio seconds, one torch thread, models loaded once, after a
+warm-up call. Peers: a first builtin prototype reached 9.1 % on sample.wav and a 49.5 % mean DER on
+trn00-trn09 (it ignored overlapped speech); targets: <= 10 %, < 49.5 %, RTF <= 0.02.
+
+    .venv/bin/python bench/diarization.py                 # builtin on all, pyannote on sample.wav
+    .venv/bin/python bench/diarization.py --pyannote-all  # pyannote on every file (slow on CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "diarization"
+PEER_SAMPLE = 0.091
+PEER_TRN_MEAN = 0.495
+
+
+def der_of(reference, segments, uri):
+    from pyannote.core import Annotation, Segment  # noqa: PLC0415
+    from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: PLC0415
+
+    hyp = Annotation(uri=uri)
+    for i, s in enumerate(segments):
+        hyp[Segment(s["start"], s["end"]), i] = s["speaker"]
+    uem = Segment(0, 30.0)
+    out = {}
+    for collar in (0.25, 0.0):
+        metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
+        comp = metric.compute_components(reference, hyp, uem=uem)
+        out[collar] = comp
+    return out
+
+
+def rate(comp) -> float:
+    return (comp["confusion"] + comp["missed detection"] + comp["false alarm"]) / max(comp["total"], 1e-9)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pyannote-all", action="store_true", help="run the random pyannote pipeline on every file")
+    parser.add_argument("--no-pyannote", action="store_true")
+    args = parser.parse_args()
+    if not DATA.exists():
+        print(f"bench/diarization: {DATA} is absent; nothing to measure.")
+        return 0
+
+    import torch  # noqa: PLC0415
+    from pyannote.database.util import load_rttm  # noqa: PLC0415
+
+    from raysys.audio import load_audio  # noqa: PLC0415
+    from raysys.models.builtin_diarization import BuiltinDiarizer  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    refs = load_rttm(DATA / "sample.rttm")
+    refs.update(load_rttm(DATA / "debug.train.rttm"))
+    names = ["sample"] + [f"trn{i:02d}" for i in range(10)]
+    audio = {n: load_audio(DATA / f"{n}.wav")[0] for n in names}
+
+    builtin = BuiltinDiarizer()
+    torch.set_num_threads(1)
+    builtin.diarize(audio["sample"][:16000 * 5])  # warm-up
+
+    pyannote = None
+    if not args.no_pyannote:
+        from raysys.models.pyannote_backend import PyannoteDiarizer  # noqa: PLC0415
+        from raysys.models.random_checkpoints import build_pyannote_pipeline  # noqa: PLC0415
+
+        folder = build_pyannote_pipeline(Path(tempfile.mkdtemp(prefix="bench-pyannote-")) / "pipeline",
+                                         chunk_seconds=10.0, step=0.1)
+        pyannote = PyannoteDiarizer(str(folder))
+        pyannote.diarize(audio["sample"][:16000 * 10])
+
+    print(f"torch threads: {torch.get_num_threads()}  (pyannote: random weights, DER meaningless, speed only)")
+    header = (f"{'file':7} {'spk':>5} | {'builtin DER@.25':>15} {'DER@0':>7} {'miss':>5} {'FA':>5} {'conf':>5} "
+              f"{'RTF':>7} | {'pyannote RTF':>12}")
+    print(header)
+    print("-" * len(header))
+    totals = {0.25: [], 0.0: []}
+    rtfs = []
+    py_rtfs = []
+    per_file = {0.25: [], 0.0: []}
+    for n in names:
+        wav = audio[n]
+        duration = len(wav) / 16000
+        t0 = time.perf_counter()
+        segs = builtin.diarize(wav)
+        rtf = (time.perf_counter() - t0) / duration
+        comps = der_of(refs[n], segs, n)
+        py = ""
+        if pyannote is not None and (n == "sample" or args.pyannote_all):
+            t0 = time.perf_counter()
+            pyannote.diarize(wav)
+            prtf = (time.perf_counter() - t0) / duration
+            py_rtfs.append(prtf)
+            py = f"{prtf:12.3f}"
+        c = comps[0.25]
+        nspk = len({s["speaker"] for s in segs})
+        print(f"{n:7} {nspk:>2}/{len(refs[n].labels()):<2} | {rate(c):15.1%} {rate(comps[0.0]):7.1%} "
+              f"{c['missed detection']:5.1f} {c['false alarm']:5.1f} {c['confusion']:5.1f} {rtf:7.4f} | {py:>12}")
+        rtfs.append(rtf)
+        if n != "sample":
+            for collar in (0.25, 0.0):
+                totals[collar].append(comps[collar])
+                per_file[collar].append(rate(comps[collar]))
+
+    def pooled(collar):
+        comps = totals[collar]
+        err = sum(c["confusion"] + c["missed detection"] + c["false alarm"] for c in comps)
+        return err / sum(c["total"] for c in comps)
+
+    import numpy as np  # noqa: PLC0415
+
+    print("-" * len(header))
+    sample_der = der_of(refs["sample"], builtin.diarize(audio["sample"]), "sample")
+    print(f"sample.wav DER@0.25: builtin {rate(sample_der[0.25]):.1%}   peer prototype {PEER_SAMPLE:.1%}   "
+          f"target <= 10%")
+    print(f"trn00-09 mean of per-file DER@0.25: builtin {np.mean(per_file[0.25]):.1%}  (DER@0: "
+          f"{np.mean(per_file[0.0]):.1%})   peer prototype {PEER_TRN_MEAN:.1%}")
+    print(f"trn00-09 pooled DER@0.25 (total error / total speech): builtin {pooled(0.25):.1%}  "
+          f"(DER@0: {pooled(0.0):.1%})")
+    print(f"RTF builtin: mean {np.mean(rtfs):.4f}, max {np.max(rtfs):.4f}   target <= 0.02")
+    if py_rtfs:
+        print(f"RTF pyannote (random weights, CPU): mean {np.mean(py_rtfs):.3f} over {len(py_rtfs)} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

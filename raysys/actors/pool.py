@@ -1,0 +1,277 @@
+"""A small pool of model actors per model, shared by every task and the Serve app.
+
+Each model (diarization, emotion, text embedding) runs in ``<kind>_replicas`` named, detached actors
+in the ``raysys`` namespace (``get_if_exists``), so whoever asks first creates them and everyone else
+reuses them. Sizing knobs, per model, all in :class:`~raysys.config.Settings`:
+
+- ``DIARIZATION_REPLICAS`` / ``EMOTION_REPLICAS`` / ``EMBEDDING_REPLICAS`` — actors in the pool
+  (default 1). Requests go round robin across them.
+- ``*_NUM_GPUS`` — GPUs per actor: a number (fractions allowed, e.g. 0.5 so diarization and
+  emotion share a card), or ``auto`` (default): the model's share from :data:`AUTO_GPU_SHARE` when
+  the cluster has GPUs, 0 (CPU) when it has none.
+- CPUs per actor: :data:`CPUS` (torch uses that many threads in the actor).
+
+Inside an actor (:class:`ModelServer`) the model is loaded once; concurrent requests are queued and
+run together as one batch (up to ``max_batch`` items, gathered for ``batch_wait_s``). A model that
+cannot load makes :meth:`ModelServer.ready` raise :class:`~raysys.errors.ModelUnavailable`; the
+pool then kills that actor (so the next request tries a fresh load) and raises it to the caller.
+Actors are restarted by Ray when their process dies (``max_restarts``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from raysys.config import Settings
+from raysys.constants import RAY_NAMESPACE
+from raysys.errors import ModelUnavailable, RaysysError
+
+log = logging.getLogger(__name__)
+
+# GPU share per actor when the cluster has GPUs and *_NUM_GPUS is auto: all three fit on one card.
+AUTO_GPU_SHARE = {"diarization": 0.5, "emotion": 0.25, "embedding": 0.25}
+CPUS = {"diarization": 1.0, "emotion": 1.0, "embedding": 1.0}
+MAX_RESTARTS = 5
+READY_TIMEOUT_S = 600.0
+
+
+def cluster_gpus() -> float:
+    import ray  # noqa: PLC0415
+
+    try:
+        return float(ray.cluster_resources().get("GPU", 0.0))
+    except Exception:  # noqa: BLE001 - not connected: no GPUs known
+        return 0.0
+
+
+def resolve_num_gpus(kind: str, configured: float | None) -> float:
+    """GPUs for one ``kind`` actor: the configured value, else the auto share where GPUs exist, else 0."""
+    if configured is not None:
+        return float(configured)
+    gpus = cluster_gpus()
+    return min(AUTO_GPU_SHARE.get(kind, 0.25), gpus) if gpus > 0 else 0.0
+
+
+def pool_settings(settings: Settings, kind: str) -> tuple[int, float]:
+    """(replicas, num_gpus) for ``kind`` from settings and the cluster."""
+    replicas = int(getattr(settings, f"{kind}_replicas"))
+    return replicas, resolve_num_gpus(kind, getattr(settings, f"{kind}_num_gpus"))
+
+
+class ModelServer:
+    """Base of the model actors: load once, batch concurrent requests, fail loudly when not ready.
+
+    Subclasses implement :meth:`load` (returns the model; raise to mark it unavailable) and
+    :meth:`run_batch` (a list of request items → a list of results or exceptions, same order).
+    """
+
+    max_batch = 16
+    batch_wait_s = 0.005
+
+    def __init__(self, spec: dict, num_cpus: float = 1.0, num_gpus: float = 0.0) -> None:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(max(1, int(num_cpus)))
+        self.spec = spec
+        self.device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.error: str | None = None
+        self.model: Any = None
+        self.batches = 0
+        self.items = 0
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        t0 = time.perf_counter()
+        try:
+            self.model = self.load(spec, self.device)
+            torch.set_num_threads(max(1, int(num_cpus)))  # some imports (silero-vad) reset it
+        except Exception as exc:  # noqa: BLE001 - reported by ready(), not by a dead actor
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("model %s failed to load: %s", spec, self.error)
+        self.load_seconds = time.perf_counter() - t0
+
+    # --- to implement ---------------------------------------------------------------------------
+
+    def load(self, spec: dict, device: str) -> Any:
+        raise NotImplementedError
+
+    def run_batch(self, items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {}
+
+    # --- actor API --------------------------------------------------------------------------------
+
+    async def ready(self) -> dict:
+        """The model's facts (backend, version, device, threads); raises ModelUnavailable if not loaded."""
+        import torch  # noqa: PLC0415
+
+        if self.error is not None:
+            raise ModelUnavailable(f"{self.spec.get('backend', self.spec)} model unavailable: {self.error}")
+        return {"device": self.device, "threads": torch.get_num_threads(), "load_seconds": round(self.load_seconds, 3),
+                "batches": self.batches, "items": self.items, **self.describe()}
+
+    async def submit(self, item: Any) -> Any:
+        """Queue one request; it runs in the next batch. Raises what the model raised for it."""
+        if self.error is not None:
+            raise ModelUnavailable(f"{self.spec.get('backend', self.spec)} model unavailable: {self.error}")
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            item, future = await self._queue.get()
+            batch = [(item, future)]
+            deadline = asyncio.get_running_loop().time() + self.batch_wait_s
+            while len(batch) < self.max_batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0)) if timeout > 0
+                                 else self._queue.get_nowait())
+                except (TimeoutError, asyncio.QueueEmpty):
+                    break
+            items = [b[0] for b in batch]
+            try:
+                results = await asyncio.to_thread(self.run_batch, items)
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed: every caller hears it
+                results = [exc] * len(batch)
+            self.batches += 1
+            self.items += len(batch)
+            for (_, fut), res in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+
+class ModelPool:
+    """Named actors of one model: created on first use, shared cluster-wide, used round robin."""
+
+    _counters: dict[str, itertools.count] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, kind: str, actor_cls: type, spec: dict, *, replicas: int, num_gpus: float,
+                 num_cpus: float | None = None) -> None:
+        self.kind = kind
+        self.actor_cls = actor_cls
+        self.spec = spec
+        self.replicas = max(1, int(replicas))
+        self.num_gpus = float(num_gpus)
+        self.num_cpus = float(num_cpus if num_cpus is not None else CPUS.get(kind, 1.0))
+        key = repr(sorted(spec.items())) + f"|gpu={self.num_gpus}"
+        self.prefix = f"raysys-{kind}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+    def names(self) -> list[str]:
+        return [f"{self.prefix}-{i}" for i in range(self.replicas)]
+
+    def handle(self, index: int):
+        remote = _remote(self.actor_cls)
+        return remote.options(
+            name=f"{self.prefix}-{index}", namespace=RAY_NAMESPACE, get_if_exists=True, lifetime="detached",
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0,
+            max_concurrency=64,
+        ).remote(self.spec, self.num_cpus, self.num_gpus)
+
+    def handles(self) -> list:
+        return [self.handle(i) for i in range(self.replicas)]
+
+    def pick(self):
+        with self._lock:
+            counter = self._counters.setdefault(self.prefix, itertools.count())
+            index = next(counter) % self.replicas
+        return index, self.handle(index)
+
+    def ready(self, timeout: float = READY_TIMEOUT_S) -> list[dict]:
+        """Every replica's facts; raises ModelUnavailable (and removes the replica) when one cannot load."""
+        return [self._ready_one(i, h, timeout) for i, h in enumerate(self.handles())]
+
+    def _ready_one(self, index: int, handle, timeout: float) -> dict:
+        import ray  # noqa: PLC0415
+
+        try:
+            return ray.get(handle.ready.remote(), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001
+            cause = _unwrap(exc)
+            ray.kill(handle, no_restart=True)  # a fresh actor retries the load next time
+            if isinstance(cause, ModelUnavailable):
+                raise cause from None
+            raise ModelUnavailable(f"{self.kind} actor {self.prefix}-{index} is not ready: {cause}") from None
+
+    def call(self, item: Any, timeout: float | None = None) -> Any:
+        """Run one request on a replica; raises the model's error (ModelUnavailable if it cannot load)."""
+        import ray  # noqa: PLC0415
+
+        index, handle = self.pick()
+        try:
+            return ray.get(handle.submit.remote(item), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001
+            cause = _unwrap(exc)
+            if isinstance(cause, ModelUnavailable):
+                ray.kill(handle, no_restart=True)
+            if isinstance(cause, RaysysError | ValueError):
+                raise cause from None
+            if isinstance(exc, ray.exceptions.RayActorError):
+                raise ModelUnavailable(f"{self.kind} actor {self.prefix}-{index} died: {exc}") from None
+            raise
+
+
+_REMOTES: dict[type, Any] = {}
+
+
+def _remote(cls: type):
+    """``ray.remote(cls)``, made once per class (each call would export the class again)."""
+    import ray  # noqa: PLC0415
+
+    if cls not in _REMOTES:
+        _REMOTES[cls] = ray.remote(cls)
+    return _REMOTES[cls]
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The application error inside a Ray task error (RayTaskError wraps it as .cause)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def get_pool(settings: Settings, kind: str, actor_cls: type, spec: dict,
+             cpus: Callable[[], float] | None = None) -> ModelPool:
+    replicas, num_gpus = pool_settings(settings, kind)
+    return ModelPool(kind, actor_cls, spec, replicas=replicas, num_gpus=num_gpus, num_cpus=cpus() if cpus else None)
+
+
+MODEL_KINDS = ("diarization", "emotion", "embedding")
+
+
+def shutdown_pools(kinds: tuple[str, ...] = MODEL_KINDS) -> list[str]:
+    """Kill every model actor of ``kinds`` in the raysys namespace (frees their CPUs/GPUs); returns names.
+
+    Pools come back on the next request. For tests, and for operators changing a model under load.
+    """
+    import ray  # noqa: PLC0415
+    from ray.util import list_named_actors  # noqa: PLC0415
+
+    killed = []
+    for entry in list_named_actors(all_namespaces=True):
+        name, namespace = entry["name"], entry["namespace"]
+        if namespace == RAY_NAMESPACE and any(name.startswith(f"raysys-{k}-") for k in kinds):
+            try:
+                ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+                killed.append(name)
+            except ValueError:
+                pass
+    return killed

@@ -1,0 +1,10 @@
+"""Model backends, in-process and free of Ray: the actors in :mod:`raysys.actors` hold one each.
+
+- :mod:`raysys.models.diarization` — the :class:`Diarizer` interface, the backend factory and the
+  stereo channel split; :mod:`.builtin_diarization` (silero-vad + resemblyzer, offline) and
+  :mod:`.pyannote_backend` (``pyannote.audio`` pipelines).
+- :mod:`raysys.models.emotion` — the :class:`EmotionModel` interface, the backend factory, the
+  builtin acoustic/lexical baseline; :mod:`.speechbrain_backend` (wav2vec2-IEMOCAP recipe interface).
+- :mod:`raysys.models.random_checkpoints` — small random-weight pyannote and speechbrain checkpoints
+  built offline, for tests, benchmarks and the GPU check (never for real use: their output is noise).
+"""

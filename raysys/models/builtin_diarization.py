@@ -1,0 +1,464 @@
+"""The builtin, fully offline speaker diarization: silero-vad → resemblyzer → clustering → overlap.
+
+Both models ship their weights inside their wheels, so this runs on any machine with no download.
+
+1. **Speech regions.** silero-vad speech probabilities every 32 ms on loudness-normalised audio,
+   hysteresis thresholds (onset/offset), short gaps filled and regions padded.
+2. **Speaker embeddings.** resemblyzer's LSTM speaker encoder on sliding windows over the speech
+   frames only (silence is cut out first, so each window holds speech), batched in one forward pass;
+   the log-free mel spectrogram resemblyzer expects is computed with ``torch.stft`` (no librosa
+   warm-up per call).
+3. **Clustering.** average-linkage agglomerative clustering of the window embeddings (cosine),
+   cut where clusters stop being more similar than ``ahc_threshold``; the speaker count follows
+   (or is given: ``num_speakers``, or bounded by ``min_speakers``/``max_speakers``). Clusters
+   holding less than ``min_cluster_share`` of the windows are merged into their nearest (noise,
+   laughter, a split of one voice), then centroids are refined by a few k-means steps.
+   (``method="spectral"`` uses an eigen-gap spectral clustering instead.)
+4. **Frame labels.** every 20 ms speech frame scores each speaker by the mean cosine similarity of
+   the windows that cover it; the best speaker wins, runs shorter than ``min_turn`` are absorbed.
+5. **Overlapped speech.** a short turn (up to ``overlap_sandwich`` s) of one speaker inside another's
+   turn, with no silence around it and the outer speaker still scoring within ``sandwich_margin``,
+   is a back-channel or interruption: both speakers are marked active there. Two more cues exist but
+   are off by default because they cost more false alarms than they recover on the shared data:
+   frames whose second-best speaker scores within ``overlap_margin`` of the best, and a fixed
+   ``overlap_change`` around silence-free speaker changes.
+
+Limits: resemblyzer embeddings need about a second of speech, so turns shorter than ~0.5 s are
+often merged into a neighbour; far-field, noisy or music-laden audio lowers both the VAD and the
+embedding quality; the overlap cues are heuristics, not a trained overlap detector.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from raysys.constants import SAMPLE_RATE
+
+VAD_FRAME = 512  # samples per silero-vad frame at 16 kHz (32 ms)
+MEL_HOP = 160  # samples per resemblyzer mel frame (10 ms)
+MEL_WIN = 400
+MEL_BANDS = 40
+
+
+@dataclass(frozen=True)
+class BuiltinParams:
+    """Tunable knobs of the builtin diarizer (defaults tuned on the shared sample and AMI excerpts)."""
+
+    vad_onset: float = 0.4
+    vad_offset: float = 0.25
+    vad_fill_gap: float = 0.5  # seconds of non-speech bridged inside a region
+    vad_pad: float = 0.1  # seconds added on each side of a region
+    vad_min_region: float = 0.1
+    window: float = 1.5  # embedding window (seconds of speech)
+    hop: float = 0.25  # embedding hop (seconds of speech)
+    frame: float = 0.02  # output resolution (seconds)
+    max_speakers: int = 8
+    method: str = "ahc"  # "ahc" (average-linkage, cosine threshold) or "spectral" (eigen-gap)
+    ahc_threshold: float = 0.70  # clusters whose mean similarity stays above this merge
+    min_cluster_share: float = 0.15  # a cluster with fewer windows than this share is merged
+    eig_threshold: float = 1.5  # eigen-gap ratio needed to prefer more than one speaker
+    single_speaker_sim: float = 0.72  # mean affinity above which the audio is one speaker
+    min_turn: float = 0.5
+    overlap_margin: float = 0.0  # second speaker within this similarity of the first → overlap
+    overlap_min_sim: float = 0.6
+    overlap_sandwich: float = 3.0  # a turn this short between two turns of one speaker overlaps them
+    sandwich_margin: float = 0.03  # ... when the outer speaker still scores within this of the inner
+    overlap_change: float = 0.0  # seconds each side of a silence-free speaker change marked overlap
+    vad_chunk_seconds: float = 60.0  # longer audio runs the VAD in batched chunks
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index pairs of the True runs of a boolean array."""
+    if not len(mask):
+        return []
+    padded = np.concatenate([[False], mask.astype(bool), [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+class BuiltinDiarizer:
+    """silero-vad + resemblyzer diarization in this process. Thread-safe (one call at a time)."""
+
+    name = "builtin"
+
+    def __init__(self, device: str = "cpu", params: BuiltinParams | None = None) -> None:
+        import librosa.filters  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+        from resemblyzer import VoiceEncoder  # noqa: PLC0415
+
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # noqa: PLC0415 - its import sets torch threads to 1
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.params = params or BuiltinParams()
+        self.device = device
+        self.vad = load_silero_vad()  # TorchScript; stays on CPU (a tiny, sequential model)
+        self.encoder = VoiceEncoder(device=device, verbose=False).eval()
+        self.mel_fb = torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_WIN, n_mels=MEL_BANDS)).float()
+        self.window = torch.hann_window(MEL_WIN)
+        self.lock = threading.Lock()
+        import silero_vad  # noqa: PLC0415
+
+        self.model_version = f"silero-vad {getattr(silero_vad, '__version__', '?')} + resemblyzer 0.1.4"
+
+    # --- stages -------------------------------------------------------------------------------------
+
+    def speech_probs(self, wav: np.ndarray) -> np.ndarray:
+        """silero-vad speech probability per 32 ms frame."""
+        torch = self.torch
+        peak = float(np.abs(wav).max()) if len(wav) else 0.0
+        rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) if len(wav) else 0.0
+        if peak <= 0:
+            return np.zeros(len(wav) // VAD_FRAME, dtype=np.float32)
+        gain = min(0.05 / max(rms, 1e-6), 0.99 / peak)  # quiet far-field audio under-triggers the VAD
+        x = torch.from_numpy(np.ascontiguousarray(wav * gain, dtype=np.float32))
+        n = (len(x) + VAD_FRAME - 1) // VAD_FRAME
+        chunk = int(self.params.vad_chunk_seconds * SAMPLE_RATE / VAD_FRAME)
+        with torch.no_grad():
+            if n <= chunk:
+                probs = self.vad.audio_forward(x, sr=SAMPLE_RATE)[0].numpy()
+            else:
+                # Long audio: independent chunks in one batch, each with 2 s of warm-up context.
+                ctx = int(2.0 * SAMPLE_RATE / VAD_FRAME)
+                x = torch.nn.functional.pad(x, (ctx * VAD_FRAME, n * VAD_FRAME - len(x) + chunk * VAD_FRAME))
+                starts = range(0, n, chunk)
+                rows = torch.stack([x[s * VAD_FRAME:(s + chunk + ctx) * VAD_FRAME] for s in starts])
+                out = self.vad.audio_forward(rows, sr=SAMPLE_RATE).numpy()
+                probs = np.concatenate([out[i, ctx:ctx + chunk] for i in range(len(starts))])
+            self.vad.reset_states()
+        return probs[:n].astype(np.float32)
+
+    def speech_regions(self, probs: np.ndarray, duration: float) -> list[tuple[float, float]]:
+        p = self.params
+        step = VAD_FRAME / SAMPLE_RATE
+        regions: list[list[float]] = []
+        active, start = False, 0
+        for i, v in enumerate(probs):
+            if not active and v >= p.vad_onset:
+                active, start = True, i
+            elif active and v < p.vad_offset:
+                active = False
+                regions.append([start * step, i * step])
+        if active:
+            regions.append([start * step, len(probs) * step])
+        merged: list[list[float]] = []
+        for a, b in regions:
+            a, b = max(0.0, a - p.vad_pad), min(duration, b + p.vad_pad)
+            if merged and a - merged[-1][1] < p.vad_fill_gap:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        return [(a, b) for a, b in merged if b - a >= p.vad_min_region]
+
+    def mel(self, wav: np.ndarray):
+        torch = self.torch
+        x = torch.from_numpy(np.array(wav, dtype=np.float32))  # a copy: Ray hands over read-only arrays
+        spec = torch.stft(x, MEL_WIN, MEL_HOP, MEL_WIN, self.window, center=True, pad_mode="constant",
+                          return_complex=True).abs() ** 2
+        return (self.mel_fb @ spec).T.contiguous()  # (frames, 40), as librosa.feature.melspectrogram
+
+    def embed_windows(self, mel, speech_frames: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Embeddings of windows sliding over the speech frames; returns (embeddings, frames of each)."""
+        torch = self.torch
+        p = self.params
+        win = int(round(p.window * SAMPLE_RATE / MEL_HOP))
+        hop = int(round(p.hop * SAMPLE_RATE / MEL_HOP))
+        n = len(speech_frames)
+        if n == 0:
+            return np.zeros((0, 256), np.float32), []
+        if n <= win:
+            starts = [0]
+            win = n
+        else:
+            starts = list(range(0, n - win + 1, hop))
+            if starts[-1] + win < n:
+                starts.append(n - win)
+        speech_mel = mel[torch.from_numpy(speech_frames)]
+        batch = torch.stack([speech_mel[s:s + win] for s in starts]).to(self.device)
+        with torch.no_grad():
+            emb = torch.cat([self.encoder(batch[i:i + 256]) for i in range(0, len(batch), 256)]).cpu().numpy()
+        return emb.astype(np.float32), [speech_frames[s:s + win] for s in starts]
+
+    # --- clustering ---------------------------------------------------------------------------------
+
+    def cluster(self, emb: np.ndarray, num_speakers: int | None, min_speakers: int, max_speakers: int
+                ) -> np.ndarray:
+        """Cluster labels per window."""
+        p = self.params
+        n = len(emb)
+        max_speakers = max(1, min(max_speakers, n))
+        min_speakers = max(1, min(min_speakers, max_speakers))
+        if num_speakers is not None:
+            min_speakers = max_speakers = max(1, min(num_speakers, n))
+        if n == 1 or max_speakers == 1:
+            return np.zeros(n, dtype=int)
+        sim = emb @ emb.T
+        if p.method == "ahc":
+            return self._ahc(emb, num_speakers, min_speakers, max_speakers)
+        aff = self._refine(sim)
+        lap_vals, lap_vecs = self._spectral(aff)
+        if min_speakers == max_speakers:
+            k = min_speakers
+        else:
+            k = self._eigengap(lap_vals, min_speakers, max_speakers)
+            if min_speakers == 1 and float(np.mean(sim)) > p.single_speaker_sim:
+                k = 1
+        if k == 1:
+            return np.zeros(n, dtype=int)
+        labels = self._kmeans(lap_vecs[:, :k], k)
+        labels = self._refine_centroids(emb, labels, k)
+        # Merge clusters too small to be a speaker (noise, laughter), unless the count was fixed.
+        if num_speakers is None:
+            while True:
+                counts = np.bincount(labels, minlength=labels.max() + 1)
+                small = [c for c in range(len(counts)) if 0 < counts[c] < max(2, p.min_cluster_share * n)]
+                live = [c for c in range(len(counts)) if counts[c] > 0]
+                if not small or len(live) <= min_speakers:
+                    break
+                c = small[0]
+                cents = self._centroids(emb, labels)
+                others = [o for o in live if o != c]
+                nearest = max(others, key=lambda o: float(cents[c] @ cents[o]))
+                labels[labels == c] = nearest
+        _, labels = np.unique(labels, return_inverse=True)
+        return labels
+
+    def _ahc(self, emb: np.ndarray, num_speakers, min_speakers: int, max_speakers: int) -> np.ndarray:
+        from scipy.cluster.hierarchy import fcluster, linkage  # noqa: PLC0415
+
+        p = self.params
+        n = len(emb)
+        z = linkage(emb, method="average", metric="cosine")
+        if num_speakers is not None:
+            labels = fcluster(z, t=min_speakers, criterion="maxclust") - 1
+        else:
+            labels = fcluster(z, t=1 - p.ahc_threshold, criterion="distance") - 1
+            # Merge clusters too small to be a speaker into their nearest neighbour.
+            while labels.max() + 1 > min_speakers:
+                counts = np.bincount(labels)
+                c = int(np.argmin(counts))
+                if counts[c] >= p.min_cluster_share * n and labels.max() + 1 <= max_speakers:
+                    break
+                cents = self._centroids(emb, labels)
+                sims = cents @ cents[c]
+                sims[c] = -np.inf
+                labels[labels == c] = int(np.argmax(sims))
+                _, labels = np.unique(labels, return_inverse=True)
+            if labels.max() + 1 < min_speakers:
+                labels = fcluster(z, t=min_speakers, criterion="maxclust") - 1
+        k = labels.max() + 1
+        labels = self._refine_centroids(emb, labels, k)
+        _, labels = np.unique(labels, return_inverse=True)
+        return labels
+
+    @staticmethod
+    def _refine(sim: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter  # noqa: PLC0415
+
+        a = gaussian_filter(sim, sigma=1.0)
+        # Row-wise thresholding: keep each row's strongest 20 % (at least 3), damp the rest.
+        n = len(a)
+        keep = max(3, int(0.2 * n))
+        thr = -np.sort(-a, axis=1)[:, min(keep, n) - 1:min(keep, n)]
+        a = np.where(a >= thr, a, a * 0.01)
+        a = np.maximum(a, a.T)
+        a = a @ a.T
+        a = a / np.maximum(a.max(axis=1, keepdims=True), 1e-9)
+        return a
+
+    @staticmethod
+    def _spectral(aff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        aff = (aff + aff.T) / 2
+        vals, vecs = np.linalg.eigh(aff)
+        order = np.argsort(-vals)
+        return vals[order], vecs[:, order]
+
+    def _eigengap(self, vals: np.ndarray, lo: int, hi: int) -> int:
+        hi = min(hi, len(vals) - 1)
+        if hi < max(lo, 2):
+            return lo
+        ratios = [vals[k - 1] / max(vals[k], 1e-9) for k in range(1, hi + 1)]  # ratios[k-1] → k speakers
+        k = int(np.argmax(ratios[lo - 1:])) + lo if lo > 1 else int(np.argmax(ratios)) + 1
+        if lo == 1 and k > 1 and ratios[k - 1] < self.params.eig_threshold:
+            return 1
+        return max(lo, min(k, hi))
+
+    @staticmethod
+    def _kmeans(x: np.ndarray, k: int) -> np.ndarray:
+        from sklearn.cluster import KMeans  # noqa: PLC0415
+
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
+        return KMeans(n_clusters=k, n_init=5, random_state=0).fit_predict(x)
+
+    @staticmethod
+    def _centroids(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        k = labels.max() + 1
+        c = np.zeros((k, emb.shape[1]), np.float32)
+        for i in range(k):
+            if np.any(labels == i):
+                c[i] = emb[labels == i].mean(axis=0)
+        return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-9)
+
+    def _refine_centroids(self, emb: np.ndarray, labels: np.ndarray, k: int, steps: int = 5) -> np.ndarray:
+        for _ in range(steps):
+            cents = self._centroids(emb, labels)
+            new = np.argmax(emb @ cents.T, axis=1)
+            if np.array_equal(new, labels) or len(np.unique(new)) < k:
+                break
+            labels = new
+        return labels
+
+    # --- the whole chain ----------------------------------------------------------------------------
+
+    def diarize(self, wav: np.ndarray, sample_rate: int = SAMPLE_RATE, *, num_speakers: int | None = None,
+                min_speakers: int | None = None, max_speakers: int | None = None) -> list[dict]:
+        """Speaker turns of mono 16 kHz ``wav``: ``[{"start", "end", "speaker"}]`` sorted by start.
+
+        Overlapped speech appears as overlapping turns of two speakers. Silent audio gives ``[]``.
+        """
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError(f"the builtin diarizer needs {SAMPLE_RATE} Hz audio, got {sample_rate}")
+        with self.lock:
+            return self._diarize(np.asarray(wav, dtype=np.float32), num_speakers, min_speakers or 1,
+                                 max_speakers or self.params.max_speakers)
+
+    def _diarize(self, wav: np.ndarray, num_speakers, min_speakers, max_speakers) -> list[dict]:
+        p = self.params
+        duration = len(wav) / SAMPLE_RATE
+        if duration < 0.1:
+            return []
+        self.timings = {}
+        t0 = time.perf_counter()
+        probs = self.speech_probs(wav)
+        regions = self.speech_regions(probs, duration)
+        t1 = time.perf_counter()
+        self.timings["vad"] = t1 - t0
+        if not regions:
+            return []
+        mel = self.mel(wav)
+        n_mel = mel.shape[0]
+        is_speech = np.zeros(n_mel, dtype=bool)
+        for a, b in regions:
+            is_speech[int(a * SAMPLE_RATE / MEL_HOP):int(np.ceil(b * SAMPLE_RATE / MEL_HOP))] = True
+        speech_frames = np.flatnonzero(is_speech)
+        emb, frames = self.embed_windows(mel, speech_frames)
+        t2 = time.perf_counter()
+        self.timings["embed"] = t2 - t1
+        labels = self.cluster(emb, num_speakers, min_speakers, max_speakers)
+        k = int(labels.max()) + 1
+        cents = self._centroids(emb, labels)
+        t3 = time.perf_counter()
+        self.timings["cluster"] = t3 - t2
+
+        # Frame scores: mean similarity to each centroid of the windows covering a mel frame.
+        sims = emb @ cents.T  # (windows, k)
+        score = np.zeros((n_mel, k), np.float32)
+        count = np.zeros(n_mel, np.float32)
+        for w, fr in enumerate(frames):
+            score[fr] += sims[w]
+            count[fr] += 1
+        covered = count > 0
+        score[covered] /= count[covered, None]
+        # Down-sample to the output resolution.
+        step = max(1, int(round(p.frame * SAMPLE_RATE / MEL_HOP)))
+        n_out = (n_mel + step - 1) // step
+        pad = n_out * step - n_mel
+        score_o = np.pad(score, ((0, pad), (0, 0))).reshape(n_out, step, k).mean(axis=1)
+        speech_o = np.pad(is_speech, (0, pad)).reshape(n_out, step).mean(axis=1) >= 0.5
+        best = np.argmax(score_o, axis=1)
+        best = self._smooth(best, speech_o, int(round(p.min_turn / p.frame)))
+
+        self.debug = {"score": score_o, "best": best, "speech": speech_o}
+        active = np.zeros((n_out, k), dtype=bool)
+        active[speech_o, best[speech_o]] = True
+        if k > 1:
+            self._mark_overlap(active, score_o, best, speech_o)
+        t4 = time.perf_counter()
+        self.timings["assign"] = t4 - t3
+
+        segments = []
+        for spk in range(k):
+            for a, b in _runs(active[:, spk]):
+                start, end = a * p.frame, min(duration, b * p.frame)
+                if end - start >= 0.05:
+                    segments.append({"start": round(start, 3), "end": round(end, 3), "speaker": spk})
+        # Name speakers by first appearance: SPEAKER_00, SPEAKER_01, ...
+        order: dict[int, str] = {}
+        for s in sorted(segments, key=lambda s: s["start"]):
+            order.setdefault(s["speaker"], f"SPEAKER_{len(order):02d}")
+        for s in segments:
+            s["speaker"] = order[s["speaker"]]
+        return sorted(segments, key=lambda s: (s["start"], s["speaker"]))
+
+    @staticmethod
+    def _smooth(best: np.ndarray, speech: np.ndarray, min_len: int) -> np.ndarray:
+        """Absorb speaker runs shorter than ``min_len`` frames (inside a speech region) into a neighbour."""
+        best = best.copy()
+        for a, b in _runs(speech):
+            seg = best[a:b]
+            changed = True
+            while changed:
+                changed = False
+                runs = []
+                start = 0
+                for i in range(1, len(seg) + 1):
+                    if i == len(seg) or seg[i] != seg[start]:
+                        runs.append((start, i))
+                        start = i
+                if len(runs) <= 1:
+                    break
+                shortest = min(range(len(runs)), key=lambda r: runs[r][1] - runs[r][0])
+                s, e = runs[shortest]
+                if e - s >= min_len:
+                    break
+                left = seg[s - 1] if s > 0 else None
+                right = seg[e] if e < len(seg) else None
+                if left is None:
+                    seg[s:e] = right
+                elif right is None:
+                    seg[s:e] = left
+                else:
+                    ls = runs[shortest - 1][1] - runs[shortest - 1][0]
+                    rs = runs[shortest + 1][1] - runs[shortest + 1][0]
+                    seg[s:e] = left if ls >= rs else right
+                changed = True
+            best[a:b] = seg
+        return best
+
+    def _mark_overlap(self, active: np.ndarray, score: np.ndarray, best: np.ndarray, speech: np.ndarray) -> None:
+        p = self.params
+        order = np.argsort(-score, axis=1)
+        second = order[:, 1]
+        first_s = score[np.arange(len(score)), best]
+        second_s = score[np.arange(len(score)), second]
+        second = np.where(second == best, order[:, 0], second)
+        second_s = score[np.arange(len(score)), second]
+        mixed = speech & (first_s - second_s < p.overlap_margin) & (second_s > p.overlap_min_sim)
+        active[np.flatnonzero(mixed), second[mixed]] = True
+        # A short turn inside another speaker's turn, with no silence either side: a back-channel or
+        # interruption, which in conversation overlaps the turn it cuts into.
+        max_run = int(round(p.overlap_sandwich / p.frame))
+        for a, b in _runs(speech):
+            seg = best[a:b]
+            edges = [0, *(np.flatnonzero(seg[1:] != seg[:-1]) + 1).tolist(), len(seg)]
+            for r in range(1, len(edges) - 2):
+                s0, e0 = edges[r], edges[r + 1]
+                if e0 - s0 <= max_run and seg[s0 - 1] == seg[e0]:
+                    outer = seg[s0 - 1]
+                    frames = np.arange(a + s0, a + e0)
+                    gap = score[frames, best[frames]] - score[frames, outer]
+                    if float(np.mean(gap)) < p.sandwich_margin:
+                        active[frames, outer] = True
+        # Speaker changes with no silence between them: both speakers around the change.
+        half = int(round(p.overlap_change / p.frame))
+        if half > 0:
+            for i in np.flatnonzero((best[1:] != best[:-1]) & speech[1:] & speech[:-1]) + 1:
+                a, b = max(0, i - half), min(len(best), i + half)
+                seg = speech[a:b]
+                active[a:b, best[i - 1]] |= seg
+                active[a:b, best[i]] |= seg
