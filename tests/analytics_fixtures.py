@@ -48,6 +48,28 @@ def wh(settings, method, *args):
     return wh_call(settings, method, *args)
 
 
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server (aiosmtpd) on loopback; yields (smtp url, handler with .messages)."""
+    from aiosmtpd.controller import Controller
+
+    class Collect:
+        def __init__(self):
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            return "250 OK"
+
+    handler = Collect()
+    from raysys.stack import free_port
+
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield f"smtp://127.0.0.1:{controller.port}", handler
+    controller.stop()
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -74,3 +96,55 @@ SMALL_CATALOGUE = [
     ("I forgot my password", "password_reset"), ("I can't log in to my account", "password_reset"),
     ("the reset email never came", "password_reset"), ("my password is not accepted", "password_reset"),
 ]
+
+
+def rttm_turns(rttm_path, uri: str | None = None):
+    """Call turns from an RTTM reference: the first speaker is the agent, the other the customer."""
+    from raysys.storage.postgres import Turn
+
+    rows = []
+    for line in open(rttm_path).read().splitlines():
+        p = line.split()
+        if len(p) >= 8 and p[0] == "SPEAKER" and (uri is None or p[1] == uri):
+            rows.append((float(p[3]), float(p[3]) + float(p[4]), p[7]))
+    rows.sort()
+    first = rows[0][2]
+    lines = {"agent": ["Thank you for calling, how can I help you?", "Let me check that for you.",
+                       "I have blocked the card and ordered a new one."],
+             "customer": ["Hi, I think somebody stole my card yesterday.", "Yes, at the train station.",
+                          "Thanks, that's great."]}
+    turns = []
+    for k, (s, e, spk) in enumerate(rows):
+        role = "agent" if spk == first else "customer"
+        turns.append(Turn(k, role, round(s, 3), round(e, 3), lines[role][k % 3]))
+    return turns
+
+
+def stereo_call(path, seconds: float = 16.0):
+    """A stereo call from real utterances: speaker 1 (agent) on the left, speaker 2 (customer) on the right.
+
+    Returns the turns (agent first, alternating, 0.4 s pauses)."""
+    import numpy as np
+    import soundfile as sf
+    from conftest import shared_data
+
+    from raysys.storage.postgres import Turn
+
+    speech = shared_data("speech")
+    agent = [sf.read(speech / f"spk1_snt{i}.wav", dtype="float32")[0] for i in range(1, 7)]
+    customer = [sf.read(speech / f"spk2_snt{i}.wav", dtype="float32")[0] for i in range(1, 7)]
+    sr, total = 16_000, int(seconds * 16_000)
+    left, right = np.zeros(total, np.float32), np.zeros(total, np.float32)
+    turns, t, k = [], 0.2, 0
+    texts = {"agent": "Thank you for calling, how can I help?", "customer": "My parcel has not arrived yet."}
+    while True:
+        role, clip, track = ("agent", agent[k // 2 % 6], left) if k % 2 == 0 else ("customer", customer[k // 2 % 6], right)
+        start = int(t * sr)
+        if start + len(clip) > total:
+            break
+        track[start:start + len(clip)] = clip
+        turns.append(Turn(k, role, round(t, 3), round(t + len(clip) / sr, 3), texts[role]))
+        t += len(clip) / sr + 0.4
+        k += 1
+    sf.write(path, np.stack([left, right], axis=1), sr)
+    return turns

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from analytics_fixtures import (  # noqa: F401
@@ -118,3 +119,53 @@ def test_call_without_an_intent_model_uses_the_call_record(ctx, asettings, tenan
     row = analytics_row(asettings, tenant_id, f"{tenant_id}_c3")
     assert out["intent"] == "billing_dispute" and row["details"]["intent"]["source"] == "call record"
     assert row["summary"] == "" and row["sentiment_mean"] is None
+
+
+def _overlap(a, b):
+    return sum(max(0.0, min(x[1], y[1]) - max(x[0], y[0])) for x in a for y in b)
+
+
+def test_call_with_a_real_recording_maps_diarized_speakers_to_roles(ctx, intent_settings, tenant_id):
+    """pyannote's 30 s two-speaker sample; the turns (from its RTTM reference) say who is the agent."""
+    import shutil
+
+    from analytics_fixtures import rttm_turns
+    from conftest import shared_data
+
+    ctx.settings = intent_settings
+    root = Path(intent_settings.allowed_roots[0])
+    root.mkdir(parents=True, exist_ok=True)
+    audio = root / "sample.wav"
+    shutil.copyfile(shared_data("diarization", "sample.wav"), audio)
+    turns = rttm_turns(shared_data("diarization", "sample.rttm"))
+    seed(intent_settings, tenant_id, f"{tenant_id}_audio", audio_path=str(audio), turns=turns)
+    out = process_call_analytics(ctx, f"{tenant_id}_audio")
+    assert out["has_audio"] and out["num_speakers"] == 2 and out["intent"] == "card_lost"
+    row = analytics_row(intent_settings, tenant_id, f"{tenant_id}_audio")
+    assert row["details"]["speaker_mapping"]["method"] == "turns"
+    assert sorted(row["details"]["speaker_mapping"]["mapping"].values()) == ["agent", "customer"]
+    assert row["details"]["timeline"]["source"] == "audio" and row["emotion"]["segments"]
+    assert set(row["model_versions"]) >= {"diarization", "emotion", "intents"}
+    # The diarized agent speech lies mostly where the reference says the agent speaks.
+    agent_hyp = [(s["start"], s["end"]) for s in row["diarization"]["segments"] if s["role"] == "agent"]
+    agent_ref = [(t.start_s, t.end_s) for t in turns if t.speaker_role == "agent"]
+    hyp_len = sum(e - s for s, e in agent_hyp)
+    assert hyp_len > 0 and _overlap(agent_hyp, agent_ref) / hyp_len > 0.7
+    assert 0 < row["talk_seconds"] and row["silence_seconds"] >= 0 and -1 <= row["sentiment_mean"] <= 1
+    assert wh(intent_settings, "call_fact", tenant_id, f"{tenant_id}_audio")["num_speakers"] == 2
+
+
+def test_stereo_recording_maps_roles_by_channel(ctx, asettings, tenant_id):
+    from analytics_fixtures import stereo_call
+
+    root = Path(asettings.allowed_roots[0])
+    root.mkdir(parents=True, exist_ok=True)
+    turns = stereo_call(root / "stereo.wav")
+    seed(asettings, tenant_id, f"{tenant_id}_st", audio_path=str(root / "stereo.wav"), turns=turns)
+    out = process_call_analytics(ctx, f"{tenant_id}_st")
+    row = analytics_row(asettings, tenant_id, f"{tenant_id}_st")
+    assert row["details"]["speaker_mapping"]["method"] == "channel" and out["num_speakers"] == 2
+    speech = row["details"]["timeline"]["speech_seconds"]
+    ref = {r: sum(t.end_s - t.start_s for t in turns if t.speaker_role == r) for r in ("agent", "customer")}
+    for role in ("agent", "customer"):
+        assert speech[role] == pytest.approx(ref[role], rel=0.35)

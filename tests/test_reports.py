@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from email import policy
 
 import pytest
-from analytics_fixtures import analytics_chdb, asettings, ctx, run, utc, wh, with_db  # noqa: F401
+from analytics_fixtures import analytics_chdb, asettings, ctx, run, smtp_server, utc, wh, with_db  # noqa: F401
 
 from raysys.analytics.report import CHARTS, build_report, save_report
 from raysys.errors import NotFound, Retry
@@ -54,25 +54,6 @@ def test_report_html_csv_and_charts(tmp_path):
     assert (tmp_path / "r" / "report.html").read_text() == html
     assert all((tmp_path / "r" / "charts" / f"{n}.png").read_bytes().startswith(PNG) for n in CHARTS)
     assert set(paths) >= {"html", "metrics.csv", "calls.csv"}
-
-
-@pytest.fixture
-def smtp_server():
-    from aiosmtpd.controller import Controller
-
-    class Collect:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
-            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-            return "250 OK"
-
-    handler = Collect()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield f"smtp://127.0.0.1:{controller.port}", handler
-    controller.stop()
 
 
 def _seed(settings, tenant, recipients):

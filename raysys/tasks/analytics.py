@@ -30,6 +30,9 @@ from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# These tasks mostly wait on the model and Warehouse actors, which hold CPUs of their own; a whole
+# CPU per task would leave a small cluster unable to run a task while the model actors sit idle.
+ORCHESTRATION_CPUS = 0.25
 
 
 # --- helpers shared by the analytics, metrics, reports and maintenance tasks --------------------------------
@@ -212,7 +215,7 @@ def _fact(call: Any, values: dict[str, Any], result: dict[str, Any]) -> dict[str
 # --- tasks -------------------------------------------------------------------------------------------------
 
 
-@task("workers.tasks.process_call_analytics", queue="analytics")
+@task("workers.tasks.process_call_analytics", queue="analytics", num_cpus=ORCHESTRATION_CPUS)
 def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
     """Analyse one call and store the result (re-running replaces it).
 
@@ -257,7 +260,7 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
     }
 
 
-@task("workers.tasks.diarize_call", queue="analytics")
+@task("workers.tasks.diarize_call", queue="analytics", num_cpus=ORCHESTRATION_CPUS)
 def diarize_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, Any]:
     """Who spoke when in ``audio_path``: ``{call_id, num_speakers, segments: [{start, end, speaker}], ...}``.
 
@@ -270,7 +273,7 @@ def diarize_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, A
     return {"call_id": call_id, **result}
 
 
-@task("workers.tasks.analyze_emotion", queue="analytics")
+@task("workers.tasks.analyze_emotion", queue="analytics", num_cpus=ORCHESTRATION_CPUS)
 def analyze_emotion(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, Any]:
     """Emotion per speaker segment of ``audio_path`` (diarized first), and a summary per speaker.
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from raysys.analytics.aggregation import aggregate_days, days_to_recompute
 from raysys.errors import InvalidInput
-from raysys.tasks.analytics import warehouse_call
+from raysys.tasks.analytics import ORCHESTRATION_CPUS, warehouse_call
 from raysys.tasks.registry import TaskContext, task
 
 
@@ -33,7 +33,7 @@ def parse_day(value: Any) -> date:
     raise InvalidInput(f"date must be YYYY-MM-DD, got {value!r}")
 
 
-@task("workers.tasks.aggregate_daily_metrics", queue="analytics")
+@task("workers.tasks.aggregate_daily_metrics", queue="analytics", num_cpus=ORCHESTRATION_CPUS)
 def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str | None = None) -> dict[str, Any]:  # noqa: A002
     """Aggregate one day (and re-aggregate the FCR window before it), for one tenant or all.
 
