@@ -16,12 +16,13 @@ Both models ship their weights inside their wheels, so this runs on any machine 
    (``method="spectral"`` uses an eigen-gap spectral clustering instead.)
 4. **Frame labels.** every 20 ms speech frame scores each speaker by the mean cosine similarity of
    the windows that cover it; the best speaker wins, runs shorter than ``min_turn`` are absorbed.
-5. **Overlapped speech.** a short turn (up to ``overlap_sandwich`` s) of one speaker inside another's
-   turn, with no silence around it and the outer speaker still scoring within ``sandwich_margin``,
-   is a back-channel or interruption: both speakers are marked active there. Two more cues exist but
-   are off by default because they cost more false alarms than they recover on the shared data:
-   frames whose second-best speaker scores within ``overlap_margin`` of the best, and a fixed
-   ``overlap_change`` around silence-free speaker changes.
+5. **Overlapped speech.** three heuristic cues can mark a second active speaker: a short turn (up
+   to ``overlap_sandwich`` s) of one speaker inside another's with no silence around it and the
+   outer speaker still scoring within ``sandwich_margin`` (a back-channel or interruption); frames
+   whose second-best speaker scores within ``overlap_margin`` of the best; a fixed
+   ``overlap_change`` around silence-free speaker changes. All three are **off by default**: on the
+   shared AMI excerpts and sample they recovered less missed overlap than they added false alarms
+   (see bench/diarization.py). Overlapped speech is therefore mostly scored as missed speech.
 
 Limits: resemblyzer embeddings need about a second of speech, so turns shorter than ~0.5 s are
 often merged into a neighbour; far-field, noisy or music-laden audio lowers both the VAD and the
@@ -59,13 +60,13 @@ class BuiltinParams:
     max_speakers: int = 8
     method: str = "ahc"  # "ahc" (average-linkage, cosine threshold) or "spectral" (eigen-gap)
     ahc_threshold: float = 0.70  # clusters whose mean similarity stays above this merge
-    min_cluster_share: float = 0.15  # a cluster with fewer windows than this share is merged
+    min_cluster_share: float = 0.2  # a cluster with fewer windows than this share is merged
     eig_threshold: float = 1.5  # eigen-gap ratio needed to prefer more than one speaker
     single_speaker_sim: float = 0.72  # mean affinity above which the audio is one speaker
     min_turn: float = 0.5
     overlap_margin: float = 0.0  # second speaker within this similarity of the first → overlap
     overlap_min_sim: float = 0.6
-    overlap_sandwich: float = 3.0  # a turn this short between two turns of one speaker overlaps them
+    overlap_sandwich: float = 0.0  # a turn this short between two turns of one speaker overlaps them
     sandwich_margin: float = 0.03  # ... when the outer speaker still scores within this of the inner
     overlap_change: float = 0.0  # seconds each side of a silence-free speaker change marked overlap
     vad_chunk_seconds: float = 60.0  # longer audio runs the VAD in batched chunks
