@@ -9,12 +9,22 @@ so nothing is downloaded; ``EMBEDDING_MODEL`` names another local folder or hub 
 
 Public API (stable for ingestion and intents): ``TextEncoder(model).encode(texts) -> np.ndarray``
 (float32, L2-normalised rows) and ``embed_texts(settings, texts) -> np.ndarray``.
+
+Precision: the encoder runs under ``torch.autocast`` in bfloat16 where the hardware has a fast path
+for it — a CPU with AMX or AVX512-BF16 (about 2x faster than float32 on such a Xeon, cosine to the
+float32 vectors >= 0.9999), or a CUDA device (bfloat16 where supported, else float16) — and in plain
+float32 elsewhere (older CPUs emulate bfloat16 and would be slower). Vectors always come back as
+float32 and are L2-normalised again in float32. ``TextEncoder(..., precision="float32")`` forces the
+reference path. On CPU texts are encoded 16 at a time (measured faster here than 64: less padding
+per batch and a working set that stays in cache); on CUDA 64 at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 
@@ -33,10 +43,53 @@ def model_name(settings: Settings) -> str:
     return settings.embedding_model or default_model()
 
 
-class TextEncoder:
-    """A sentence-transformers model loaded once; ``encode`` returns normalised float32 vectors."""
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+_BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
 
-    def __init__(self, model: str | None = None, device: str | None = None) -> None:
+
+@cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16), not by emulation."""
+    import torch  # noqa: PLC0415
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):  # torch >= 2.3, private
+        check = getattr(torch.cpu, probe, None)
+        with contextlib.suppress(Exception):
+            if check is not None and check():
+                return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool(_BF16_CPU_FLAGS & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
+def pick_precision(device: str, precision: str = "auto") -> str:
+    """The autocast dtype name for ``device``: "float32" (no autocast), "bfloat16" or "float16"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        import torch  # noqa: PLC0415
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device == "cpu" and cpu_has_fast_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+class TextEncoder:
+    """A sentence-transformers model loaded once; ``encode`` returns normalised float32 vectors.
+
+    ``precision``: "auto" (bfloat16 autocast where the device has a fast path, see the module
+    docstring), or "float32", "bfloat16", "float16" to force one.
+    """
+
+    def __init__(self, model: str | None = None, device: str | None = None, precision: str = "auto") -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from sentence_transformers import SentenceTransformer  # noqa: PLC0415
 
@@ -47,15 +100,28 @@ class TextEncoder:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = SentenceTransformer(self.model_name, device=device)
         self.device = device
+        self.precision = pick_precision(device, precision)
+        self.batch_size = 64 if device.startswith("cuda") else 16
         self.max_tokens = int(self.model.max_seq_length)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim())
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def _autocast(self):
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        import torch  # noqa: PLC0415
+
+        return torch.autocast(self.device.split(":")[0], dtype=getattr(torch, self.precision))
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
-        return vectors.astype(np.float32, copy=False)
+        with self._autocast():
+            vectors = self.model.encode(list(texts), batch_size=batch_size or self.batch_size,
+                                        normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+        vectors = vectors.float().cpu().numpy()
+        # Normalised again in float32: rows computed in bfloat16 are a few 1e-3 off unit length.
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer.tokenize(text))
@@ -80,6 +146,7 @@ class EmbeddingActor(ModelServer):
 
     def describe(self) -> dict:
         return {"backend": "sentence-transformers", "model_version": self.model.model_name, "dim": self.model.dim,
+                "precision": self.model.precision,
                 "parameters_on": sorted({str(p.device) for p in self.model.model.parameters()})}
 
 
