@@ -144,3 +144,21 @@ def test_audit_models_stores_accuracy_and_flags_a_regression(ctx, asettings, tmp
     ctx.settings = asettings.replace(audit_dir=str(tmp_path / "missing"))
     with pytest.raises(InvalidInput, match="no audit set"):
         audit_models(ctx)
+
+
+def test_audit_models_measures_der_and_speed_on_a_default_set_from_shared_data(ctx, asettings, tmp_path):
+    from conftest import SHARED_DATA, shared_data
+
+    from raysys.analytics.audit import build_default_set
+
+    shared_data("diarization", "sample.wav")
+    audit_dir = build_default_set(SHARED_DATA, tmp_path / "audit", recordings=("sample",), per_intent=1)
+    assert (audit_dir / "diarization" / "sample.rttm").is_file()
+    assert len((audit_dir / "intents.csv").read_text().splitlines()) == 1 + 77
+    ctx.settings = asettings.replace(audit_dir=str(audit_dir))
+    out = audit_models(ctx)
+    (res,) = out["results"]  # no intent model configured: diarization only
+    assert res["model"] == "diarization" and res["metric"] == "der"
+    assert 0 <= res["value"] < 0.3 and 0 < res["rtf"] < 1
+    row = wh(asettings, "query", "SELECT details FROM model_audits WHERE run_id = {r:String}", {"r": out["run_id"]})
+    assert json.loads(row[0]["details"])["files"] == ["sample.wav"]
