@@ -199,8 +199,13 @@ def ray_temp_dir(data_dir: str) -> Path:
 
 
 def ray_env() -> dict[str, str]:
-    """Environment for our `ray start`: loopback only, no usage stats."""
+    """Environment for our `ray start`: token authentication on, no usage stats.
+
+    Ray 2.60 keeps the token in ``~/.ray/auth_token`` (generated on first start); clients of the
+    embedded head connect with ``RAY_AUTH_MODE=token`` (:func:`raysys.runtime.init_ray` sets it).
+    """
     env = dict(os.environ)
+    env.setdefault("RAY_AUTH_MODE", "token")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("PYANNOTE_METRICS_ENABLED", "false")
     return env
@@ -219,6 +224,11 @@ def start_ray_head(temp_dir: Path, port: int, dashboard_port: int, num_cpus: int
         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
     ]
+    # Every other port free too: the agents' defaults (52365, the metrics port, 10001 ...) collide with
+    # any other Ray head on the machine, and then `ray job submit` finds "no available agent".
+    cmd += [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "ray-client-server-port", "node-manager-port", "object-manager-port")]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     temp_dir.mkdir(parents=True, exist_ok=True)

@@ -137,36 +137,20 @@ def _new_database(admin_url: str) -> str:
     return asyncio.run(create())
 
 
-def _start_head(temp_dir: Path, env: dict[str, str]) -> tuple[str, int, int]:
-    """`ray start --head` on loopback with EVERY port chosen free (the agent's defaults, 52365 and the
-    metrics port, collide with any other Ray head on the machine); returns (address, dashboard, session id)."""
-    port, dashboard = free_port(), free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats", "--num-cpus=2",
-           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-           f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
-           f"--object-manager-port={free_port()}"]
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    with open(temp_dir / "ray-start.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-        rc = proc.wait()
-    assert rc == 0, (temp_dir / "ray-start.log").read_text()[-3000:]
-    return f"127.0.0.1:{port}", dashboard, proc.pid
-
-
 @pytest.fixture(scope="module")
 def head():
     """A dedicated `ray start --head` (dashboard on, token auth on); stopped by its own pids, never `ray stop`."""
-    from raysys.stack import ray_pids, terminate
+    from raysys.stack import ray_pids, start_ray_head, terminate
 
     temp_dir = Path("/tmp") / f"rs-head-{uuid.uuid4().hex[:6]}"
     # Ray 2.60 turns token auth on when a token exists; say so explicitly, for the head and its clients.
     # Job entrypoints run `python` from the head's PATH: the project's venv, as under ./dev.
     env = _env(RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    address, dashboard, sid = _start_head(temp_dir, env)
+    dashboard = free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        address, sid = start_ray_head(temp_dir, free_port(), dashboard, num_cpus=2)
     try:
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dashboard}"}
     finally:

@@ -9,7 +9,9 @@ reuses them. Sizing knobs, per model, all in :class:`~raysys.config.Settings`:
 - ``*_NUM_GPUS`` — GPUs per actor: a number (fractions allowed, e.g. 0.5 so diarization and
   emotion share a card), or ``auto`` (default): the model's share from :data:`AUTO_GPU_SHARE` when
   the cluster has GPUs, 0 (CPU) when it has none.
-- CPUs per actor: :data:`CPUS` (torch uses that many threads in the actor).
+- CPUs per actor: :data:`CPUS` (torch uses that many threads in the actor) on GPU nodes and on
+  clusters with CPUs to spare; on small CPU-only clusters a share of a CPU (:func:`resolve_num_cpus`),
+  so the three always-on model actors never hold every CPU and starve the tasks that call them.
 
 Inside an actor (:class:`ModelServer`) the model is loaded once; concurrent requests are queued and
 run together as one batch (up to ``max_batch`` items, gathered for ``batch_wait_s``). A model that
@@ -57,6 +59,32 @@ def resolve_num_gpus(kind: str, configured: float | None) -> float:
         return float(configured)
     gpus = cluster_gpus()
     return min(AUTO_GPU_SHARE.get(kind, 0.25), gpus) if gpus > 0 else 0.0
+
+
+def cluster_cpus() -> float:
+    import ray  # noqa: PLC0415
+
+    try:
+        return float(ray.cluster_resources().get("CPU", 0.0))
+    except Exception:  # noqa: BLE001 - not connected
+        return 0.0
+
+
+def resolve_num_cpus(kind: str, num_gpus: float) -> float:
+    """CPUs one ``kind`` actor reserves: :data:`CPUS` with a GPU or on a roomy cluster, else a share.
+
+    The model actors are long-lived and mostly idle between requests; reserving a whole CPU each on a
+    2-CPU laptop cluster would leave nothing for the tasks that call them (a deadlock: the task waits
+    for an actor that cannot be placed). An eighth of the cluster, at least a quarter CPU, keeps all
+    three placeable next to the work.
+    """
+    want = CPUS.get(kind, 1.0)
+    if num_gpus > 0:
+        return want
+    total = cluster_cpus()
+    if total <= 0:
+        return want
+    return min(want, max(0.25, total / 8))
 
 
 def pool_settings(settings: Settings, kind: str) -> tuple[int, float]:
@@ -172,7 +200,7 @@ class ModelPool:
         self.spec = spec
         self.replicas = max(1, int(replicas))
         self.num_gpus = float(num_gpus)
-        self.num_cpus = float(num_cpus if num_cpus is not None else CPUS.get(kind, 1.0))
+        self.num_cpus = float(num_cpus if num_cpus is not None else resolve_num_cpus(kind, self.num_gpus))
         key = repr(sorted(spec.items())) + f"|gpu={self.num_gpus}"
         self.prefix = f"raysys-{kind}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
