@@ -1,7 +1,214 @@
-"""CLI commands: placeholder until this family is built."""
+"""CLI: `raysys demo` — the main job, end to end, on the embedded default stack.
+
+1. `raysys up` (Redis, PostgreSQL + pgvector, chDB, a Ray head with the dashboard)
+2. an intent catalogue for the demo tenant, trained into a classifier
+3. QueueBridge actors on the three queues
+4. a demo tenant with a week of synthetic calls, one of them with a real two-speaker recording
+5. a policy document pushed through the `ingest` queue, then searched
+6. call analytics pushed through the `analytics` queue (the recording: diarization, emotion, intent,
+   summary, metrics), the day aggregated, the daily report produced on the `reports` queue
+7. one on-demand request over HTTP (Ray Serve) with an API key
+8. the results and the dashboard address printed
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+
+from raysys.config import Settings
+
+TENANT = "demo"
+
 
 def register(sub) -> None:  # noqa: ANN001
-    """Add this family's sub-commands to the `raysys` parser."""
+    p = sub.add_parser("demo", help="run the whole story on the embedded default stack and print the results")
+    p.add_argument("--calls", type=int, default=60, help="synthetic calls for the demo tenant")
+    p.add_argument("--down", action="store_true",
+                   help="stop the embedded stack at the end (default: leave it, the bridges and the HTTP API up)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _step(n: int, text: str) -> None:
+    print(f"\n[{n}] {text}", flush=True)
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from raysys import synthetic  # noqa: PLC0415
+    from raysys.queue.bridge import bridge_handles, start_bridges  # noqa: PLC0415
+    from raysys.queue.client import Client  # noqa: PLC0415
+    from raysys.runtime import init_ray  # noqa: PLC0415
+    from raysys.stack import LocalStack  # noqa: PLC0415
+    from raysys.storage.postgres import Call, Database, Turn  # noqa: PLC0415
+
+    t_start = time.monotonic()
+    _step(1, "embedded stack")
+    stack = LocalStack(settings)
+    state = stack.up()
+    settings = settings.resolved()
+    init_ray(settings)
+
+    _step(2, "intent catalogue for the demo tenant, trained on sentence embeddings")
+    settings = settings.replace(intent_model_dir=str(Path(settings.data_dir) / "intents"))
+    print("  ", _train_intents(settings))
+
+    _step(3, f"queue bridges on {', '.join(settings.queues)}")
+    # Detached, so they keep serving the queues after the demo (reused when the demo runs again).
+    bridges = bridge_handles() or start_bridges(settings, queues=list(settings.queues), detached=True)
+    print(f"   {len(bridges)} bridge(s) consuming")
+    client = Client(settings)
+
+    _step(4, f"demo tenant '{TENANT}': {args.calls} synthetic calls over 7 days and one recorded call")
+    uploads = Path(settings.data_dir) / "uploads"
+    docs = Path(settings.data_dir) / "documents"
+    uploads.mkdir(parents=True, exist_ok=True)
+    docs.mkdir(parents=True, exist_ok=True)
+    assets = resources.files("raysys") / "assets"
+    audio = uploads / "demo_call.wav"
+    with resources.as_file(assets / "demo_call.wav") as src:
+        shutil.copyfile(src, audio)
+    policy = docs / "demo_policy.md"
+    with resources.as_file(assets / "demo_policy.md") as src:
+        shutil.copyfile(src, policy)
+    today = datetime.now(UTC).date()
+    ds = synthetic.generate(tenants=1, calls=args.calls, days=7, seed=42, end=today, tenant_prefix="x")
+    calls = []
+    for sc in ds.calls:
+        sc.call.tenant_id = TENANT
+        sc.call.id = sc.call.id.replace("_x_001_", "_demo_")
+        calls.append(sc)
+    started = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    recorded = Call(id="call_demo_recorded", tenant_id=TENANT, customer_id="cust_demo", agent_id="agent_007",
+                    started_at=started, answered_at=started + timedelta(seconds=4),
+                    ended_at=started + timedelta(seconds=34), hold_seconds=0.0, acw_seconds=20.0,
+                    audio_path=str(audio), resolved=True)
+    recorded_turns = [
+        Turn(0, "agent", 0.0, 6.0, "Thank you for calling, how can I help you today?"),
+        Turn(1, "customer", 6.5, 14.0, "Hi, I lost my card yesterday and I think someone used it."),
+        Turn(2, "agent", 14.5, 22.0, "I'm sorry to hear that. I have blocked the card and ordered a new one."),
+        Turn(3, "customer", 22.5, 30.0, "Thanks, that's great."),
+    ]
+
+    async def seed() -> None:
+        db = await Database.open(settings.postgres_url)
+        try:
+            await db.upsert_tenant(TENANT, "Demo Contact Centre", ["ops@demo.example"])
+            await db.upsert_calls([sc.call for sc in calls] + [recorded])
+            for sc in calls:
+                await db.replace_turns(TENANT, sc.call.id, sc.turns)
+            await db.replace_turns(TENANT, recorded.id, recorded_turns)
+        finally:
+            await db.close()
+
+    asyncio.run(seed())
+
+    _step(5, "ingest a policy document through the `ingest` queue, then search it")
+    res = client.send_task("workers.tasks.ingest_document", kwargs={
+        "document_id": "policy_cards", "tenant_id": TENANT, "source_path": str(policy)})
+    print("   ingest_document:", _short(res.get(timeout=600)))
+    from raysys.ingest.pipeline import search  # noqa: PLC0415
+
+    question = "what do I do when a customer's card was stolen?"
+    hit = search(settings, TENANT, question, top_k=1)[0]
+    print(f"   search {question!r}\n     -> [{hit.score:.2f}] {hit.heading}: {hit.text[:110]}...")
+
+    _step(6, "post-call analytics through the `analytics` queue")
+    t0 = time.monotonic()
+    res = client.send_task("workers.tasks.process_call_analytics", args=[recorded.id])
+    analytics = res.get(timeout=900)
+    print(f"   recorded call ({time.monotonic() - t0:.1f} s):", _short(analytics, 900))
+    today_ids = [sc.call.id for sc in calls if sc.call.started_at.date() == today]
+    pending = [client.send_task("workers.tasks.process_call_analytics", args=[cid]) for cid in today_ids]
+    done = sum(1 for r in pending if r.get(timeout=900) is not None)
+    print(f"   {done} more calls of today analysed")
+    agg = client.send_task("workers.tasks.aggregate_daily_metrics",
+                           kwargs={"date": today.isoformat(), "tenant_id": TENANT}).get(timeout=600)
+    print("   aggregate_daily_metrics:", _short(agg))
+    report = client.send_task("workers.tasks.generate_daily_report",
+                              kwargs={"tenant_id": TENANT, "date": today.isoformat()}).get(timeout=600)
+    print("   generate_daily_report:", _short(report))
+
+    _step(7, "one on-demand request over HTTP (Ray Serve)")
+    http_result = _http_demo(settings, audio)
+    print("  ", _short(http_result, 600))
+
+    _step(8, "done")
+    dashboard = state.get("urls", {}).get("dashboard")
+    print(f"   Ray dashboard:  {dashboard or '(external cluster: ' + str(settings.ray_address) + ')'}")
+    files = report.get("files", {}) if isinstance(report, dict) else {}
+    print(f"   report:         {files.get('html') or report}")
+    print(f"   data directory: {settings.data_dir}")
+    print(f"   total time:     {time.monotonic() - t_start:.0f} s")
+    import ray  # noqa: PLC0415
+
+    if args.down:
+        _stop_serve()
+        ray.shutdown()
+        stack.down()
+    else:
+        ray.shutdown()
+        print("   the stack, the bridges and the HTTP API keep running; stop them with: ./dev raysys down")
+    return 0
+
+
+def _train_intents(settings: Settings) -> str:
+    """Train the tenant's intent classifier from the synthetic catalogue (text, category)."""
+    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
+    from raysys.analytics.intents import IntentModel  # noqa: PLC0415
+    from raysys.synthetic import INTENTS  # noqa: PLC0415
+
+    texts, labels = [], []
+    for intent, phrasings in INTENTS.items():
+        for phrase in phrasings:
+            for template in ("{}", "Hi, {}.", "Hello, {}, can you help?"):
+                texts.append(template.format(phrase))
+                labels.append(intent)
+    model = IntentModel.train(texts, labels, lambda xs: embed_texts(settings, xs), threshold=0.3)
+    out = Path(settings.intent_model_dir) / TENANT
+    model.save(out)
+    return f"{len(set(labels))} intents, {len(texts)} examples -> {out}"
+
+
+def _http_demo(settings: Settings, audio: Path) -> dict:
+    import httpx  # noqa: PLC0415
+
+    from raysys.serve import deploy  # noqa: PLC0415
+    from raysys.storage.postgres import Database  # noqa: PLC0415
+
+    base = deploy(settings)
+
+    async def key() -> str:
+        db = await Database.open(settings.postgres_url)
+        try:
+            return (await db.create_api_key(TENANT, "demo"))[1]
+        finally:
+            await db.close()
+
+    secret = asyncio.run(key())
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=600) as http:
+        with audio.open("rb") as f:
+            r = http.post("/v1/diarize", files={"file": (audio.name, f, "audio/wav")})
+        print(f"   POST {base}/v1/diarize -> {r.status_code}")
+        body = r.json()
+    return {"num_speakers": body.get("num_speakers"), "segments": len(body.get("segments", [])),
+            "openapi": f"{base}/docs"}
+
+
+def _stop_serve() -> None:
+    from contextlib import suppress  # noqa: PLC0415
+
+    with suppress(Exception):
+        from ray import serve  # noqa: PLC0415
+
+        serve.shutdown()
+
+
+def _short(value, limit: int = 300) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
