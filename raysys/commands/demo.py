@@ -106,6 +106,12 @@ def cmd_demo(args, settings: Settings) -> int:
             await db.close()
 
     asyncio.run(seed())
+    # The week before today as facts in the warehouse (what earlier analytics runs would have left), so
+    # the report's 7-day trend has a history; today's calls go through the analytics queue below.
+    from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+
+    history = [synthetic.call_fact(sc) for sc in calls if sc.call.started_at.date() < today]
+    print(f"   {wh_call(settings, 'insert_call_facts', history)} call facts of the past 6 days in the warehouse")
 
     _step(5, "ingest a policy document through the `ingest` queue, then search it")
     res = client.send_task("workers.tasks.ingest_document", kwargs={
@@ -126,9 +132,11 @@ def cmd_demo(args, settings: Settings) -> int:
     pending = [client.send_task("workers.tasks.process_call_analytics", args=[cid]) for cid in today_ids]
     done = sum(1 for r in pending if r.get(timeout=900) is not None)
     print(f"   {done} more calls of today analysed")
-    agg = client.send_task("workers.tasks.aggregate_daily_metrics",
-                           kwargs={"date": today.isoformat(), "tenant_id": TENANT}).get(timeout=600)
-    print("   aggregate_daily_metrics:", _short(agg))
+    days = [today - timedelta(days=d) for d in range(6, -1, -1)]
+    aggs = [client.send_task("workers.tasks.aggregate_daily_metrics",
+                             kwargs={"date": day.isoformat(), "tenant_id": TENANT}) for day in days]
+    agg = [a.get(timeout=600) for a in aggs][-1]
+    print(f"   aggregate_daily_metrics for {days[0]} .. {days[-1]}; today:", _short(agg))
     report = client.send_task("workers.tasks.generate_daily_report",
                               kwargs={"tenant_id": TENANT, "date": today.isoformat()}).get(timeout=600)
     print("   generate_daily_report:", _short(report))
