@@ -1,0 +1,42 @@
+"""The README's main job, `raysys demo`, from the real CLI on its own embedded stack (free ports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from raysys.stack import free_port, pids_with_arg, ray_temp_dir, tcp_open
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_runs_the_whole_story_and_down_leaves_nothing(tmp_path):
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CELERY_BROKER_URL", "REDIS_URL", "POSTGRES_URL", "CLICKHOUSE_URL", "RAY_ADDRESS",
+                        "RAY_AUTH_MODE")}
+    env.update(RAYSYS_DATA_DIR=str(data), RAYSYS_REDIS_PORT=str(free_port()), RAYSYS_RAY_PORT=str(free_port()),
+               RAYSYS_DASHBOARD_PORT=str(free_port()), SERVE_PORT=str(free_port()))
+    proc = subprocess.run([sys.executable, "-m", "raysys.cli", "demo", "--calls", "30", "--down"], env=env,
+                          capture_output=True, text=True, timeout=840)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    # Each step of the story printed its result.
+    assert '"chunks":' in out and "-> [" in out                       # ingested, then found by search
+    assert '"num_speakers": 2' in out and '"intent": "card_lost"' in out  # analytics of the recording
+    assert "aggregate_daily_metrics" in out and '"total_calls"' in out
+    assert "/v1/diarize -> 200" in out
+    assert "Ray dashboard:  http://127.0.0.1:" in out
+    report = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("report:"))
+    html = open(report).read()
+    assert "<img" in html and "demo" in html
+    # --down stopped everything the stack started: nothing listens on its ports, no process is left.
+    state = json.loads((data / "stack.json").read_text())
+    assert state["pids"] == {}
+    for port in (env["RAYSYS_REDIS_PORT"], env["RAYSYS_RAY_PORT"], env["RAYSYS_DASHBOARD_PORT"], env["SERVE_PORT"]):
+        assert not tcp_open(f"127.0.0.1:{port}"), f"port {port} still open"
+    assert not pids_with_arg(str(ray_temp_dir(str(data))))
