@@ -209,7 +209,8 @@ def main() -> int:
     pid, pg_url = start_postgres(work / "pg")
     settings = Settings.from_env({}, data_dir=str(work / "data"), postgres_url=pg_url,
                                  clickhouse_url=f"chdb://{work / 'chdb'}", allowed_roots=(str(work / "audio"),))
-    ray.init(num_cpus=os.cpu_count() or 2, namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
+    # Three model actors hold one logical CPU each (diarization, emotion, embedding); leave room for tasks.
+    ray.init(num_cpus=max(4, os.cpu_count() or 2), namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     results: dict[str, str] = {}
     try:
