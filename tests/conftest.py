@@ -3,7 +3,8 @@
 - One Redis server, one PostgreSQL server and one local Ray cluster per test session.
 - ``redis_url``: the session's Redis, flushed before each test (tests run one at a time).
 - ``pg_url``: a fresh database per test, migrated, on the session's PostgreSQL.
-- ``chdb_dsn``: one chDB directory per session (chDB allows one per process); isolate by tenant id.
+- ``chdb_dsn``: one chDB directory per session; reach it only through the Warehouse actor (chDB admits
+  one process per directory), and isolate by tenant id.
 - ``settings``: a :class:`Settings` wired to all of the above with a temporary data directory.
 """
 

@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from raysys.storage.postgres import Call, Database, NotFound, Turn, migrate, migration_files
-from raysys.storage.warehouse import Warehouse
 
 
 def run(coro):
@@ -136,9 +135,25 @@ def test_sessions_table_round_trip(pg_url):
     assert row["data"] == {"caller": "+971"} and row["redis_key"] == "session:sess1"
 
 
+class _ActorWarehouse:
+    """The session chDB through its Warehouse actor (chDB admits one process per directory, so the
+    pytest process must not open it itself: every other test reaches it through the actor too)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def __getattr__(self, method):
+        from raysys.actors.warehouse import wh_call
+
+        return lambda *args, **kwargs: wh_call(self.settings, method, *args, **kwargs)
+
+
 @pytest.fixture(scope="module")
-def wh(chdb_dsn):
-    return Warehouse(chdb_dsn)
+def wh(chdb_dsn, ray_cluster, tmp_path_factory):
+    from raysys.config import Settings
+
+    return _ActorWarehouse(Settings.from_env({}, clickhouse_url=chdb_dsn,
+                                             data_dir=str(tmp_path_factory.mktemp("wh"))))
 
 
 def test_call_facts_round_trip_through_chdb_and_replace_by_call(wh, tenant_id):
