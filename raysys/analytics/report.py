@@ -120,7 +120,9 @@ def _charts(metrics: dict[str, Any], trend: list[dict[str, Any]], calls: Sequenc
     series = (("total_calls", "calls", 1), ("aht_mean", "AHT mean (min)", 1 / 60), ("fcr", "FCR (%)", 100),
               ("csat_proxy", "CSAT proxy", 1))
     for ax, (key, title, scale) in zip(axes.flat, series, strict=True):
-        values = [float(r.get(key) or 0) * scale for r in trend]
+        # A day without calls has no AHT, FCR or sentiment: a gap in the line, not a misleading zero.
+        values = [float(r.get(key) or 0) * scale if (key == "total_calls" or r.get("total_calls")) else float("nan")
+                  for r in trend]
         if key == "total_calls":
             ax.bar(labels, values, color=colour)
         else:
