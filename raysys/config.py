@@ -125,6 +125,11 @@ def _queues(raw: str, name: str) -> tuple[str, ...]:
     return names
 
 
+def _opt_queue(raw: str, name: str) -> str:
+    raw = raw.strip()
+    return _queues(raw, name)[0] if raw else ""
+
+
 def _modules(raw: str, name: str) -> tuple[str, ...]:
     names = tuple(m.strip() for m in raw.split(",") if m.strip())
     bad = [m for m in names if not all(part.isidentifier() for part in m.split("."))]
@@ -182,6 +187,8 @@ class Settings:
     ray_address: str | None = _env("RAY_ADDRESS", _opt_str, None)
     data_dir: str = _env("RAYSYS_DATA_DIR", _str, "")
     queues: tuple[str, ...] = _env("RAYSYS_QUEUES", _queues, QUEUES)
+    default_queue: str = _env("RAYSYS_DEFAULT_QUEUE", _opt_queue, "celery")  # unrouted Celery jobs; "" = off
+    result_extended: bool = _env("RESULT_EXTENDED", _bool, True)  # name/args/kwargs/worker/queue in results
     key_prefix: str = _env("RAYSYS_KEY_PREFIX", _str, "")
     result_expires: int = _env("RESULT_EXPIRES", _int(1), 86_400)
     max_retries: int = _env("TASK_MAX_RETRIES", _int(0), 3)

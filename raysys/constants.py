@@ -10,6 +10,9 @@ Redis keys (``{p}`` is the key prefix, empty by default so Celery producers and 
 - ``{p}raysys:consumers``             hash consumer id -> last heartbeat (unix seconds).
 - ``{p}raysys:consumer-queues``       hash consumer id -> JSON list of the lists it consumes.
 - ``{p}raysys:delayed``               sorted set of ``<queue>\\x00<raw message>`` scored by due time.
+- ``{p}raysys:applied:<token>``       a bridge's batch of transitions was applied (10 minutes; makes a batch
+                                      retried after a dropped connection a no-op).
+- ``{p}raysys:revoked``               sorted set of revoked job ids (Celery ``revoke``) by revoke time.
 - ``<queue>.dead``                    list of dead-letter entries (JSON with the reason and the message).
 - ``celery-task-meta-<id>``           Celery result-backend value (SETEX) and pub/sub channel.
 - ``{p}raysys:sched:*``               scheduler lease, slot claims and schedule state.
@@ -31,6 +34,8 @@ INFLIGHT_PREFIX = "raysys:inflight:"
 CONSUMERS_KEY = "raysys:consumers"
 CONSUMER_QUEUES_KEY = "raysys:consumer-queues"
 DELAYED_KEY = "raysys:delayed"
+APPLIED_PREFIX = "raysys:applied:"
+REVOKED_KEY = "raysys:revoked"
 SCHED_PREFIX = "raysys:sched:"
 JOB_TENANT_PREFIX = "raysys:job-tenant:"
 

@@ -120,3 +120,31 @@ def nap(ctx: TaskContext, value: int, ms: float) -> int:
     """Takes ``ms`` milliseconds and returns ``value`` (no Redis: runs through a Redis outage)."""
     time.sleep(ms / 1000)
     return value
+
+
+class CustomError(Exception):
+    """A task's own exception class (the client sees its name, module and arguments)."""
+
+
+@task("tests.custom_exc", queue="analytics", max_retries=0, num_cpus=0.1)
+def custom_exc(ctx: TaskContext, msg: str) -> None:
+    raise CustomError(msg, 42)
+
+
+@task("tests.echo", queue="ingest", light=True, num_cpus=0)
+def echo(ctx: TaskContext, *args, **kwargs) -> dict:
+    """Returns what it was given (unicode, large and kwargs-only payloads round-trip)."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@task("tests.tsum", queue="ingest", light=True, num_cpus=0)
+def tsum(ctx: TaskContext, values: list) -> float:
+    return sum(values)
+
+
+@task("tests.count_sleep", queue="analytics", num_cpus=0.1)
+def count_sleep(ctx: TaskContext, key: str, seconds: float) -> int:
+    """Counts runs per job id in the hash ``key``, then sleeps (a heavy job that is still running)."""
+    n = _r(ctx).hincrby(key, ctx.task_id, 1)
+    time.sleep(seconds)
+    return n

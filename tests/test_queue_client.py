@@ -71,7 +71,7 @@ def test_cli_inspect_bridges(bridges, env, capsys):
 
     assert main(["inspect", "stats", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert any(s["queues"] == ["ingest", "analytics", "reports"] for s in stats)
+    assert any(s["queues"] == ["ingest", "analytics", "reports", "celery"] for s in stats)  # + Celery's default
     assert main(["inspect", "active", "--json"]) == 0
     assert isinstance(json.loads(capsys.readouterr().out), list)
     assert main(["inspect", "scheduled", "--json"]) == 0

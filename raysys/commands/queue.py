@@ -99,6 +99,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     queues = tuple(q.strip() for q in (args.queues or "").split(",") if q.strip()) or settings.queues
     handles = start_bridges(settings, queues, args.concurrency, args.count, detached=args.detach)
+    if settings.default_queue and settings.default_queue not in queues:
+        queues += (settings.default_queue,)  # every bridge takes Celery's default queue too (see start_bridges)
     print(f"raysys worker: {len(handles)} bridge(s) consuming {','.join(queues)}", file=sys.stderr)
     if args.detach:
         return 0

@@ -17,7 +17,6 @@ from raysys.constants import (
     DEAD_SUFFIX,
     DELAYED_KEY,
     PRIORITY_SEP,
-    PRIORITY_STEPS,
 )
 from raysys.errors import NotFound
 from raysys.queue import protocol
@@ -55,7 +54,9 @@ def queue_report(settings: Settings, client: redis.Redis | None = None) -> list[
         delayed[target] = delayed.get(target, 0) + 1
     out = []
     for q in queues:
-        waiting = {str(step): r.llen(protocol.list_for(q, step)) for step in PRIORITY_STEPS}
+        # every priority list a bridge consumes; kombu's default steps always shown, other levels when used
+        sizes = {step: r.llen(protocol.step_list(q, step)) for step in protocol.CONSUMED_LEVELS}
+        waiting = {str(step): n for step, n in sizes.items() if n or step in (0, 3, 6, 9)}
         in_flight = {}
         for consumer, lists in lists_of.items():
             n = sum(r.llen(f"{p}raysys:inflight:{consumer}:{name}") for name in lists

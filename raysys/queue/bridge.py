@@ -22,20 +22,42 @@ One bridge consumes a set of queues (all their Celery priority lists) as one *co
 
 A heartbeat marks the consumer alive; survivors requeue the in-flight lists of a consumer whose
 heartbeat stopped, and a restarted bridge (Ray restarts it) requeues its own at once. Redis outages
-are waited out: finished results stay in memory and are written when Redis is back.
+are waited out: finished results stay in memory and are written when Redis is back. A claim whose reply
+a dropped connection lost leaves messages in our in-flight lists that we never saw: after any claim error
+the bridge pauses claiming and gives back whatever its lists hold beyond what it knows it holds
+(:meth:`BridgeCore._reconcile`); a batch of transitions re-sent after a lost reply is a no-op (its token).
+
+Celery compatibility beyond running jobs:
+
+- Every bridge also consumes Celery's default queue (``celery``, ``RAYSYS_DEFAULT_QUEUE``), where a
+  producer's unrouted ``send_task`` lands: known names run, unknown ones fail with NotRegistered.
+- ``revoke`` (Celery's pidbox broadcast on ``/<db>.celery.pidbox``): revoked ids are remembered for three
+  hours (in memory and in ``raysys:revoked`` for bridges started later); a revoked job that is queued,
+  delayed or retrying gets REVOKED (``revoked``) instead of running. ``terminate=True`` also cancels a
+  heavy job that is running (REVOKED ``terminated``); a running light job finishes.
+- ``ignore_result``: no state is stored at all (not even STARTED or FAILURE), as Celery does.
+- The same id delivered again while it runs on this bridge is dropped (one run, one result).
+- Chords are refused: every header part and the body get a FAILURE (``celery.exceptions.ChordError``) so
+  ``chord(...)().get()`` raises at once instead of waiting forever. Groups and chains run (a group's
+  members are published individually; ``celery.group``/``celery.chain`` signatures in links and chain
+  steps are expanded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
+import json
 import logging
+import math
 import os
 import random
+import socket
 import sys
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +78,7 @@ POLL_SECONDS = 0.1        # idle re-check of every list (priority lists, missed 
 BLOCK_SECONDS = 1.0       # BLMOVE timeout of the per-queue waiters
 KILL_GRACE_SECONDS = 5.0  # after the hard limit, how long a force-cancelled task may take to go
 SOFT_GRACE_SECONDS = 0.5  # after the soft limit (raised in the job), when the bridge cancels the Ray task
+REVOKE_KEEP_SECONDS = 3 * 3600.0  # how long a revoke is remembered (Celery's REVOKE_EXPIRES)
 
 
 @dataclass
@@ -68,6 +91,8 @@ class Job:
     claimed: float = field(default_factory=time.time)
     started: float | None = None
     light_tries: int = 0
+    ref: Any = None           # the heavy job's Ray ObjectRef while it runs (revoke with terminate cancels it)
+    terminated: bool = False  # revoked with terminate=True while running
 
     @property
     def id(self) -> str:
@@ -135,17 +160,23 @@ class BridgeCore:
         self.n_executors = executors
         self.light_capacity = max(batch_size * executors * 2, 2 * len(queues))
         self.broker = Broker(settings, name, queues)
+        self.worker_name = f"{name}@{socket.gethostname()}"
         self.metrics = _Metrics(name)
         self.n_light = 0
         self.n_heavy: dict[str, int] = dict.fromkeys(queues, 0)
-        self.reserved_light = 0
-        self.reserved_heavy: dict[str, int] = dict.fromkeys(queues, 0)
         self.heavy_sem = {q: asyncio.Semaphore(concurrency) for q in queues}
         self.jobs: dict[str, Job] = {}
         self.light_ready: deque[Job] = deque()
         self.executors: list[_Executor] = []
-        self.buf = Ops()
+        self.buf = Ops(settings.key_prefix)
         self.buf_release: list[tuple[str, str]] = []
+        # (in-flight list, raw) -> copies this bridge claimed and has not seen acked in Redis yet; whatever
+        # else sits in its in-flight lists was claimed by a call whose reply a dropped connection lost.
+        self.held: Counter[tuple[str, bytes]] = Counter()
+        self.claims_active = 0      # BLMOVEs in progress (the reconciliation waits for them)
+        self.need_reconcile = False
+        self.reconciling = False
+        self.revoked: dict[str, float] = {}  # job id -> when it was revoked (Celery's revoke broadcast)
         self.wake = asyncio.Event()
         self.flush_event = asyncio.Event()
         self.due_event = asyncio.Event()
@@ -167,18 +198,35 @@ class BridgeCore:
         self.executors = [_Executor(self.settings) for _ in range(self.n_executors)]
         await self._until_ok(self._recover_own, "recover in-flight jobs")
         await self._until_ok(self.broker.heartbeat, "register")
+        self.revoked.update(await self._until_ok(
+            lambda: self.broker.revoked_since(time.time() - REVOKE_KEEP_SECONDS), "read revoked ids"))
         log.info("bridge %s consuming %s (concurrency %d per queue, %d light slots, %d executors) pid %d",
                  self.name, ",".join(self.queues), self.concurrency, self.light_capacity, self.n_executors,
                  os.getpid())
         loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(c) for c in (
-            self._claim_loop(), self._flush_loop(), self._due_loop(), self._heartbeat_loop())]
-        self.tasks += [loop.create_task(self._waiter(q)) for q in self.queues]
+        loops = {"claim": self._claim_loop, "flush": self._flush_loop, "due": self._due_loop,
+                 "heartbeat": self._heartbeat_loop, "control": self._control_loop}
+        loops.update({f"waiter:{q}": (lambda q=q: self._waiter(q)) for q in self.queues})
+        self.tasks = [loop.create_task(self._supervise(name, fn)) for name, fn in loops.items()]
         # Everything imported so far (Ray, task modules) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise pause the event loop for tens of milliseconds.
         gc.collect()
         gc.freeze()
         self.ready.set()
+
+    async def _supervise(self, name: str, loop_fn) -> None:  # noqa: ANN001
+        """Run one of the bridge's loops; a bug that escapes it is logged and the loop restarted, so the
+        bridge never silently stops claiming, flushing or heart-beating."""
+        while not self.stopping or name == "flush":
+            try:
+                await loop_fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats[f"loop_errors:{name}"] += 1
+                log.exception("bridge %s: the %s loop failed; restarting it", self.name, name)
+                await asyncio.sleep(0.5)
 
     async def _recover_own(self) -> None:
         raw = await self.broker.redis.hget(self.broker.consumer_queues_key, self.name)
@@ -230,13 +278,16 @@ class BridgeCore:
     # --- claiming ---------------------------------------------------------------------------------------
 
     def _free(self) -> tuple[int, dict[str, int]]:
-        light = self.light_capacity - self.n_light - self.reserved_light
-        heavy = {q: self.concurrency - self.n_heavy[q] - self.reserved_heavy[q] for q in self.queues}
+        light = self.light_capacity - self.n_light
+        heavy = {q: self.concurrency - self.n_heavy[q] for q in self.queues}
         return light, heavy
 
     async def _claim_loop(self) -> None:
         while not self.stopping:
             self.wake.clear()
+            if self.need_reconcile:
+                await self._reconcile()
+                continue
             light, heavy = self._free()
             got = []
             if light > 0 or any(v > 0 for v in heavy.values()):
@@ -244,49 +295,83 @@ class BridgeCore:
                     got = await self.broker.claim(light, heavy, self.light_names)
                     self._redis_back()
                 except (RedisError, OSError) as exc:
+                    self.need_reconcile = True  # the script may have run and its reply been lost
                     await self._redis_down(exc)
                     continue
             if got:
-                for source, light_guess, _ in got:
-                    self._count_claim(source, light_guess)
+                for source, light_guess, raw in got:
+                    self._count_claim(source, light_guess, raw)
                 asyncio.get_running_loop().create_task(self._admit(got))
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
 
     async def _waiter(self, queue: str) -> None:
-        """Block on the queue's main list while a slot is free, so an idle bridge reacts at once."""
+        """Block on the queue's main list while a slot is free, so an idle bridge reacts at once.
+
+        A blocked waiter reserves no slot: the claim loop may fill every free slot meanwhile (the priority
+        lists must not starve while a waiter sits on the main list), so a bridge holds at most one message
+        per waiter above its slots; the heavy semaphore still caps what runs at once.
+        """
         conn = self.broker.connect(socket_timeout=BLOCK_SECONDS + 5)
         try:
             while not self.stopping:
                 light, heavy = self._free()
-                if light < 1 or heavy[queue] < 1:
+                if light < 1 or heavy[queue] < 1 or self.need_reconcile or self.reconciling:
                     await asyncio.sleep(POLL_SECONDS)
                     continue
-                self.reserved_light += 1
-                self.reserved_heavy[queue] += 1
+                self.claims_active += 1
                 try:
                     raw = await self.broker.block_claim(queue, BLOCK_SECONDS, conn)
                 except (RedisError, OSError) as exc:
                     raw = None
+                    self.need_reconcile = True  # BLMOVE may have moved a message whose reply was lost
                     await self._redis_down(exc)
                 finally:
-                    self.reserved_light -= 1
-                    self.reserved_heavy[queue] -= 1
+                    self.claims_active -= 1
                 if raw is not None:
                     light_guess = _task_name(raw) in self.light_names
-                    self._count_claim(queue, light_guess)
+                    self._count_claim(queue, light_guess, raw)
                     asyncio.get_running_loop().create_task(self._admit([(queue, light_guess, raw)]))
                     self.wake.set()  # more may be waiting: let the claim loop take a batch
         finally:
             with contextlib.suppress(Exception):
                 await conn.aclose()
 
-    def _count_claim(self, source: str, light: bool) -> None:
+    def _count_claim(self, source: str, light: bool, raw: bytes) -> None:
+        self.held[(self.broker.inflight[source], raw)] += 1
         if light:
             self.n_light += 1
         else:
             self.n_heavy[self.broker.list_queue[source]] += 1
+
+    async def _reconcile(self) -> None:
+        """After a claim whose reply was lost: give back what sits in our in-flight lists unknown to us.
+
+        Claims pause meanwhile (the claim loop runs this; waiters wait), so every message this bridge took
+        and knows of is counted in ``held`` until the ack that removes it from Redis has been applied.
+        """
+        self.reconciling = True
+        try:
+            while self.claims_active:
+                await asyncio.sleep(0.02)
+            contents = await self.broker.inflight_contents()
+            moved = 0
+            for source, raws in contents.items():
+                inflight = self.broker.inflight[source]
+                for raw, n in Counter(raws).items():
+                    for _ in range(n - self.held.get((inflight, raw), 0)):
+                        moved += await self.broker.requeue_one(source, raw)
+            self.need_reconcile = False
+            self._redis_back()
+            if moved:
+                log.warning("bridge %s: %d claimed messages lost their claim's reply; they are back on their "
+                            "queues", self.name, moved)
+                self.wake.set()
+        except (RedisError, OSError) as exc:
+            await self._redis_down(exc)
+        finally:
+            self.reconciling = False
 
     def _release(self, slot: tuple[str, str]) -> None:
         kind, queue = slot
@@ -317,39 +402,18 @@ class BridgeCore:
             inflight = self.broker.inflight[source]
             slot = ("light", "") if light_guess else ("heavy", queue)
             try:
-                msg = protocol.decode(raw, queue, max_bytes=self.settings.max_message_bytes)
-                try:
-                    spec = lookup(msg.task)
-                except UnknownTask:
-                    raise _refusal(f"unknown task {msg.task!r}", msg, protocol.NotRegistered(msg.task)) from None
-                try:
-                    spec.check_arguments(msg.args, msg.kwargs)
-                except TypeError as exc:
-                    raise _refusal(f"wrong arguments for {msg.task}: {exc}", msg, TypeError(str(exc))) from None
+                job = self._admit_one(raw, queue, source, inflight, slot, now)
             except Refused as exc:
                 self._refuse(exc, queue, source, inflight, raw, slot)
                 continue
-            self.metrics.count("received", queue, spec.name)
-            self.stats["received"] += 1
-            if msg.expires is not None and msg.expires <= now:
-                self.buf.result(msg.id, protocol.revoked_json(msg.id), self.settings.result_expires)
-                self.buf.ack(inflight, raw)
-                self.buf_release.append(slot)
-                self.metrics.count("revoked", queue, spec.name)
-                self.stats["revoked"] += 1
-                _log_job(msg, "revoked (expired)", now - msg.expires)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not strand the message in flight
+                log.exception("bridge %s: cannot admit a message from %s", self.name, source)
+                err = protocol.refused(f"internal error admitting the message: {type(exc).__name__}: {exc}",
+                                       protocol.sniff_id(raw), exc_cls=protocol.DecodeError)
+                self._refuse(err, queue, source, inflight, raw, slot)
                 continue
-            if msg.eta is not None and msg.eta > now + 0.002:
-                # A native countdown is relative: park the message with its absolute eta instead.
-                parked = protocol.reencode(msg) if msg.kind == "native" else raw
-                self.buf.delay(self.broker.delayed_key, msg.eta, source, parked)
-                self.buf.ack(inflight, raw)
-                self.buf_release.append(slot)
-                self.due_event.set()
-                log.debug("job %s %s try=%d delayed until %s", msg.id, msg.task, msg.retries, protocol.to_iso(msg.eta))
-                continue
-            job = Job(msg, spec, source, inflight, slot)
-            to_run.append(job)
+            if job is not None:
+                to_run.append(job)
         self.flush_event.set()
         if not to_run:
             return
@@ -359,10 +423,12 @@ class BridgeCore:
             stored = [None] * len(to_run)  # the store step still refuses to overwrite a SUCCESS
         for job, meta in zip(to_run, stored, strict=True):
             if protocol.is_success(meta):
-                self.buf.ack(job.inflight, job.msg.raw)
-                self.buf_release.append(job.slot)
-                self.stats["duplicates"] += 1
-                _log_job(job.msg, "skipped: SUCCESS already stored", 0.0)
+                self._drop(job, "skipped: SUCCESS already stored")
+                continue
+            if job.id in self.jobs:
+                # The same id delivered again while it runs here (a producer's retry, a duplicated push):
+                # one run decides the one result.
+                self._drop(job, "skipped: a job with this id is already running here", level=logging.WARNING)
                 continue
             self.jobs[job.id] = job
             if job.spec.light:
@@ -372,15 +438,81 @@ class BridgeCore:
         self.flush_event.set()
         self._kick()
 
+    def _admit_one(self, raw: bytes, queue: str, source: str, inflight: str, slot: tuple[str, str],
+                   now: float) -> Job | None:
+        """Decode and check one message; settle it at once (revoked, expired, delayed) or return its Job.
+
+        Raises:
+            Refused: the message can never run (its FAILURE and dead letter are the caller's).
+        """
+        msg = protocol.decode(raw, queue, max_bytes=self.settings.max_message_bytes, tz=self.settings.timezone)
+        if msg.chord is not None:
+            body = (msg.chord.get("options") or {}).get("task_id")
+            raise _refusal("chords are not supported by raysys (run the header as a group and the body "
+                           "on its results, or use a chain)", msg,
+                           protocol.ChordError(f"chord of {msg.task} refused: raysys does not run chords"),
+                           also_fail=(body,) if isinstance(body, str) and body else ())
+        try:
+            spec = lookup(msg.task)
+        except UnknownTask:
+            raise _refusal(f"unknown task {msg.task!r}", msg, protocol.NotRegistered(msg.task)) from None
+        try:
+            spec.check_arguments(msg.args, msg.kwargs)
+        except TypeError as exc:
+            raise _refusal(f"wrong arguments for {msg.task}: {exc}", msg, TypeError(str(exc))) from None
+        self.metrics.count("received", queue, spec.name)
+        self.stats["received"] += 1
+        if msg.id in self.revoked:
+            self._settle_revoked(msg, spec, inflight, raw, slot, "revoked")
+            return None
+        if msg.expires is not None and msg.expires <= now:
+            self._settle_revoked(msg, spec, inflight, raw, slot, "expired")
+            return None
+        if msg.eta is not None and msg.eta > now + 0.002:
+            # A native countdown is relative: park the message with its absolute eta instead.
+            parked = protocol.reencode(msg) if msg.kind == "native" else raw
+            self.buf.delay(self.broker.delayed_key, msg.eta, source, parked)
+            self.buf.ack(inflight, raw)
+            self.buf_release.append(slot)
+            self.due_event.set()
+            log.debug("job %s %s try=%d delayed until %s", msg.id, msg.task, msg.retries, protocol.to_iso(msg.eta))
+            return None
+        return Job(msg, spec, source, inflight, slot)
+
+    def _settle_revoked(self, msg: protocol.Message, spec: TaskSpec, inflight: str, raw: bytes,
+                        slot: tuple[str, str], reason: str) -> None:
+        """REVOKED (``expired`` or ``revoked``, as a Celery worker writes it), ack, free the slot."""
+        if not msg.ignore_result:
+            self.buf.result(msg.id, protocol.revoked_json(msg.id, reason, extended=self._extended(msg)),
+                            self.settings.result_expires)
+        self.buf.ack(inflight, raw)
+        self.buf_release.append(slot)
+        self.metrics.count("revoked", msg.queue, spec.name)
+        self.stats["revoked"] += 1
+        _log_job(msg, f"revoked ({reason})", 0.0)
+
+    def _drop(self, job: Job, why: str, level: int = logging.INFO) -> None:
+        """Ack a job that must not run (its result is or will be someone else's)."""
+        self.buf.ack(job.inflight, job.msg.raw)
+        self.buf_release.append(job.slot)
+        self.stats["duplicates"] += 1
+        _log_job(job.msg, why, 0.0, level=level)
+
+    def _extended(self, msg: protocol.Message) -> dict | None:
+        return protocol.extended_fields(msg, self.worker_name) if self.settings.result_extended else None
+
     def _refuse(self, exc: Refused, queue: str, source: str, inflight: str, raw: bytes,
                 slot: tuple[str, str]) -> None:
         reason = str(exc)
         task_id = getattr(exc, "task_id", None)
         task = getattr(exc, "task", None)
+        ttl = self.settings.result_expires
         if task_id:
             error = getattr(exc, "error", None) or getattr(exc, "exc_cls", protocol.DecodeError)(reason)
-            self.buf.result(task_id, protocol.failure_json(task_id, protocol.exception_meta(error)),
-                            self.settings.result_expires)
+            self.buf.result(task_id, protocol.failure_json(task_id, protocol.exception_meta(error)), ttl)
+        for other in getattr(exc, "also_fail", ()):  # a refused chord part: its body will never run
+            error = protocol.ChordError(f"chord part {task_id or '?'} ({task or '?'}) was refused: {reason}")
+            self.buf.result(other, protocol.failure_json(other, protocol.exception_meta(error)), ttl)
         self.buf.dead(queue, dead_entry(reason, queue, raw, task_id=task_id, task=task, consumer=self.name,
                                         source=source))
         self.buf.ack(inflight, raw)
@@ -399,8 +531,16 @@ class BridgeCore:
             ex = min(self.executors, key=lambda e: e.busy)
             if ex.busy >= 2:
                 return
-            n = min(self.batch_size, len(self.light_ready))
-            batch = [self.light_ready.popleft() for _ in range(n)]
+            batch: list[Job] = []
+            while self.light_ready and len(batch) < self.batch_size:
+                job = self.light_ready.popleft()
+                if job.id in self.revoked:  # revoked while it waited for an executor
+                    self._finish_revoked(job, "revoked")
+                else:
+                    batch.append(job)
+            if not batch:
+                self.flush_event.set()
+                continue
             ex.busy += 1
             loop.create_task(self._run_light(ex, batch))
 
@@ -450,9 +590,13 @@ class BridgeCore:
     async def _run_heavy(self, job: Job, from_light: bool = False) -> None:
         queue = job.msg.queue
         async with self.heavy_sem[queue]:
+            if job.id in self.revoked:  # revoked while it waited for a slot
+                self._finish_revoked(job, "revoked")
+                self.flush_event.set()
+                return
             job.started = time.time()
-            if not from_light:
-                self.buf.result(job.id, protocol.started_json(job.id, {"hostname": self.name, "pid": None}),
+            if not from_light and not job.msg.ignore_result:
+                self.buf.result(job.id, protocol.started_json(job.id, {"hostname": self.worker_name, "pid": None}),
                                 self.settings.result_expires)
                 self.flush_event.set()
             _log_job(job.msg, "started", job.started - job.claimed, level=logging.DEBUG)
@@ -462,8 +606,9 @@ class BridgeCore:
                 options["max_calls"] = self.settings.worker_max_tasks_per_child
             payload = (job.spec.name, job.msg.args, job.msg.kwargs, job.id, job.msg.retries, queue,
                        self._limits(job)[0])
-            ref = run_heavy.options(**options).remote(self.settings_ref, payload)
+            ref = job.ref = run_heavy.options(**options).remote(self.settings_ref, payload)
             outcome = await self._await_limited(job, ref)
+            job.ref = None
         self._finish(job, outcome)
         self.flush_event.set()
 
@@ -505,25 +650,35 @@ class BridgeCore:
 
     # --- finishing ------------------------------------------------------------------------------------------
 
+    def _finish_revoked(self, job: Job, reason: str) -> None:
+        self.jobs.pop(job.id, None)
+        self._settle_revoked(job.msg, job.spec, job.inflight, job.msg.raw, job.slot, reason)
+
     def _finish(self, job: Job, outcome: tuple) -> None:
         msg = job.msg
         kind, run_time = outcome[0], outcome[1]
         queue, task = msg.queue, job.spec.name
         self.metrics.observe(queue, task, run_time)
+        if job.terminated:  # revoked with terminate=True: its worker was killed on purpose
+            self._finish_revoked(job, "terminated")
+            return
         elapsed = time.time() - job.claimed
         ttl = self.settings.result_expires
         buf = self.buf
+        store = not msg.ignore_result  # Celery stores no state at all for ignore_result jobs
+        extended = self._extended(msg) if store else None
         if kind == "ok":
             value_json = outcome[2]
-            children = []
+            children: list[str] = []
             if msg.callbacks or msg.chain:
                 value = protocol.loads(value_json)
                 for sig in msg.callbacks or ():
-                    children.append(self._publish_next(sig, msg, (value,), None))
+                    children += self._publish_next(sig, msg, (value,), None)
                 if msg.chain:
-                    children.append(self._publish_next(msg.chain[-1], msg, (value,), msg.chain[:-1]))
-            buf.result(msg.id, protocol.success_json(msg.id, value_json, children=protocol.children_of(children),
-                                                     parent_id=msg.parent_id), ttl)
+                    children += self._publish_next(msg.chain[-1], msg, (value,), msg.chain[:-1])
+            if store:
+                buf.result(msg.id, protocol.success_json(msg.id, value_json, children=protocol.children_of(children),
+                                                         parent_id=msg.parent_id, extended=extended), ttl)
             self.metrics.count("succeeded", queue, task)
             self.stats["succeeded"] += 1
             _log_job(msg, "succeeded", elapsed, run_time)
@@ -534,20 +689,28 @@ class BridgeCore:
                 max_retries = outcome[5]
             if kind == "retry" and msg.retries < max_retries:
                 countdown = outcome[4] if outcome[4] is not None else self._backoff(job)
+                if not (isinstance(countdown, (int, float)) and math.isfinite(countdown)):
+                    countdown = self._backoff(job)
+                countdown = max(0.0, float(countdown))
                 due = time.time() + countdown
                 buf.delay(self.broker.delayed_key, due, job.source,
                           protocol.reencode(msg, retries=msg.retries + 1, eta=due))
-                buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, status=protocol.RETRY,
-                                                         parent_id=msg.parent_id), ttl)
+                if store:
+                    buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, status=protocol.RETRY,
+                                                             parent_id=msg.parent_id, extended=extended), ttl)
                 self.due_event.set()
                 self.metrics.count("retried", queue, task)
                 self.stats["retried"] += 1
                 _log_job(msg, f"retry in {countdown:.2f} s: {exc_meta.get('exc_type')}: "
                               f"{_short(exc_meta.get('exc_message'))}", elapsed, run_time, level=logging.WARNING)
             else:
-                children = [self._publish_next(sig, msg, (msg.id,), None) for sig in msg.errbacks or ()]
-                buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, parent_id=msg.parent_id,
-                                                         children=protocol.children_of(children)), ttl)
+                children = []
+                for sig in msg.errbacks or ():
+                    children += self._publish_next(sig, msg, (msg.id,), None)
+                if store:
+                    buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, parent_id=msg.parent_id,
+                                                             children=protocol.children_of(children),
+                                                             extended=extended), ttl)
                 reason = f"{exc_meta.get('exc_type')}: {_short(exc_meta.get('exc_message'))}"
                 if kind == "retry":
                     reason = f"gave up after {msg.retries} retries: {reason}"
@@ -563,20 +726,51 @@ class BridgeCore:
 
     def _backoff(self, job: Job) -> float:
         """Exponential backoff with jitter: base * 2**retries, capped, then between half and all of it."""
-        delay = min(self.settings.retry_backoff_max, job.spec.retry_backoff * (2 ** job.msg.retries))
+        delay = min(self.settings.retry_backoff_max, job.spec.retry_backoff * (2 ** min(job.msg.retries, 60)))
         return delay / 2 + random.uniform(0, delay / 2)
 
-    def _publish_next(self, sig: dict, parent: protocol.Message, prepend: tuple, chain: list | None) -> str:
+    def _publish_next(self, sig: dict, parent: protocol.Message, prepend: tuple, chain: list | None) -> list[str]:
+        """Publish a callback, errback or chain step (groups and chains expanded); returns the new job ids.
+
+        A signature that cannot be published (bad options) is logged and dead-lettered; the parent's own
+        result stands.
+        """
+        ids = []
         try:
-            spec = lookup(sig["task"])
-            default = parent.queue if spec.queue == "*" else spec.queue
-        except UnknownTask:
-            default = parent.queue
-        list_name, raw, task_id = protocol.next_message(sig, parent, prepend=prepend, chain=chain,
-                                                        default_queue=default)
-        self.buf.publish(list_name, raw)
-        log.info("job %s %s published %s %s", parent.id, parent.task, sig["task"], task_id)
-        return task_id
+            for s, c, group, index in protocol.expand(sig, chain):
+                if s["task"] == "celery.chord":  # a chain step Celery turned into a chord (group, then a task)
+                    self._refuse_chord(s, parent)
+                    continue
+                try:
+                    spec = lookup(s["task"])
+                    default = parent.queue if spec.queue == "*" else spec.queue
+                except UnknownTask:
+                    default = parent.queue
+                list_name, raw, task_id = protocol.next_message(s, parent, prepend=prepend, chain=c,
+                                                                default_queue=default, group=group,
+                                                                group_index=index)
+                self.buf.publish(list_name, raw)
+                ids.append(task_id)
+                log.info("job %s %s published %s %s", parent.id, parent.task, s["task"], task_id)
+        except (ValueError, TypeError) as exc:
+            reason = f"cannot publish {sig.get('task')!r} after {parent.task} {parent.id}: {exc}"
+            log.error("bridge %s: %s", self.name, reason)
+            self.buf.dead(parent.queue, dead_entry(reason, parent.queue, protocol.dumps(sig),
+                                                   task_id=(sig.get("options") or {}).get("task_id"),
+                                                   task=sig.get("task"), consumer=self.name))
+        return ids
+
+    def _refuse_chord(self, sig: dict, parent: protocol.Message) -> None:
+        """A chord reached as a callback or chain step: FAILURE (ChordError) for every id a client may wait
+        on, and a dead letter, instead of a chord that would never complete."""
+        ids = protocol.chord_ids(sig)
+        reason = f"chords are not supported by raysys (a chord after {parent.task} {parent.id})"
+        error = protocol.exception_meta(protocol.ChordError(reason))
+        for task_id in ids:
+            self.buf.result(task_id, protocol.failure_json(task_id, error), self.settings.result_expires)
+        self.buf.dead(parent.queue, dead_entry(reason, parent.queue, protocol.dumps(sig), task_id=ids[0] if ids else None,
+                                               task="celery.chord", consumer=self.name))
+        log.warning("job %s %s: %s; failed %s", parent.id, parent.task, reason, ", ".join(ids))
 
     # --- writing to Redis ---------------------------------------------------------------------------------
 
@@ -590,18 +784,28 @@ class BridgeCore:
             if not len(self.buf):
                 continue
             ops, releases = self.buf, self.buf_release
-            self.buf, self.buf_release = Ops(), []
+            self.buf, self.buf_release = Ops(self.settings.key_prefix), []
             self._flushing = True
             try:
                 while True:
                     try:
-                        skipped = await self.broker.apply(ops)
+                        skipped, errors = await self.broker.apply(ops)
                         self._redis_back()
                         break
-                    except (RedisError, OSError) as exc:
+                    except (RedisError, OSError) as exc:  # retried: the batch's token makes a re-run a no-op
                         await self._redis_down(exc)
                 if skipped:
                     log.info("bridge %s: %d results not written, a SUCCESS was already stored", self.name, skipped)
+                if errors:
+                    log.error("bridge %s: %d Redis operations failed (the rest of the batch was applied): %s",
+                              self.name, len(errors), "; ".join(sorted(set(errors)))[:1000])
+                held = self.held
+                for key in ops.acks:
+                    n = held.get(key, 0) - 1
+                    if n > 0:
+                        held[key] = n
+                    else:
+                        held.pop(key, None)
             finally:
                 self._flushing = False
             for slot in releases:
@@ -641,7 +845,57 @@ class BridgeCore:
             with contextlib.suppress(Exception):
                 self.metrics.push(depths, in_flight)
             self.last_depths = depths
+            horizon = time.time() - REVOKE_KEEP_SECONDS
+            if self.revoked and min(self.revoked.values()) < horizon:
+                self.revoked = {k: v for k, v in self.revoked.items() if v >= horizon}
             await asyncio.sleep(min(beat, 1.0))
+
+    # --- remote control (Celery's revoke) -------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        """Listen to Celery's control broadcasts (kombu's fanout exchange ``celery.pidbox`` is a Redis
+        pub/sub channel ``/<db>.celery.pidbox``) and honour ``revoke``; other commands are ignored."""
+        db = self.broker.redis.connection_pool.connection_kwargs.get("db", 0)
+        while not self.stopping:
+            conn = self.broker.connect()
+            pubsub = conn.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe("*.pidbox")
+                while not self.stopping:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    channel = message.get("channel") or b""
+                    if channel.startswith(b"/") and not channel.startswith(f"/{db}.".encode()):
+                        continue  # another database's broadcast
+                    ids, terminate = _revoke_request(message.get("data"))
+                    if ids:
+                        await self._on_revoke(ids, terminate)
+            except (RedisError, OSError) as exc:
+                await self._redis_down(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await conn.aclose()
+
+    async def _on_revoke(self, ids: list[str], terminate: bool) -> None:
+        """Remember the ids (queued, delayed and retrying jobs get REVOKED when they come up); with
+        ``terminate``, cancel those running here as heavy Ray tasks (REVOKED ``terminated``)."""
+        now = time.time()
+        for task_id in ids:
+            self.revoked[task_id] = now
+        log.info("bridge %s: revoked %s%s", self.name, ", ".join(ids[:20]), " (terminate)" if terminate else "")
+        if terminate:
+            for task_id in ids:
+                job = self.jobs.get(task_id)
+                if job is not None and job.ref is not None and not job.terminated:
+                    job.terminated = True
+                    log.warning("job %s %s revoked with terminate: cancelling its Ray task", job.id, job.spec.name)
+                    with contextlib.suppress(Exception):
+                        ray.cancel(job.ref, force=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.broker.revoke(ids, now, REVOKE_KEEP_SECONDS)
 
     async def _recover_dead(self) -> None:
         for consumer, seen in await self.broker.dead_consumers(self.settings.consumer_timeout_seconds):
@@ -677,12 +931,31 @@ def _registry() -> dict[str, TaskSpec]:
     return REGISTRY
 
 
-def _refusal(reason: str, msg: protocol.Message, error: BaseException) -> Refused:
+def _refusal(reason: str, msg: protocol.Message, error: BaseException, also_fail: tuple[str, ...] = ()) -> Refused:
     err = Refused(reason)
     err.task_id = msg.id  # type: ignore[attr-defined]
     err.task = msg.task  # type: ignore[attr-defined]
     err.error = error  # type: ignore[attr-defined]
+    err.also_fail = also_fail  # type: ignore[attr-defined]
     return err
+
+
+def _revoke_request(data: Any) -> tuple[list[str], bool]:
+    """``(task ids, terminate)`` of a kombu pidbox ``revoke`` broadcast; ``([], False)`` for anything else."""
+    try:
+        env = json.loads(data)
+        body = env["body"]
+        if (env.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        command = json.loads(body)
+        if command.get("method") != "revoke":
+            return [], False
+        arguments = command.get("arguments") or {}
+        ids = arguments.get("task_id")
+        ids = [ids] if isinstance(ids, str) else [i for i in (ids or []) if isinstance(i, str)]
+        return ids, bool(arguments.get("terminate"))
+    except Exception:  # noqa: BLE001 - a broadcast we cannot read is not ours to act on
+        return [], False
 
 
 def _task_name(raw: bytes) -> str | None:
@@ -791,10 +1064,15 @@ def start_bridges(settings: Settings, queues: list[str] | tuple[str, ...] | None
     """Start ``count`` QueueBridge actors on the current Ray cluster (the caller did ``ray.init``).
 
     Each consumes ``queues`` (default ``settings.queues``) with ``concurrency`` heavy jobs per queue
-    (default ``WORKER_CONCURRENCY`` or the cluster's CPUs). ``detached`` bridges outlive the caller.
-    Returns their handles once they are consuming (``wait``).
+    (default ``WORKER_CONCURRENCY`` or the cluster's CPUs), plus Celery's default queue
+    ``settings.default_queue`` (``celery``; ``RAYSYS_DEFAULT_QUEUE=""`` turns it off), where a Celery
+    producer puts tasks its routes do not name: they run there by task name, like any other job, and
+    unknown names get a NotRegistered FAILURE instead of waiting forever. ``detached`` bridges outlive
+    the caller. Returns their handles once they are consuming (``wait``).
     """
     queues = tuple(queues or settings.queues)
+    if settings.default_queue and settings.default_queue not in queues:
+        queues += (settings.default_queue,)
     concurrency = concurrency or default_concurrency(settings)
     taken = set(bridge_names())
     handles = []

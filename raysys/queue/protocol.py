@@ -5,9 +5,15 @@ Messages (what producers LPUSH onto ``<queue>``):
 - **Celery protocol v2**, exactly as kombu's Redis transport stores it: a JSON envelope
   ``{"body", "content-encoding", "content-type", "headers", "properties"}`` whose body is base64 of
   the JSON ``[args, kwargs, embed]``; ``embed`` holds ``callbacks``, ``errbacks``, ``chain`` (last step
-  first) and ``chord``. Headers used: ``task``, ``id``, ``eta``, ``expires``, ``retries``,
-  ``timelimit`` ``[hard, soft]``, ``root_id``, ``parent_id``, ``group``. Only
-  ``content-type: application/json`` is accepted (never pickle).
+  first) and ``chord``. Headers used: ``task``, ``id`` (else ``properties.correlation_id``), ``eta``,
+  ``expires`` (naive times are read in the worker's time zone, CELERY_TIMEZONE, as Celery does),
+  ``retries``, ``timelimit`` ``[hard, soft]`` (null, 0 and numeric strings read as Celery reads them),
+  ``root_id``, ``parent_id``, ``group``, ``group_index``, ``ignore_result``, ``compression``.
+  Only ``content-type: application/json`` is accepted (never pickle, yaml or msgpack: ContentDisallowed).
+  A ``compression`` header of gzip/zlib, bzip2 or lzma is undone within the size limit (a body that
+  expands past it is TooLarge); brotli, zstd and unknown methods are ContentDisallowed.
+- **Celery protocol 1** (``task_protocol=1``: empty headers, everything in a JSON body dict) is read
+  too and converted to an equivalent v2 envelope (retries and requeues publish v2).
 - **Native envelope**, for producers without Celery (``redis-cli LPUSH ingest '...'``)::
 
       {"task": "raysys.ping", "id": "...", "args": [...], "kwargs": {...},
@@ -16,13 +22,19 @@ Messages (what producers LPUSH onto ``<queue>``):
 
   Only ``task`` is required; a missing ``id`` gets a fresh one.
 
-Anything else raises :class:`raysys.errors.Refused` (with ``task_id`` set when an id was readable).
+Anything else raises :class:`raysys.errors.Refused` (with ``task_id`` set when an id was readable):
+:func:`decode` never raises anything else, whatever the bytes.
+
+Priorities: producers put priority ``p`` on ``<queue>\\x06\\x16<step>`` where the step is the largest of
+kombu's ``priority_steps`` not above ``p`` (0/3/6/9 by default, any subset of 0-9 when configured);
+consumers take all ten levels, lowest first.
 
 Results (``celery-task-meta-<id>``): ``{"status", "result", "traceback", "children", "date_done",
-"task_id"}`` with upper-case status; failures carry ``{"exc_type", "exc_message": [args],
-"exc_module"}`` as Celery's backend writes them, so an unchanged Celery client re-creates the exception.
-Values are JSON with kombu's markers for datetime/date/time/Decimal/UUID/bytes so a Celery client
-(kombu ``loads``) gets the same Python types back.
+"task_id"}`` with upper-case status, plus ``name``, ``args``, ``kwargs``, ``worker``, ``retries`` and
+``queue`` as a worker with ``result_extended`` writes them (RESULT_EXTENDED, on by default); failures carry
+``{"exc_type", "exc_message": [args], "exc_module"}`` as Celery's backend writes them, so an unchanged Celery
+client re-creates the exception. Values are JSON with kombu's markers for datetime/date/time/Decimal/UUID/
+bytes so a Celery client (kombu ``loads``) gets the same Python types back.
 """
 
 from __future__ import annotations
@@ -30,15 +42,20 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import bz2
 import copy
 import datetime as dt
 import decimal
 import json
+import lzma
+import math
 import re
 import sys
 import time
 import traceback as tb_mod
 import uuid
+import zlib
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +107,10 @@ class WorkerLostError(Exception):
     """The worker running the job died and the job could not be run again."""
 
 
+class ChordError(Exception):
+    """A chord could not complete (here: raysys does not run chords; see the bridge's docstring)."""
+
+
 # exc_module each Celery-named class is reported under (what a Celery client has loaded).
 _CELERY_NAMES: dict[type, str] = {
     SoftTimeLimitExceeded: "celery.exceptions",
@@ -97,6 +118,7 @@ _CELERY_NAMES: dict[type, str] = {
     TaskRevokedError: "celery.exceptions",
     NotRegistered: "celery.exceptions",
     WorkerLostError: "celery.exceptions",
+    ChordError: "celery.exceptions",
     ContentDisallowed: "kombu.exceptions",
     DecodeError: "kombu.exceptions",
 }
@@ -168,24 +190,40 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-def to_timestamp(value: Any, name: str = "time") -> float | None:
-    """ISO-8601 string, datetime or unix seconds -> unix seconds (naive times are UTC)."""
+def to_timestamp(value: Any, name: str = "time", tz: str | None = None) -> float | None:
+    """ISO-8601 string, datetime or unix seconds -> unix seconds.
+
+    A naive time is read in ``tz`` (an IANA name; a Celery worker reads it in its ``timezone``,
+    CELERY_TIMEZONE here), UTC when ``tz`` is None. Raises ValueError for anything else, including
+    NaN and infinities.
+    """
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a time, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite time, got {value!r}")
         return float(value)
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError(f"{name} is not an ISO-8601 time: {value!r}") from None
+            raise ValueError(f"{name} is not an ISO-8601 time: {value[:100]!r}") from None
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
+            value = value.replace(tzinfo=_zone(tz))
         return value.timestamp()
     raise ValueError(f"{name} must be a time, got {type(value).__name__}")
+
+
+def _zone(tz: str | None) -> dt.tzinfo:
+    if not tz or tz == "UTC":
+        return dt.UTC
+    try:
+        return zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
 
 
 def to_iso(ts: float | None) -> str | None:
@@ -193,6 +231,10 @@ def to_iso(ts: float | None) -> str | None:
 
 
 # --- queues and priorities -----------------------------------------------------------------------------
+
+
+# Every priority list a consumer takes from (kombu's priority_steps may be any subset of 0-9).
+CONSUMED_LEVELS: tuple[int, ...] = tuple(range(10))
 
 
 def priority_step(priority: int | None) -> int:
@@ -211,9 +253,17 @@ def list_for(queue: str, priority: int | None = None) -> str:
     return f"{queue}{PRIORITY_SEP}{step}" if step else queue
 
 
+def step_list(queue: str, step: int) -> str:
+    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
+
+
 def lists_in_order(queues: list[str] | tuple[str, ...]) -> list[str]:
-    """Every list of ``queues`` in the order kombu consumes them: priority step first, then queue."""
-    return [list_for(q, s) for s in PRIORITY_STEPS for q in queues]
+    """Every list of ``queues`` in the order kombu consumes them: priority first, then queue.
+
+    Consumers take every level 0-9, not only kombu's default steps 0/3/6/9: a producer configured with
+    ``broker_transport_options={"priority_steps": list(range(10))}`` puts priority 5 on ``<queue>\\x06\\x165``.
+    """
+    return [step_list(q, s) for s in CONSUMED_LEVELS for q in queues]
 
 
 def result_key(task_id: str) -> str:
@@ -232,7 +282,7 @@ class Message:
     args: list
     kwargs: dict
     queue: str
-    kind: str = "celery"                      # "celery" | "native"
+    kind: str = "celery"                      # "celery" (protocol v2, or v1 converted) | "native"
     retries: int = 0
     eta: float | None = None                  # unix seconds
     expires: float | None = None
@@ -241,19 +291,26 @@ class Message:
     root_id: str | None = None
     parent_id: str | None = None
     group: str | None = None
+    group_index: int | None = None
     priority: int | None = None
+    ignore_result: bool = False               # the producer asked for no result (Celery stores none)
     callbacks: list[dict] | None = None
     errbacks: list[dict] | None = None
     chain: list[dict] | None = None
+    chord: dict | None = None                 # the chord body when this job is part of a chord header
     raw: bytes = b""
     envelope: dict = field(default_factory=dict, repr=False)
 
 
-def _refuse(reason: str, task_id: str | None = None, task: str | None = None, exc_cls: type = Refused) -> Refused:
+def refused(reason: str, task_id: str | None = None, task: str | None = None, exc_cls: type = Refused,
+            also_fail: tuple[str, ...] = ()) -> Refused:
+    """A :class:`Refused` carrying what the bridge needs: the id to fail, the task, the class to report,
+    and ``also_fail``: other ids a client may be waiting on (a refused chord's body)."""
     err = Refused(reason)
     err.task_id = task_id  # type: ignore[attr-defined]
     err.task = task  # type: ignore[attr-defined]
     err.exc_cls = exc_cls  # type: ignore[attr-defined]
+    err.also_fail = also_fail  # type: ignore[attr-defined]
     return err
 
 
@@ -267,67 +324,169 @@ def sniff_id(raw: bytes) -> str | None:
 
 
 def _limit(value: Any, name: str) -> float | None:
+    """A time limit in seconds: None, 0 (no limit, as Celery reads it) or a positive number (numeric strings
+    are read too). Raises ValueError for anything else."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if value.strip() else None
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, got {value[:50]!r}") from None
+        if value is None:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    return float(value) or None
+
+
+def _timelimit(value: Any) -> tuple[float | None, float | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"timelimit must be [hard, soft], got {str(value)[:50]!r}")
+    return _limit(value[0], "hard time limit"), _limit(value[1], "soft time limit")
+
+
+def _retries(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"retries must be a whole number, got {str(value)[:50]!r}")
+    return value
+
+
+def _priority(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"priority must be a whole number, got {str(value)[:50]!r}")
+    return max(0, min(255, value))
+
+
+def _opt_str(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+
+
+def _sig(value: Any, name: str) -> dict:
+    """A Celery signature dict, checked so that publishing it later cannot fail on its shape."""
+    if not isinstance(value, dict) or not isinstance(value.get("task"), str) or not value["task"]:
+        raise ValueError(f"embed {name} must hold signatures with a task name")
+    for key, kind in (("args", list), ("kwargs", dict), ("options", dict)):
+        if value.get(key) is not None and not isinstance(value[key], kind):
+            raise ValueError(f"{name} signature {value['task']!r}: {key} must be a {kind.__name__}")
+    return value
 
 
 def _sig_list(value: Any, name: str) -> list[dict] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not all(isinstance(s, dict) and isinstance(s.get("task"), str) for s in value):
-        raise ValueError(f"embed {name} must be a list of signatures with a task name")
-    return value
+    if isinstance(value, dict):  # a single signature where Celery writes a list of one
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"embed {name} must be a list of signatures")
+    return [_sig(s, name) for s in value] or None
 
 
-def decode(raw: bytes | str, queue: str, *, max_bytes: int | None = None) -> Message:
-    """Decode one message taken from ``queue``.
+# Compression a Celery producer may ask for (header ``compression``) -> a bounded decompressor factory.
+_DECOMPRESSORS = {
+    "application/x-gzip": lambda: zlib.decompressobj(wbits=47),  # kombu's zlib (and real gzip: 47 reads both)
+    "gzip": lambda: zlib.decompressobj(wbits=47),
+    "zlib": lambda: zlib.decompressobj(wbits=47),
+    "application/x-bz2": bz2.BZ2Decompressor,
+    "bzip2": bz2.BZ2Decompressor,
+    "bzip": bz2.BZ2Decompressor,
+    "application/x-lzma": lzma.LZMADecompressor,
+    "lzma": lzma.LZMADecompressor,
+    "xz": lzma.LZMADecompressor,
+}
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # decompressed body limit when the caller gives none
+
+
+def _decompress(data: bytes, method: Any, limit: int) -> bytes:
+    """Undo kombu's body compression, never producing more than ``limit`` bytes (a bomb is refused)."""
+    factory = _DECOMPRESSORS.get(str(method).lower()) if isinstance(method, str) else None
+    if factory is None:
+        raise _Unsupported(f"unsupported compression {method!r} (gzip/zlib, bzip2 and lzma are accepted)")
+    try:
+        out = factory().decompress(data, limit + 1)  # at most limit + 1 bytes, whatever the ratio
+    except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
+        raise ValueError(f"bad {method} data: {exc}") from None
+    if len(out) > limit:
+        raise _TooBig(f"body decompresses to more than the limit of {limit} bytes")
+    return out
+
+
+class _Unsupported(ValueError):
+    pass
+
+
+class _TooBig(ValueError):
+    pass
+
+
+def decode(raw: bytes | str, queue: str, *, max_bytes: int | None = None, tz: str | None = None) -> Message:
+    """Decode one message taken from ``queue``. Naive ``eta``/``expires`` times are read in ``tz``.
+
+    Never raises anything but :class:`Refused`, whatever the bytes are.
 
     Raises:
-        Refused: oversize, not JSON, not a known envelope, a refused content type (pickle), bad base64,
-            a malformed body or headers. ``.task_id`` is set when an id could be read, ``.exc_cls`` is
-            the Celery-named class to report.
+        Refused: oversize (also once decompressed), not JSON, not a known envelope, a refused content
+            type (pickle) or compression, bad base64, a malformed body or headers. ``.task_id`` is set when
+            an id could be read, ``.exc_cls`` is the Celery-named class to report.
     """
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
     if max_bytes is not None and len(raw) > max_bytes:
-        err = _refuse(f"message of {len(raw)} bytes exceeds the limit of {max_bytes} bytes", sniff_id(raw),
+        raise refused(f"message of {len(raw)} bytes exceeds the limit of {max_bytes} bytes", sniff_id(raw),
                       exc_cls=TooLarge)
-        raise err
     try:
         env = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _refuse(f"malformed JSON: {exc}", sniff_id(raw), exc_cls=DecodeError) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise refused(f"malformed JSON: {str(exc)[:200]}", sniff_id(raw), exc_cls=DecodeError) from None
     if not isinstance(env, dict):
-        raise _refuse("message is not a JSON object", exc_cls=DecodeError)
-    if "headers" in env or "body" in env:
-        msg = _decode_celery(env, queue)
-    elif "task" in env:
-        msg = _decode_native(env, queue)
-    else:
-        raise _refuse("neither a Celery protocol v2 message nor a raysys envelope",
-                      sniff_id(raw), exc_cls=DecodeError)
+        raise refused("message is not a JSON object", exc_cls=DecodeError)
+    try:
+        if "headers" in env or "body" in env:
+            msg = _decode_celery(env, queue, max_bytes or DEFAULT_MAX_BODY, tz)
+        elif "task" in env:
+            msg = _decode_native(env, queue, tz)
+        else:
+            raise refused("neither a Celery protocol v2 message nor a raysys envelope",
+                          sniff_id(raw), exc_cls=DecodeError)
+    except Refused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile message does, it is refused, never raised
+        raise refused(f"unreadable message: {type(exc).__name__}: {str(exc)[:200]}", sniff_id(raw),
+                      exc_cls=DecodeError) from None
     msg.raw = raw
     return msg
 
 
-def _decode_celery(env: dict, queue: str) -> Message:
+def _str_id(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):  # a hand-made message with a numeric id: the result key uses its text
+        return str(value)
+    return value if isinstance(value, str) and value else None
+
+
+def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Message:
     headers = env.get("headers")
-    props = env.get("properties") or {}
+    props = env.get("properties")
+    if headers is None:
+        headers = {}
+    if props is None:
+        props = {}
     if not isinstance(headers, dict) or not isinstance(props, dict):
-        raise _refuse("Celery message without a headers object", exc_cls=DecodeError)
-    task_id = headers.get("id") or props.get("correlation_id")
-    task = headers.get("task")
-    if not isinstance(task_id, str) or not task_id:
-        raise _refuse("Celery message without an id header (protocol v1 is not supported)",
-                      task=task if isinstance(task, str) else None, exc_cls=DecodeError)
-    if not isinstance(task, str) or not task:
-        raise _refuse("Celery message without a task header", task_id, exc_cls=DecodeError)
+        raise refused("Celery message whose headers or properties are not objects", exc_cls=DecodeError)
+    task_id = _str_id(headers.get("id")) or _str_id(props.get("correlation_id"))
+    task = headers.get("task") if isinstance(headers.get("task"), str) and headers.get("task") else None
     ctype = env.get("content-type")
     if ctype != CELERY_CONTENT_TYPE:
-        raise _refuse(f"refused content type {ctype!r}: only {CELERY_CONTENT_TYPE} is accepted",
+        raise refused(f"refused content type {ctype!r}: only {CELERY_CONTENT_TYPE} is accepted",
                       task_id, task, exc_cls=ContentDisallowed)
     body = env.get("body")
     encoding = props.get("body_encoding", "base64")
@@ -340,78 +499,135 @@ def _decode_celery(env: dict, queue: str) -> Message:
             text = body.encode("utf-8")
         else:
             raise ValueError(f"unsupported body encoding {encoding!r}")
+        if headers.get("compression"):
+            text = _decompress(text, headers["compression"], max_body)
+    except _Unsupported as exc:
+        raise refused(str(exc), task_id, task, exc_cls=ContentDisallowed) from None
+    except _TooBig as exc:
+        raise refused(str(exc), task_id, task, exc_cls=TooLarge) from None
     except (binascii.Error, ValueError) as exc:
-        raise _refuse(f"bad body encoding: {exc}", task_id, task, exc_cls=DecodeError) from None
+        raise refused(f"bad body encoding: {exc}", task_id, task, exc_cls=DecodeError) from None
     try:
         decoded = loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _refuse(f"malformed JSON body: {exc}", task_id, task, exc_cls=DecodeError) from None
-    if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], list)
-            and isinstance(decoded[1], dict) and isinstance(decoded[2], (dict, type(None)))):
-        raise _refuse("body is not [args, kwargs, embed]", task_id, task, exc_cls=DecodeError)
-    args, kwargs, embed = decoded
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise refused(f"malformed JSON body: {str(exc)[:200]}", task_id, task, exc_cls=DecodeError) from None
+    if isinstance(decoded, dict) and not headers.get("task"):
+        return _decode_celery_v1(decoded, env, props, queue, tz)
+    if task_id is None:
+        raise refused("Celery message without an id header", task=task, exc_cls=DecodeError)
+    if task is None:
+        raise refused("Celery message without a task header", task_id, exc_cls=DecodeError)
+    if not (isinstance(decoded, list) and len(decoded) in (2, 3)):
+        raise refused("body is not [args, kwargs, embed]", task_id, task, exc_cls=DecodeError)
+    args, kwargs, embed = (*decoded, None) if len(decoded) == 2 else decoded
+    chord_body = embed.get("chord") if isinstance(embed, dict) else None
+    body_id = _chord_body_id(chord_body)
+    if not isinstance(args, list):
+        raise refused(f"body args must be a list, got {type(args).__name__}", task_id, task,
+                      exc_cls=DecodeError, also_fail=body_id)
+    if not isinstance(kwargs, dict):
+        raise refused(f"body kwargs must be an object, got {type(kwargs).__name__}", task_id, task,
+                      exc_cls=DecodeError, also_fail=body_id)
+    if embed is not None and not isinstance(embed, dict):
+        raise refused("body embed must be an object", task_id, task, exc_cls=DecodeError)
     embed = embed or {}
     try:
-        if embed.get("chord"):
-            raise ValueError("chords are not supported by raysys")
-        timelimit = headers.get("timelimit") or [None, None]
-        if not isinstance(timelimit, (list, tuple)) or len(timelimit) != 2:
-            raise ValueError("timelimit must be [hard, soft]")
-        retries = headers.get("retries") or 0
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError("retries must be a whole number")
-        priority = props.get("priority")
-        if priority is not None and not isinstance(priority, int):
-            raise ValueError("priority must be a whole number")
-        msg = Message(
-            id=task_id, task=task, args=args, kwargs=kwargs, queue=queue, kind="celery", retries=retries,
-            eta=to_timestamp(headers.get("eta"), "eta"), expires=to_timestamp(headers.get("expires"), "expires"),
-            time_limit=_limit(timelimit[0], "hard time limit"), soft_time_limit=_limit(timelimit[1], "soft time limit"),
-            root_id=headers.get("root_id"), parent_id=headers.get("parent_id"), group=headers.get("group"),
-            priority=priority, callbacks=_sig_list(embed.get("callbacks"), "callbacks"),
+        hard, soft = _timelimit(headers.get("timelimit"))
+        group_index = headers.get("group_index")
+        if group_index is not None and (isinstance(group_index, bool) or not isinstance(group_index, int)):
+            raise ValueError("group_index must be a whole number")
+        return Message(
+            id=task_id, task=task, args=args, kwargs=kwargs, queue=queue, kind="celery",
+            retries=_retries(headers.get("retries")),
+            eta=to_timestamp(headers.get("eta"), "eta", tz), expires=to_timestamp(headers.get("expires"), "expires", tz),
+            time_limit=hard, soft_time_limit=soft,
+            root_id=_opt_str(headers.get("root_id"), "root_id"), parent_id=_opt_str(headers.get("parent_id"), "parent_id"),
+            group=_opt_str(headers.get("group"), "group"), group_index=group_index,
+            priority=_priority(props.get("priority")), ignore_result=bool(headers.get("ignore_result")),
+            callbacks=_sig_list(embed.get("callbacks"), "callbacks"),
             errbacks=_sig_list(embed.get("errbacks"), "errbacks"), chain=_sig_list(embed.get("chain"), "chain"),
-            envelope=env,
+            chord=_sig(chord_body, "chord") if chord_body else None, envelope=env,
         )
     except ValueError as exc:
-        raise _refuse(f"bad message: {exc}", task_id, task, exc_cls=DecodeError) from None
-    return msg
+        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id) from None
 
 
-def _decode_native(env: dict, queue: str) -> Message:
-    task = env.get("task")
-    task_id = env.get("id") or str(uuid.uuid4())
-    if not isinstance(task_id, str):
-        raise _refuse("id must be a string", exc_cls=DecodeError)
-    if not isinstance(task, str) or not task:
-        raise _refuse("task must be a non-empty string", task_id, exc_cls=DecodeError)
+def _chord_body_id(body: Any) -> tuple[str, ...]:
+    if isinstance(body, dict) and isinstance(body.get("options"), dict):
+        body_id = _str_id(body["options"].get("task_id"))
+        if body_id:
+            return (body_id,)
+    return ()
+
+
+def _decode_celery_v1(body: dict, env: dict, props: dict, queue: str, tz: str | None) -> Message:
+    """Celery task protocol 1 (``task_protocol=1``): everything in the body. Converted to a v2 envelope so
+    retries and dead-letter requeues publish protocol 2, which every Celery 4+/5 worker reads too."""
+    task_id = _str_id(body.get("id")) or _str_id(props.get("correlation_id"))
+    task = body.get("task") if isinstance(body.get("task"), str) and body.get("task") else None
+    if task_id is None:
+        raise refused("protocol 1 message without an id", task=task, exc_cls=DecodeError)
+    if task is None:
+        raise refused("protocol 1 message without a task name", task_id, exc_cls=DecodeError)
+    args = body.get("args") if body.get("args") is not None else []
+    kwargs = body.get("kwargs") if body.get("kwargs") is not None else {}
+    body_id = _chord_body_id(body.get("chord"))
     try:
-        args = env.get("args") or []
-        kwargs = env.get("kwargs") or {}
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("args must be a list and kwargs an object")
-        eta = to_timestamp(env.get("eta"), "eta")
+        hard, soft = _timelimit(body.get("timelimit"))
+        callbacks = _sig_list(body.get("callbacks"), "callbacks")
+        errbacks = _sig_list(body.get("errbacks"), "errbacks")
+        chord = _sig(body["chord"], "chord") if body.get("chord") else None
+        eta = to_timestamp(body.get("eta"), "eta", tz)
+        expires = to_timestamp(body.get("expires"), "expires", tz)
+        retries = _retries(body.get("retries"))
+        group = _opt_str(body.get("taskset") or body.get("group"), "taskset")
+        priority = _priority(props.get("priority"))
+    except ValueError as exc:
+        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id) from None
+    v2 = json.loads(encode_celery(
+        task, args, kwargs, task_id=task_id, queue=queue, eta=eta, expires=expires, retries=retries,
+        time_limit=hard, soft_time_limit=soft, group=group, priority=priority, callbacks=callbacks,
+        errbacks=errbacks, chord=chord, reply_to=props.get("reply_to") if isinstance(props.get("reply_to"), str) else None,
+    ))
+    return Message(id=task_id, task=task, args=args, kwargs=kwargs, queue=queue, kind="celery", retries=retries,
+                   eta=eta, expires=expires, time_limit=hard, soft_time_limit=soft, root_id=task_id, group=group,
+                   priority=priority, callbacks=callbacks, errbacks=errbacks, chord=chord, envelope=v2)
+
+
+def _decode_native(env: dict, queue: str, tz: str | None) -> Message:
+    task = env.get("task")
+    task_id = env.get("id") if env.get("id") is not None else str(uuid.uuid4())
+    task_id = _str_id(task_id)
+    if task_id is None:
+        raise refused("id must be a non-empty string", exc_cls=DecodeError)
+    if not isinstance(task, str) or not task:
+        raise refused("task must be a non-empty string", task_id, exc_cls=DecodeError)
+    try:
+        args = env.get("args") if env.get("args") is not None else []
+        kwargs = env.get("kwargs") if env.get("kwargs") is not None else {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("args must be a list and kwargs an object")
+        eta = to_timestamp(env.get("eta"), "eta", tz)
         if env.get("countdown") is not None:
             cd = env["countdown"]
-            if isinstance(cd, bool) or not isinstance(cd, (int, float)):
+            if isinstance(cd, bool) or not isinstance(cd, (int, float)) or not math.isfinite(cd):
                 raise ValueError("countdown must be a number of seconds")
             eta = time.time() + float(cd)
             env = {**env, "countdown": None, "eta": eta}  # re-encodes keep the absolute time
-        timelimit = env.get("timelimit") or [None, None]
-        if not isinstance(timelimit, (list, tuple)) or len(timelimit) != 2:
-            raise ValueError("timelimit must be [hard, soft]")
-        retries = env.get("retries") or 0
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError("retries must be a whole number")
+        hard, soft = _timelimit(env.get("timelimit"))
         msg = Message(
-            id=task_id, task=task, args=args, kwargs=kwargs, queue=queue, kind="native", retries=retries, eta=eta,
-            expires=to_timestamp(env.get("expires"), "expires"), time_limit=_limit(timelimit[0], "hard time limit"),
-            soft_time_limit=_limit(timelimit[1], "soft time limit"), root_id=env.get("root_id"),
-            parent_id=env.get("parent_id"), priority=env.get("priority"),
+            id=task_id, task=task, args=args, kwargs=kwargs, queue=queue, kind="native",
+            retries=_retries(env.get("retries")), eta=eta, expires=to_timestamp(env.get("expires"), "expires", tz),
+            time_limit=hard, soft_time_limit=soft, root_id=_opt_str(env.get("root_id"), "root_id"),
+            parent_id=_opt_str(env.get("parent_id"), "parent_id"), priority=_priority(env.get("priority")),
+            ignore_result=bool(env.get("ignore_result")),
             callbacks=_sig_list(env.get("callbacks"), "callbacks"), errbacks=_sig_list(env.get("errbacks"), "errbacks"),
             chain=_sig_list(env.get("chain"), "chain"), envelope={**env, "id": task_id},
         )
     except ValueError as exc:
-        raise _refuse(f"bad message: {exc}", task_id, task, exc_cls=DecodeError) from None
+        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError) from None
     return msg
 
 
@@ -430,18 +646,19 @@ def encode_celery(task: str, args: list | tuple = (), kwargs: dict | None = None
                   time_limit: float | None = None, soft_time_limit: float | None = None,
                   root_id: str | None = None, parent_id: str | None = None, group: str | None = None,
                   priority: int | None = None, callbacks: list | None = None, errbacks: list | None = None,
-                  chain: list | None = None, reply_to: str | None = None, origin: str = "raysys") -> str:
+                  chain: list | None = None, reply_to: str | None = None, origin: str = "raysys",
+                  chord: dict | None = None, group_index: int | None = None, ignore_result: bool = False) -> str:
     """A Celery protocol v2 message, byte for byte shaped like kombu 5.7's Redis transport stores it."""
     task_id = task_id or str(uuid.uuid4())
     args = list(args)
     kwargs = dict(kwargs or {})
-    embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": None}
+    embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
     body = base64.b64encode(dumps([args, kwargs, embed]).encode("utf-8")).decode("ascii")
     headers = {
         "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": to_iso(eta), "expires": to_iso(expires),
-        "group": group, "group_index": None, "retries": retries, "timelimit": [time_limit, soft_time_limit],
+        "group": group, "group_index": group_index, "retries": retries, "timelimit": [time_limit, soft_time_limit],
         "root_id": root_id or task_id, "parent_id": parent_id, "argsrepr": repr(tuple(args)),
-        "kwargsrepr": repr(kwargs), "origin": origin, "ignore_result": False, "replaced_task_nesting": 0,
+        "kwargsrepr": repr(kwargs), "origin": origin, "ignore_result": ignore_result, "replaced_task_nesting": 0,
         "stamped_headers": None, "stamps": {},
     }
     props: dict[str, Any] = {
@@ -469,12 +686,16 @@ def reencode(msg: Message, *, retries: int | None = None, eta: float | None = No
     """``msg`` as a new message with another retry count and/or eta (what Celery publishes on retry)."""
     env = copy.deepcopy(msg.envelope)
     if msg.kind == "celery":
-        h = env["headers"]
+        h = env.get("headers")
+        if not isinstance(h, dict):
+            h = env["headers"] = {}
         if retries is not None:
             h["retries"] = retries
         if eta is not None or clear_eta:
             h["eta"] = to_iso(eta)
-        props = env.setdefault("properties", {})
+        props = env.get("properties")
+        if not isinstance(props, dict):
+            props = env["properties"] = {}
         props["delivery_tag"] = str(uuid.uuid4())
         return json.dumps(env)
     if retries is not None:
@@ -485,36 +706,102 @@ def reencode(msg: Message, *, retries: int | None = None, eta: float | None = No
     return dumps(env)
 
 
+def _seconds(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, got {str(value)[:50]!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite")
+    return value
+
+
 def next_message(sig: dict, parent: Message, value: Any = None, *, prepend: tuple = (),
-                 chain: list | None = None, default_queue: str) -> tuple[str, str, str]:
+                 chain: list | None = None, default_queue: str, group: str | None = None,
+                 group_index: int | None = None) -> tuple[str, str, str]:
     """Celery's way of publishing a signature after ``parent`` ran: ``(list, raw, task_id)``.
 
     ``prepend`` (the parent's return value for callbacks and chain steps, its id for errbacks) goes
     before the signature's own args unless the signature is immutable.
+
+    Raises:
+        ValueError: the signature's options cannot be read (a bad countdown, eta, ...).
     """
-    options = dict(sig.get("options") or {})
+    options = sig.get("options") if isinstance(sig.get("options"), dict) else {}
     args = list(sig.get("args") or [])
     if not sig.get("immutable"):
         args = [*prepend, *args]
-    task_id = options.get("task_id") or str(uuid.uuid4())
-    queue = options.get("queue") or default_queue
-    countdown = options.get("countdown")
+    task_id = _str_id(options.get("task_id")) or str(uuid.uuid4())
+    queue = options.get("queue") if isinstance(options.get("queue"), str) and options.get("queue") else default_queue
+    countdown = _seconds(options.get("countdown"), "countdown")
     eta = to_timestamp(options.get("eta"), "eta") if options.get("eta") else (
-        time.time() + float(countdown) if countdown else None)
+        time.time() + countdown if countdown else None)
     expires = options.get("expires")
     if isinstance(expires, (int, float)) and not isinstance(expires, bool):
-        expires = time.time() + float(expires)
+        expires = time.time() + _seconds(expires, "expires")
     else:
         expires = to_timestamp(expires, "expires")
-    priority = options.get("priority", parent.priority)
+    priority = _priority(options.get("priority", parent.priority))
     raw = encode_celery(
         sig["task"], args, sig.get("kwargs") or {}, task_id=task_id, queue=queue, eta=eta, expires=expires,
-        time_limit=options.get("time_limit"), soft_time_limit=options.get("soft_time_limit"),
+        time_limit=_limit(options.get("time_limit"), "time_limit"),
+        soft_time_limit=_limit(options.get("soft_time_limit"), "soft_time_limit"),
         root_id=parent.root_id or parent.id, parent_id=parent.id, priority=priority,
-        callbacks=options.get("link"), errbacks=options.get("link_error"), chain=chain,
-        reply_to=options.get("reply_to"),
+        callbacks=_sig_list(options.get("link"), "link"), errbacks=_sig_list(options.get("link_error"), "link_error"),
+        chain=chain, reply_to=options.get("reply_to") if isinstance(options.get("reply_to"), str) else None,
+        group=group or _opt_str(options.get("group_id"), "group_id"),
+        group_index=group_index if group_index is not None else options.get("group_index"),
+        ignore_result=bool(options.get("ignore_result")),
     )
     return list_for(queue, priority), raw, task_id
+
+
+def chord_ids(sig: dict) -> list[str]:
+    """Every job id a client may wait on in a ``celery.chord`` signature: the body's (what ``chord()``
+    returns), the header members' and the chord's own."""
+    ids: list[str] = []
+
+    def add(s: Any) -> None:
+        if isinstance(s, dict):
+            task_id = _str_id((s.get("options") or {}).get("task_id")) if isinstance(s.get("options"), dict) else None
+            if task_id and task_id not in ids:
+                ids.append(task_id)
+            for member in (s.get("kwargs") or {}).get("tasks") or () if isinstance(s.get("kwargs"), dict) else ():
+                add(member)
+        elif isinstance(s, list):
+            for member in s:
+                add(member)
+
+    kwargs = sig.get("kwargs") if isinstance(sig.get("kwargs"), dict) else {}
+    add(kwargs.get("body"))
+    add(kwargs.get("header"))
+    add(sig)
+    return ids
+
+
+def expand(sig: dict, chain: list | None = None) -> list[tuple[dict, list | None, str | None, int | None]]:
+    """The plain signatures to publish for ``sig``: ``(signature, chain, group id, group index)``.
+
+    Celery's canvas primitives arrive as signatures of its built-in tasks: ``celery.group`` (publish every
+    member, sharing the group id) and ``celery.chain`` (publish the first step with the rest as its
+    chain, stored last step first). Anything else (``celery.chord`` included) is published as it is.
+    """
+    kind = sig.get("task")
+    tasks = (sig.get("kwargs") or {}).get("tasks") if kind in ("celery.group", "celery.chain") else None
+    if kind == "celery.group" and isinstance(tasks, list) and tasks:
+        gid = _str_id((sig.get("options") or {}).get("task_id")) or str(uuid.uuid4())
+        out = []
+        for i, member in enumerate(tasks):
+            for s, c, _, _ in expand(_sig(member, "group"), chain):
+                out.append((s, c, gid, i))
+        return out
+    if kind == "celery.chain" and isinstance(tasks, list) and tasks:
+        steps = [_sig(t, "chain") for t in tasks]
+        rest = list(reversed(steps[1:])) + list(chain or [])
+        return expand(steps[0], rest or None)
+    return [(sig, chain, None, None)]
 
 
 # --- results --------------------------------------------------------------------------------------------
@@ -543,31 +830,43 @@ def children_of(ids: list[str]) -> list:
 
 
 def result_meta(task_id: str, status: str, result: Any = None, *, traceback: str | None = None,
-                children: list | None = None, parent_id: str | None = None, ready: bool | None = None) -> dict:
+                children: list | None = None, parent_id: str | None = None, ready: bool | None = None,
+                extended: dict | None = None) -> dict:
     meta = {"status": status, "result": result, "traceback": traceback, "children": children or [],
             "date_done": now_iso() if (status in READY_STATES if ready is None else ready) else None}
     if parent_id:
         meta["parent_id"] = parent_id
+    if extended:
+        meta.update(extended)
     meta["task_id"] = task_id
     return meta
 
 
-def success_json(task_id: str, value_json: str, *, children: list | None = None, parent_id: str | None = None) -> str:
+def extended_fields(msg: Message, worker: str) -> dict:
+    """What a Celery worker with ``result_extended=True`` adds to a result (``AsyncResult.name``, ``.args``,
+    ``.kwargs``, ``.worker``, ``.retries``, ``.queue`` read them)."""
+    return {"name": msg.task, "args": msg.args, "kwargs": msg.kwargs, "worker": worker, "retries": msg.retries,
+            "queue": msg.queue}
+
+
+def success_json(task_id: str, value_json: str, *, children: list | None = None, parent_id: str | None = None,
+                 extended: dict | None = None) -> str:
     """SUCCESS value from an already-encoded result (keeps the bridge's per-job work to string joins)."""
     parent = f', "parent_id": {json.dumps(parent_id)}' if parent_id else ""
+    extra = f", {dumps(extended)[1:-1]}" if extended else ""
     return (f'{{"status": "SUCCESS", "result": {value_json}, "traceback": null, '
-            f'"children": {json.dumps(children or [])}, "date_done": "{now_iso()}"{parent}, '
+            f'"children": {json.dumps(children or [])}, "date_done": "{now_iso()}"{parent}{extra}, '
             f'"task_id": {json.dumps(task_id)}}}')
 
 
 def failure_json(task_id: str, exc_meta: dict, traceback: str | None = None, *, status: str = FAILURE,
-                 parent_id: str | None = None, children: list | None = None) -> str:
+                 parent_id: str | None = None, children: list | None = None, extended: dict | None = None) -> str:
     return dumps(result_meta(task_id, status, exc_meta, traceback=traceback, parent_id=parent_id,
-                             children=children))
+                             children=children, extended=extended))
 
 
-def revoked_json(task_id: str, reason: str = "expired") -> str:
-    return dumps(result_meta(task_id, REVOKED, exception_meta(TaskRevokedError(reason))))
+def revoked_json(task_id: str, reason: str = "expired", *, extended: dict | None = None) -> str:
+    return dumps(result_meta(task_id, REVOKED, exception_meta(TaskRevokedError(reason)), extended=extended))
 
 
 def started_json(task_id: str, info: dict | None = None) -> str:

@@ -11,6 +11,8 @@ Keys (``{p}`` is ``settings.key_prefix``; queue lists and results carry no prefi
 - ``{p}raysys:consumer-queues``           hash consumer -> JSON list of the lists it consumes.
 - ``{p}raysys:delayed``                   sorted set of ``<list>\\x00<raw message>`` scored by due time
                                           (eta/countdown and retry backoff).
+- ``{p}raysys:applied:<token>``           marks an applied batch of transitions (a retried batch is a no-op).
+- ``{p}raysys:revoked``                   sorted set of revoked job ids (Celery ``revoke``) by revoke time.
 - ``<queue>.dead``                        dead letters, JSON ``{"reason", "id", "task", "queue", "message", ...}``.
 - ``celery-task-meta-<id>``               result value (SETEX) and pub/sub channel (PUBLISH).
 
@@ -22,13 +24,25 @@ SUCCESS is never overwritten, and a job whose SUCCESS is stored is acked without
 from __future__ import annotations
 
 import json
+import math
 import time
+import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from raysys.config import Settings
-from raysys.constants import CONSUMER_QUEUES_KEY, CONSUMERS_KEY, DEAD_SUFFIX, DELAYED_KEY, INFLIGHT_PREFIX
+from raysys.constants import (
+    APPLIED_PREFIX,
+    CONSUMER_QUEUES_KEY,
+    CONSUMERS_KEY,
+    DEAD_SUFFIX,
+    DELAYED_KEY,
+    INFLIGHT_PREFIX,
+    REVOKED_KEY,
+)
 from raysys.queue import protocol
 
 # Claim messages without going past the free slots.
@@ -72,44 +86,67 @@ return out
 """
 
 # Apply a batch of job transitions atomically. ARGV is a sequence of ops, each an opcode and its
-# operands; keys are named by index into KEYS (so every key is declared).
+# operands; keys are named by index into KEYS (so every key is declared). KEYS[1] is the batch's token:
+# a batch whose token is already set was applied (its reply was lost to a dropped connection) and is
+# not applied twice; the token is set last, so a batch cut short is applied again as a whole.
 #   R key_i value ttl       store a result: SETEX + PUBLISH, unless a SUCCESS is stored already
 #   A key_i raw             ack: LREM one copy of raw from an in-flight list
 #   P key_i raw             publish a message: LPUSH onto a queue list (as producers do)
 #   F key_i raw             push back to the consumer end: RPUSH (runs next)
 #   Z key_i score member    ZADD to the delayed set
 #   D key_i entry           LPUSH a dead-letter entry
-# Returns the number of results skipped because a SUCCESS was already stored.
+# Every command runs under pcall: a key of the wrong type (a producer may name any key) fails that one op,
+# never the batch. Returns {skipped results, -1 if the batch was applied before else 0, errors...}.
 APPLY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, -1} end
 local i = 1
 local skipped = 0
+local errors = {}
+local function run(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then errors[#errors + 1] = r.err end
+  return r
+end
 while i <= #ARGV do
   local op = ARGV[i]
   local key = KEYS[tonumber(ARGV[i + 1])]
   if op == 'R' then
-    local cur = redis.call('GET', key)
-    if cur and string.find(string.sub(cur, 1, 40), '"status": *"SUCCESS"') then
+    local cur = redis.pcall('GET', key)
+    if type(cur) == 'string' and string.find(string.sub(cur, 1, 40), '"status": *"SUCCESS"') then
       skipped = skipped + 1
     else
-      redis.call('SETEX', key, ARGV[i + 3], ARGV[i + 2])
-      redis.call('PUBLISH', key, ARGV[i + 2])
+      run('SETEX', key, ARGV[i + 3], ARGV[i + 2])
+      run('PUBLISH', key, ARGV[i + 2])
     end
     i = i + 4
   elseif op == 'A' then
-    redis.call('LREM', key, -1, ARGV[i + 2]); i = i + 3
+    run('LREM', key, -1, ARGV[i + 2]); i = i + 3
   elseif op == 'P' then
-    redis.call('LPUSH', key, ARGV[i + 2]); i = i + 3
+    run('LPUSH', key, ARGV[i + 2]); i = i + 3
   elseif op == 'F' then
-    redis.call('RPUSH', key, ARGV[i + 2]); i = i + 3
+    run('RPUSH', key, ARGV[i + 2]); i = i + 3
   elseif op == 'Z' then
-    redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
+    run('ZADD', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
   elseif op == 'D' then
-    redis.call('LPUSH', key, ARGV[i + 2]); i = i + 3
+    run('LPUSH', key, ARGV[i + 2]); i = i + 3
   else
-    return redis.error_reply('unknown op ' .. tostring(op))
+    errors[#errors + 1] = 'unknown op ' .. tostring(op); i = #ARGV + 1
   end
 end
-return skipped
+redis.call('SET', KEYS[1], '1', 'EX', 600)
+local out = {skipped, 0}
+for _, e in ipairs(errors) do out[#out + 1] = e end
+return out
+"""
+
+# Give back one message a consumer holds but does not know about (its claim's reply was lost):
+# KEYS[1] the in-flight list, KEYS[2] the queue list; ARGV[1] the message. Returns 1 if moved.
+REQUEUE_ONE = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
 """
 
 # Move due delayed messages back to the consumer end of their lists.
@@ -149,16 +186,20 @@ return 0
 """
 
 
+SOCKET_TIMEOUT = 30.0  # seconds a bridge waits for any one Redis reply (its commands take milliseconds)
+
+
 class Ops:
-    """A batch of job transitions applied by one :data:`APPLY` call."""
+    """A batch of job transitions applied by one :data:`APPLY` call (``acks`` lists what it acks)."""
 
-    __slots__ = ("keys", "_kidx", "argv", "count")
+    __slots__ = ("keys", "_kidx", "argv", "count", "acks")
 
-    def __init__(self) -> None:
-        self.keys: list[str] = []
+    def __init__(self, prefix: str = "") -> None:
+        self.keys: list[str] = [f"{prefix}{APPLIED_PREFIX}{uuid.uuid4().hex}"]  # KEYS[1]: the batch's token
         self._kidx: dict[str, int] = {}
         self.argv: list[Any] = []
         self.count = 0
+        self.acks: list[tuple[str, bytes]] = []
 
     def __len__(self) -> int:
         return self.count
@@ -176,6 +217,7 @@ class Ops:
 
     def ack(self, inflight: str, raw: bytes) -> None:
         self.argv += ["A", self._k(inflight), raw]
+        self.acks.append((inflight, raw))
         self.count += 1
 
     def publish(self, list_name: str, raw: str | bytes) -> None:
@@ -187,6 +229,8 @@ class Ops:
         self.count += 1
 
     def delay(self, delayed_key: str, due: float, list_name: str, raw: str | bytes) -> None:
+        if not math.isfinite(due):
+            raise ValueError(f"due time must be finite, got {due!r}")
         member = (list_name.encode() + b"\x00" + (raw.encode() if isinstance(raw, str) else raw))
         self.argv += ["Z", self._k(delayed_key), repr(due), member]
         self.count += 1
@@ -194,18 +238,6 @@ class Ops:
     def dead(self, queue: str, entry: str) -> None:
         self.argv += ["D", self._k(f"{queue}{DEAD_SUFFIX}"), entry]
         self.count += 1
-
-    def extend(self, other: Ops) -> None:
-        # other's key indexes are its own: re-index them into ours
-        argv = other.argv
-        i = 0
-        while i < len(argv):
-            op = argv[i]
-            key = other.keys[argv[i + 1] - 1]
-            width = 4 if op in ("R", "Z") else 3
-            self.argv += [op, self._k(key), *argv[i + 2:i + width]]
-            i += width
-        self.count += other.count
 
 
 def dead_entry(reason: str, queue: str, raw: bytes | str, *, task_id: str | None = None, task: str | None = None,
@@ -231,16 +263,29 @@ class Broker:
         self.consumers_key = p + CONSUMERS_KEY
         self.consumer_queues_key = p + CONSUMER_QUEUES_KEY
         self.delayed_key = p + DELAYED_KEY
+        self.revoked_key = p + REVOKED_KEY
         self.redis = self.connect()
         self._claim = self.redis.register_script(CLAIM)
         self._apply = self.redis.register_script(APPLY)
         self._due = self.redis.register_script(DUE)
         self._requeue = self.redis.register_script(REQUEUE)
         self._forget = self.redis.register_script(FORGET)
+        self._requeue_one = self.redis.register_script(REQUEUE_ONE)
 
     def connect(self, **kwargs: Any) -> aioredis.Redis:
-        return aioredis.Redis.from_url(self.settings.redis_url, health_check_interval=10,
-                                       socket_keepalive=True, **kwargs)
+        """A client of this consumer (named ``raysys:<consumer>`` in ``CLIENT LIST``).
+
+        redis-py's automatic retry stays off: a claim re-sent after its reply was lost would claim again
+        and strand the first batch unseen, so every error must reach the bridge (which reconciles). A
+        socket timeout turns a silently dead connection (a partition without a reset) into such an error
+        instead of a bridge waiting forever; every command of the bridge is quick or safe to re-run.
+        """
+        options: dict[str, Any] = {
+            "health_check_interval": 10, "socket_keepalive": True, "socket_connect_timeout": 10,
+            "socket_timeout": SOCKET_TIMEOUT, "retry": Retry(NoBackoff(), 0), "client_name": f"raysys:{self.consumer}",
+        }
+        options.update(kwargs)
+        return aioredis.Redis.from_url(self.settings.redis_url, **options)
 
     def inflight_key(self, consumer: str, list_name: str) -> str:
         return f"{self.prefix}{INFLIGHT_PREFIX}{consumer}:{list_name}"
@@ -269,10 +314,36 @@ class Broker:
         """BLMOVE one message from ``list_name`` into its in-flight list (on a dedicated connection)."""
         return await conn.blmove(list_name, self.inflight[list_name], timeout, "RIGHT", "LEFT")
 
-    async def apply(self, ops: Ops) -> int:
+    async def apply(self, ops: Ops) -> tuple[int, list[str]]:
+        """Apply ``ops`` atomically: ``(results skipped because a SUCCESS was stored, per-op errors)``."""
         if not ops.count:
-            return 0
-        return int(await self._apply(keys=ops.keys, args=ops.argv))
+            return 0, []
+        out = await self._apply(keys=ops.keys, args=ops.argv)
+        errors = [e.decode("utf-8", "replace") if isinstance(e, bytes) else str(e) for e in out[2:]]
+        return int(out[0]), errors
+
+    async def inflight_contents(self) -> dict[str, list[bytes]]:
+        """What this consumer's in-flight lists hold in Redis, per source list."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in self.lists:
+                pipe.lrange(self.inflight[name], 0, -1)
+            values = await pipe.execute()
+        return {name: v for name, v in zip(self.lists, values, strict=True) if v}
+
+    async def requeue_one(self, list_name: str, raw: bytes) -> bool:
+        """Move one copy of ``raw`` from this consumer's in-flight list back to the consumer end of its list."""
+        return bool(await self._requeue_one(keys=[self.inflight[list_name], list_name], args=[raw]))
+
+    async def revoke(self, ids: list[str], now: float, keep: float) -> None:
+        """Remember revoked ids (shared by every bridge, and by bridges started later) for ``keep`` seconds."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.revoked_key, dict.fromkeys(ids, now))
+            pipe.zremrangebyscore(self.revoked_key, "-inf", now - keep)
+            await pipe.execute()
+
+    async def revoked_since(self, since: float) -> dict[str, float]:
+        rows = await self.redis.zrangebyscore(self.revoked_key, since, "+inf", withscores=True)
+        return {k.decode("utf-8", "replace"): float(v) for k, v in rows}
 
     async def results(self, ids: list[str]) -> list[bytes | None]:
         if not ids:

@@ -1,0 +1,371 @@
+"""A real Celery 5.7 client, configured the many ways producers configure it, against running bridges.
+
+Each test uses the client's own API (``apply_async`` options, canvas, ``AsyncResult``, ``control.revoke``,
+app settings such as ``task_protocol``, ``task_serializer``, ``result_extended``, priority steps) and
+checks what the client sees, as a producer of the Celery service would.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import random
+import time
+import uuid
+import zlib
+
+import pytest
+from celery import Celery, chain, chord, group
+
+pytest_plugins = ("queue_fixtures",)
+
+pytestmark = pytest.mark.usefixtures("bridges")
+
+
+@contextlib.contextmanager
+def make_app(redis_url: str, routes: bool = True, **conf):
+    """A Celery client app on the test Redis with extra configuration (closed afterwards)."""
+    from queue_fixtures import CELERY_ROUTES
+
+    app = Celery("raysys-client-tests", broker=redis_url, backend=redis_url)
+    if routes:
+        app.conf.task_routes = CELERY_ROUTES
+    app.conf.broker_connection_retry_on_startup = True
+    app.conf.update(conf)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def sig(app, name, *args, **kwargs):
+    return app.signature(name, args=args, kwargs=kwargs)
+
+
+def times(r, key: str) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in r.hgetall(f"{key}:at").items()}
+
+
+# --- apply_async options -----------------------------------------------------------------------------
+
+
+def test_countdown_eta_naive_aware_negative_and_expires(celery_app, r):
+    from celery.exceptions import TaskRevokedError
+
+    key = f"when-{uuid.uuid4()}"
+    sent = time.time()
+    utc_now = dt.datetime.now(dt.UTC)
+    plus5 = dt.timezone(dt.timedelta(hours=5))
+    jobs = {
+        "naive": celery_app.send_task("tests.record", args=(key, "naive"),  # naive = the worker's zone (UTC)
+                                      eta=utc_now.replace(tzinfo=None) + dt.timedelta(seconds=1.2)),
+        "plus5": celery_app.send_task("tests.record", args=(key, "plus5"),
+                                      eta=utc_now.astimezone(plus5) + dt.timedelta(seconds=1.0)),
+        "negative": celery_app.send_task("tests.record", args=(key, "negative"), countdown=-30),
+        "expires-later": celery_app.send_task("tests.record", args=(key, "expires-later"), expires=60),
+        "expires-dt": celery_app.send_task("tests.record", args=(key, "expires-dt"),
+                                           expires=dt.datetime.now() + dt.timedelta(minutes=5)),
+    }
+    expired = [
+        celery_app.send_task("tests.record", args=(key, "x"), expires=utc_now.replace(tzinfo=None)
+                             - dt.timedelta(seconds=5)),                      # naive datetime in the past
+        celery_app.send_task("tests.record", args=(key, "y"), countdown=1, expires=0.3),  # expires first
+    ]
+    for name, res in jobs.items():
+        assert res.get(timeout=30) == name
+    at = times(r, key)
+    assert at["naive"] >= sent + 1.2 and at["plus5"] >= sent + 1.0
+    assert at["negative"] < sent + 5 and at["expires-later"] < sent + 5  # not delayed (loose: a loaded machine)
+    for res in expired:
+        with pytest.raises(TaskRevokedError, match="expired"):
+            res.get(timeout=30)
+        assert res.state == "REVOKED"
+    assert "x" not in at and "y" not in at
+
+
+def test_explicit_queue_routing_key_and_custom_headers(celery_app, ctasks_add):
+    with make_app(celery_app.conf.broker_url, result_extended=True) as app:
+        on_analytics = app.send_task("tests.add", args=(1, 2), queue="analytics")     # routed to ingest
+        on_reports = app.send_task("tests.add", args=(2, 2), queue="reports", routing_key="reports")
+        with_headers = app.send_task("tests.add", args=(3, 2), headers={"x-tenant": "acme", "trace": [1, 2]})
+        by_key = app.send_task("tests.add", args=(4, 2), routing_key="reports")
+        assert on_analytics.get(timeout=30) == 3 and on_analytics.queue == "analytics"
+        assert on_reports.get(timeout=30) == 4 and on_reports.queue == "reports"
+        assert with_headers.get(timeout=30) == 5
+        assert by_key.get(timeout=30) == 6
+
+
+@pytest.fixture
+def ctasks_add(celery_app):
+    def never(*args, **kwargs):
+        raise AssertionError("runs on raysys")
+
+    return celery_app.task(name="tests.add")(never)
+
+
+def test_priority_steps_every_level_in_order(ray_cluster, redis_url, qsettings, r, wait_for):
+    """``priority_steps=list(range(10))`` puts priority p on ``<queue>\\x06\\x16<p>``: every level is consumed,
+    lowest number first (before this fix levels 1, 2, 4, 5, 7 and 8 were never taken)."""
+    from raysys.queue.bridge import start_bridges, stop_bridges
+
+    key = f"prio10-{uuid.uuid4()}"
+    levels = list(range(10))
+    random.Random(7).shuffle(levels)
+    with make_app(redis_url, broker_transport_options={"priority_steps": list(range(10)),
+                                                       "queue_order_strategy": "priority"}) as app:
+        results = [app.send_task("tests.record", args=(key, str(p)), queue="prio10", priority=p) for p in levels]
+        assert r.llen("prio10\x06\x165") == 1 and r.llen("prio10") == 1
+        handles = start_bridges(qsettings, queues=["prio10"], concurrency=1)
+        try:
+            wait_for(lambda: r.llen(key) == 10, what="ten jobs")
+            assert [v.decode() for v in r.lrange(key, 0, -1)] == [str(p) for p in range(10)]
+            assert [res.get(timeout=10) for res in results] == [str(p) for p in levels]
+        finally:
+            stop_bridges(handles, timeout=5)
+
+
+def test_default_priority_setting_and_single_priority(redis_url):
+    with make_app(redis_url, task_default_priority=7) as app:
+        assert app.send_task("tests.add", args=(1, 1)).get(timeout=30) == 2
+        assert app.send_task("tests.add", args=(1, 2), priority=5).get(timeout=30) == 3
+
+
+# --- the default queue and unknown names -----------------------------------------------------------------
+
+
+def test_unrouted_send_task_runs_from_the_default_queue(redis_url, r):
+    """Without routes Celery puts jobs on ``celery``: bridges consume it too; known names run, unknown
+    names fail clearly (celery.exceptions.NotRegistered) instead of waiting forever."""
+    from celery.exceptions import NotRegistered
+    from conftest import CELERY_WIRE
+
+    with make_app(redis_url, routes=False) as app:
+        ok = app.send_task("tests.add", args=(20, 22))
+        unknown = app.send_task("workers.tasks.unknown_thing", args=(1,))
+        assert ok.get(timeout=30) == 42
+        with pytest.raises(NotRegistered):
+            unknown.get(timeout=30)
+        wire = json.loads((CELERY_WIRE / "message_send_task_unrouted_name.json").read_text())
+        wire_id = str(uuid.uuid4())
+        wire["headers"].update(id=wire_id, root_id=wire_id)
+        wire["properties"]["correlation_id"] = wire_id
+        r.lpush("celery", json.dumps(wire))
+        with pytest.raises(NotRegistered):
+            app.AsyncResult(wire_id).get(timeout=30)
+    dead = [json.loads(e) for e in r.lrange("celery.dead", 0, -1)]
+    assert {e["id"] for e in dead} >= {unknown.id, wire_id}
+
+
+# --- canvas --------------------------------------------------------------------------------------------
+
+
+def test_link_link_error_chain_si_and_groups(celery_app, r, wait_for):
+    app = celery_app
+    linked = app.send_task("tests.add", args=(1, 2), link=sig(app, "tests.mul", 10),
+                           link_error=app.signature("tests.record", args=("never", "x"), immutable=True))
+    assert linked.get(timeout=30) == 3
+    children = wait_for(lambda: app.AsyncResult(linked.id).children, what="the link's child")
+    assert children[0].get(timeout=30) == 30
+
+    res = chain(sig(app, "tests.add", 1, 2), app.signature("tests.add", args=(100, 1), immutable=True),
+                sig(app, "tests.mul", 3))()
+    assert res.get(timeout=30) == 303 and res.parent.get(timeout=30) == 101
+
+    g = group(sig(app, "tests.add", i, i) for i in range(5))()
+    assert g.get(timeout=30) == [0, 2, 4, 6, 8]
+
+    fanned = app.send_task("tests.add", args=(1, 1), link=group(sig(app, "tests.mul", 3), sig(app, "tests.mul", 4)))
+    assert fanned.get(timeout=30) == 2
+    kids = wait_for(lambda: app.AsyncResult(fanned.id).children, what="the group's members")
+    assert sorted(k.get(timeout=30) for k in kids) == [6, 8]
+
+    tail = chain(sig(app, "tests.add", 2, 3), group(sig(app, "tests.mul", 2), sig(app, "tests.mul", 10)))()
+    assert tail.get(timeout=30) == [10, 50]
+    assert r.llen("never") == 0  # the errback of a successful job never ran
+
+
+def test_chord_is_refused_with_a_failure_not_a_hang(celery_app, r, wait_for):
+    from celery.exceptions import ChordError
+
+    app = celery_app
+    t0 = time.monotonic()
+    res = chord([sig(app, "tests.add", 1, 2), sig(app, "tests.add", 3, 4)])(sig(app, "tests.tsum"))
+    with pytest.raises(ChordError, match="chord"):
+        res.get(timeout=30)
+    assert time.monotonic() - t0 < 20
+    assert res.state == "FAILURE"
+    entries = wait_for(lambda: r.llen("ingest.dead") == 2 and r.lrange("ingest.dead", 0, -1), what="2 dead letters")
+    reasons = [json.loads(e)["reason"] for e in entries]
+    assert all("chords are not supported" in why for why in reasons)
+    # a group followed by a task inside a chain is a chord too (Celery builds it in the chain's embed)
+    res = chain(sig(app, "tests.add", 1, 2), group(sig(app, "tests.add", 1), sig(app, "tests.add", 2)),
+                sig(app, "tests.tsum"))()
+    with pytest.raises(ChordError, match="chord"):
+        res.get(timeout=30)
+    assert res.parent.parent.get(timeout=30) == 3  # the first step ran
+
+
+# --- AsyncResult -----------------------------------------------------------------------------------------
+
+
+def test_async_result_api(celery_app, r):
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    app = celery_app
+    assert app.AsyncResult(str(uuid.uuid4())).state == "PENDING"
+    slow = app.send_task("tests.sleep", args=(1.5,))
+    with pytest.raises(CeleryTimeout):
+        slow.get(timeout=0.3)
+    assert not slow.ready() and slow.state in ("PENDING", "STARTED")
+    assert slow.get(timeout=30) == 1.5 and slow.ready() and slow.info == 1.5 and slow.traceback is None
+
+    bad = app.send_task("tests.boom", args=("z",))
+    with pytest.raises(ValueError):
+        bad.get(timeout=30)
+    assert isinstance(bad.info, ValueError) and bad.info.args == ("bad input: z",)
+    assert "ValueError: bad input: z" in bad.traceback
+    assert bad.get(timeout=1, propagate=False).args == ("bad input: z",)
+
+    ttl = r.ttl(f"celery-task-meta-{slow.id}")
+    assert 86_000 < ttl <= 86_400  # RESULT_EXPIRES, as result_expires on a Celery worker
+    slow.forget()
+    assert r.exists(f"celery-task-meta-{slow.id}") == 0
+    assert app.AsyncResult(slow.id).state == "PENDING"
+
+
+def test_result_extended_client_sees_name_args_kwargs_queue(redis_url):
+    with make_app(redis_url, result_extended=True) as app:
+        res = app.send_task("tests.add", args=(2,), kwargs={"y": 5})
+        assert res.get(timeout=30) == 7
+        assert (res.name, res.args, res.kwargs, res.queue, res.retries) == ("tests.add", [2], {"y": 5}, "ingest", 0)
+        assert res.worker.startswith("raysys-bridge-")
+        bad = app.send_task("tests.boom", args=("q",))
+        with pytest.raises(ValueError):
+            bad.get(timeout=30)
+        assert (bad.name, bad.args, bad.queue) == ("tests.boom", ["q"], "analytics")
+
+
+def test_retry_states_and_ctx_retries(celery_app, r):
+    key = f"flaky-{uuid.uuid4()}"
+    res = celery_app.send_task("tests.flaky", args=(key, 1))
+    seen = set()
+    deadline = time.monotonic() + 30
+    while not res.ready() and time.monotonic() < deadline:
+        seen.add(res.state)
+        time.sleep(0.01)
+    assert "RETRY" in seen
+    assert res.get(timeout=30) == {"ok": True, "retries": 1}  # self.request.retries on the second try
+
+
+# --- serialisation, compression, protocol 1 ------------------------------------------------------------
+
+
+def test_pickle_is_refused_with_a_readable_failure(redis_url, r):
+    from kombu.exceptions import ContentDisallowed
+
+    with make_app(redis_url, task_serializer="pickle", accept_content=["json", "pickle"]) as app:
+        res = app.send_task("tests.add", args=(1, 2))
+        with pytest.raises(ContentDisallowed, match="application/x-python-serialize"):
+            res.get(timeout=30)
+    entry = json.loads(r.lindex("ingest.dead", 0))
+    assert entry["id"] == res.id and "content type" in entry["reason"]
+    with make_app(redis_url, accept_content=["application/json"]) as app:
+        assert app.send_task("tests.add", args=(1, 2)).get(timeout=30) == 3
+
+
+@pytest.mark.parametrize("method", ["zlib", "gzip", "bzip2", "lzma"])
+def test_compressed_messages_are_decoded(celery_app, method):
+    payload = "données " * 200
+    res = celery_app.send_task("tests.echo", args=(payload,), compression=method)
+    assert res.get(timeout=30) == {"args": [payload], "kwargs": {}}
+
+
+def test_compression_bomb_and_unknown_compression_are_refused(r, qsettings):
+    from raysys.queue.client import Client
+
+    def message(body: bytes, compression: str) -> tuple[str, str]:
+        task_id = str(uuid.uuid4())
+        env = {"body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
+               "content-type": "application/json",
+               "headers": {"task": "tests.add", "id": task_id, "compression": compression},
+               "properties": {"correlation_id": task_id, "body_encoding": "base64",
+                              "delivery_info": {"exchange": "", "routing_key": "ingest"}, "priority": 0}}
+        return task_id, json.dumps(env)
+
+    bomb_id, bomb = message(zlib.compress(b"[[" + b" " * 20_000_000 + b"], {}, {}]", 9), "application/x-gzip")
+    odd_id, odd = message(b"\x00\x01", "application/x-brotli")
+    r.lpush("ingest", bomb, odd)
+    with Client(qsettings) as client:
+        with pytest.raises(Exception) as err:
+            client.AsyncResult(bomb_id).get(timeout=30)
+        assert type(err.value).__name__ == "TooLarge"
+        with pytest.raises(Exception) as err:
+            client.AsyncResult(odd_id).get(timeout=30)
+        assert type(err.value).__name__ == "ContentDisallowed" and "compression" in str(err.value)
+
+
+def test_task_protocol_1(redis_url):
+    with make_app(redis_url, task_protocol=1) as app:
+        res = app.send_task("tests.add", args=(1, 2), countdown=0.3, link=sig(app, "tests.mul", 7))
+        assert res.get(timeout=30) == 3
+        assert app.send_task("tests.add", kwargs={"x": 4, "y": 5}).get(timeout=30) == 9
+
+
+# --- payloads and exceptions ----------------------------------------------------------------------------
+
+
+def test_unicode_large_and_kwargs_only_payloads(celery_app):
+    text = "héllo wörld ✓ 日本語 🚀 " * 300  # about 9 KB of text, well inside the test limit of 64 KiB
+    res = celery_app.send_task("tests.echo", args=(text, {"ключ": ["значение", 1.5, None, True]}),
+                               kwargs={"émoji": "🙂"})
+    assert res.get(timeout=30) == {"args": [text, {"ключ": ["значение", 1.5, None, True]}], "kwargs": {"émoji": "🙂"}}
+    assert celery_app.send_task("tests.add", kwargs={"x": 1.5, "y": 2}).get(timeout=30) == 3.5
+    assert celery_app.send_task("tests.echo").get(timeout=30) == {"args": [], "kwargs": {}}
+
+
+def test_custom_exception_class_reaches_the_client(celery_app, r):
+    from conftest import CELERY_WIRE
+
+    res = celery_app.send_task("tests.custom_exc", args=("custom",))
+    with pytest.raises(Exception) as err:
+        res.get(timeout=30)
+    assert type(err.value).__name__ == "CustomError" and err.value.args == ("custom", 42)
+    stored = json.loads(r.get(f"celery-task-meta-{res.id}"))
+    wire = json.loads((CELERY_WIRE / "result_failure_custom_exc.json").read_text())
+    assert set(wire) <= set(stored) and set(stored["result"]) == set(wire["result"])
+    assert stored["result"] == {"exc_type": "CustomError", "exc_message": ["custom", 42],
+                                "exc_module": "tests.queue_tasks"}
+
+
+# --- ignore_result, revoke ------------------------------------------------------------------------------
+
+
+def test_ignore_result_stores_no_state(celery_app, r, wait_for):
+    key = f"ignored-{uuid.uuid4()}"
+    ok = celery_app.send_task("tests.record", args=(key, "ran"), ignore_result=True)
+    bad = celery_app.send_task("tests.boom", args=("ignored",), ignore_result=True)
+    wait_for(lambda: r.llen(key) == 1, what="the job to run")
+    wait_for(lambda: r.llen("analytics.dead") == 1, what="the failure's dead letter")
+    time.sleep(0.3)
+    assert r.exists(f"celery-task-meta-{ok.id}", f"celery-task-meta-{bad.id}") == 0  # not even STARTED
+
+
+def test_revoke_queued_delayed_and_running_jobs(celery_app, r, wait_for):
+    from celery.exceptions import TaskRevokedError
+
+    key = f"revoke-{uuid.uuid4()}"
+    delayed = celery_app.send_task("tests.record", args=(key, "delayed"), countdown=1.5)
+    celery_app.control.revoke(delayed.id)
+    running = celery_app.send_task("tests.sleep", args=(30,))
+    wait_for(lambda: running.state == "STARTED", what="the long job to start")
+    t0 = time.monotonic()
+    running.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError, match="terminated"):
+        running.get(timeout=20)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(TaskRevokedError, match="revoked"):
+        delayed.get(timeout=30)
+    assert r.llen(key) == 0 and r.zscore("raysys:revoked", delayed.id)
+    assert celery_app.send_task("tests.add", args=(1, 1)).get(timeout=30) == 2  # still serving
