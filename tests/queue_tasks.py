@@ -148,3 +148,9 @@ def count_sleep(ctx: TaskContext, key: str, seconds: float) -> int:
     n = _r(ctx).hincrby(key, ctx.task_id, 1)
     time.sleep(seconds)
     return n
+
+
+@task("tests.exit", queue="ingest", light=True, num_cpus=0)
+def exit_(ctx: TaskContext, code: int) -> None:
+    """Calls sys.exit in the middle of a batch of light jobs."""
+    raise SystemExit(code)

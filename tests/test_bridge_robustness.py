@@ -414,3 +414,15 @@ def test_lost_replies_lose_no_job_and_run_none_twice(ray_cluster, redis_server, 
     assert {i: dict(c) for i, c in pubs.seen.items() if c != {"SUCCESS": 1}} == {}
     assert r.llen("lossy") == 0 and r.llen("lossy.dead") == 0
     assert not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
+
+
+def test_sys_exit_in_a_task_fails_that_job_only(r, wait_for):
+    """A light job calling sys.exit() fails alone (SystemExit); the jobs batched with it succeed once."""
+    key = f"exit-{uuid.uuid4()}"
+    bad, env = wire("tests.exit", (3,))
+    good = [wire("tests.count", (key, i)) for i in range(50)]
+    r.lpush("ingest", *[json.dumps(e) for _, e in good[:25]], json.dumps(env), *[json.dumps(e) for _, e in good[25:]])
+    metas = wait_final(r, [bad] + [i for i, _ in good], wait_for)
+    assert metas[bad]["status"] == "FAILURE" and metas[bad]["result"]["exc_type"] == "SystemExit"
+    assert [metas[i]["result"] for i, _ in good] == list(range(50))
+    assert {int(v) for v in r.hvals(key)} == {1}

@@ -85,7 +85,7 @@ def test_countdown_eta_naive_aware_negative_and_expires(celery_app, r):
     assert "x" not in at and "y" not in at
 
 
-def test_explicit_queue_routing_key_and_custom_headers(celery_app, ctasks_add):
+def test_explicit_queue_routing_key_and_custom_headers(celery_app, r, wait_for):
     with make_app(celery_app.conf.broker_url, result_extended=True) as app:
         on_analytics = app.send_task("tests.add", args=(1, 2), queue="analytics")     # routed to ingest
         on_reports = app.send_task("tests.add", args=(2, 2), queue="reports", routing_key="reports")
@@ -95,14 +95,13 @@ def test_explicit_queue_routing_key_and_custom_headers(celery_app, ctasks_add):
         assert on_reports.get(timeout=30) == 4 and on_reports.queue == "reports"
         assert with_headers.get(timeout=30) == 5
         assert by_key.get(timeout=30) == 6
-
-
-@pytest.fixture
-def ctasks_add(celery_app):
-    def never(*args, **kwargs):
-        raise AssertionError("runs on raysys")
-
-    return celery_app.task(name="tests.add")(never)
+    # Through an exchange: kombu drops the message unless a consumer bound the queue, as Celery workers do.
+    # (The sends above made the producer bind ``reports`` itself: start from the bridge's binding alone.)
+    r.delete("_kombu.binding.reports", "_kombu.binding_permanent.reports")
+    wait_for(lambda: r.exists("_kombu.binding.reports"), what="the bridge to bind its queue")
+    with make_app(celery_app.conf.broker_url, routes=False, result_extended=True) as app:
+        via_exchange = app.send_task("tests.mul", args=(3, 3), exchange="reports", routing_key="reports")
+        assert via_exchange.get(timeout=30) == 9 and via_exchange.queue == "reports"
 
 
 def test_priority_steps_every_level_in_order(ray_cluster, redis_url, qsettings, r, wait_for):

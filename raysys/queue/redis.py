@@ -13,6 +13,8 @@ Keys (``{p}`` is ``settings.key_prefix``; queue lists and results carry no prefi
                                           (eta/countdown and retry backoff).
 - ``{p}raysys:applied:<token>``           marks an applied batch of transitions (a retried batch is a no-op).
 - ``{p}raysys:revoked``                   sorted set of revoked job ids (Celery ``revoke``) by revoke time.
+- ``_kombu.binding.<queue>``               kombu's binding of exchange ``<queue>`` to the queue, declared as a
+                                          Celery worker declares it (exchange-routed producers need it).
 - ``<queue>.dead``                        dead letters, JSON ``{"reason", "id", "task", "queue", "message", ...}``.
 - ``celery-task-meta-<id>``               result value (SETEX) and pub/sub channel (PUBLISH).
 
@@ -41,6 +43,7 @@ from raysys.constants import (
     DEAD_SUFFIX,
     DELAYED_KEY,
     INFLIGHT_PREFIX,
+    PRIORITY_SEP,
     REVOKED_KEY,
 )
 from raysys.queue import protocol
@@ -186,6 +189,8 @@ return 0
 """
 
 
+KOMBU_BINDING = "_kombu.binding."  # kombu's exchange -> queue bindings (what a Celery worker declares)
+KOMBU_BINDING_PERMANENT = "_kombu.binding_permanent."
 SOCKET_TIMEOUT = 30.0  # seconds a bridge waits for any one Redis reply (its commands take milliseconds)
 
 
@@ -356,10 +361,17 @@ class Broker:
         return int(moved), (None if nxt < 0 else nxt)
 
     async def heartbeat(self) -> None:
+        """Mark this consumer alive, and bind its queues as a Celery worker declares them (kombu's
+        ``_kombu.binding.<exchange>`` sets), so a producer that publishes through an exchange and routing
+        key (``send_task(..., exchange="ingest", routing_key="ingest")``) is not silently dropped by kombu."""
         now = repr(time.time())
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.consumers_key, self.consumer, now)
             pipe.hset(self.consumer_queues_key, self.consumer, json.dumps(self.lists))
+            for queue in self.queues:
+                member = f"{queue}{PRIORITY_SEP}{PRIORITY_SEP}{queue}"  # routing key, pattern, queue
+                pipe.sadd(f"{KOMBU_BINDING}{queue}", member)
+                pipe.sadd(f"{KOMBU_BINDING_PERMANENT}{queue}", member)
             await pipe.execute()
 
     async def requeue_consumer(self, consumer: str, lists: list[str] | None = None) -> int:

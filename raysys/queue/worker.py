@@ -115,6 +115,8 @@ def execute(settings: Settings, job: Job) -> tuple:
         meta = protocol.exception_meta(exc)
         tb = protocol.format_traceback(exc)
         return ("retry", elapsed, meta, tb, None, None) if retryable else ("fail", elapsed, meta, tb)
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails that job, not its batch or worker
+        return ("fail", time.perf_counter() - t0, protocol.exception_meta(exc), protocol.format_traceback(exc))
     elapsed = time.perf_counter() - t0
     try:
         return ("ok", elapsed, protocol.dumps(value))
