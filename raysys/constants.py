@@ -10,8 +10,8 @@ Redis keys (``{p}`` is the key prefix, empty by default so Celery producers and 
 - ``{p}raysys:consumers``             hash consumer id -> last heartbeat (unix seconds).
 - ``{p}raysys:consumer-queues``       hash consumer id -> JSON list of the lists it consumes.
 - ``{p}raysys:delayed``               sorted set of ``<queue>\\x00<raw message>`` scored by due time.
-- ``{p}raysys:applied:<token>``       a bridge's batch of transitions was applied (10 minutes; makes a batch
-                                      retried after a dropped connection a no-op).
+- ``{p}raysys:applied:<token>``       a bridge's batch of transitions was applied (makes a batch re-sent after
+                                      a lost reply a no-op; deleted by the bridge's next batch, else 1 hour).
 - ``{p}raysys:revoked``               sorted set of revoked job ids (Celery ``revoke``) by revoke time.
 - ``<queue>.dead``                    list of dead-letter entries (JSON with the reason and the message).
 - ``celery-task-meta-<id>``           Celery result-backend value (SETEX) and pub/sub channel.

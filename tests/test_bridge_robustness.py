@@ -275,6 +275,7 @@ def test_flood_of_bad_messages_among_good_ones(r, bridges, wait_for):
     assert dead == 400
     assert not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
     assert ray.get(bridges[0].stats.remote())["totals"].get("loop_errors:claim") is None
+    assert len(r.keys("raysys:applied:*")) <= 1  # each batch deletes the previous batch's token
 
 
 def test_killed_redis_connections_lose_no_job(r, bridges, wait_for):

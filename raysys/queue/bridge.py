@@ -775,6 +775,7 @@ class BridgeCore:
     # --- writing to Redis ---------------------------------------------------------------------------------
 
     _flushing = False
+    last_token: str | None = None  # the previous applied batch's token, deleted by the next batch
 
     async def _flush_loop(self) -> None:
         """Apply buffered transitions in one script call; whatever accumulates meanwhile goes next."""
@@ -786,11 +787,14 @@ class BridgeCore:
             ops, releases = self.buf, self.buf_release
             self.buf, self.buf_release = Ops(self.settings.key_prefix), []
             self._flushing = True
+            if self.last_token:
+                ops.forget(self.last_token)
             try:
                 while True:
                     try:
                         skipped, errors = await self.broker.apply(ops)
                         self._redis_back()
+                        self.last_token = ops.token
                         break
                     except (RedisError, OSError) as exc:  # retried: the batch's token makes a re-run a no-op
                         await self._redis_down(exc)

@@ -98,6 +98,7 @@ return out
 #   F key_i raw             push back to the consumer end: RPUSH (runs next)
 #   Z key_i score member    ZADD to the delayed set
 #   D key_i entry           LPUSH a dead-letter entry
+#   X key_i                 DEL (the token of the bridge's previous batch, whose reply it received)
 # Every command runs under pcall: a key of the wrong type (a producer may name any key) fails that one op,
 # never the batch. Returns {skipped results, -1 if the batch was applied before else 0, errors...}.
 APPLY = """
@@ -132,11 +133,13 @@ while i <= #ARGV do
     run('ZADD', key, ARGV[i + 2], ARGV[i + 3]); i = i + 4
   elseif op == 'D' then
     run('LPUSH', key, ARGV[i + 2]); i = i + 3
+  elseif op == 'X' then
+    run('DEL', key); i = i + 2
   else
     errors[#errors + 1] = 'unknown op ' .. tostring(op); i = #ARGV + 1
   end
 end
-redis.call('SET', KEYS[1], '1', 'EX', 600)
+redis.call('SET', KEYS[1], '1', 'EX', 3600)
 local out = {skipped, 0}
 for _, e in ipairs(errors) do out[#out + 1] = e end
 return out
@@ -243,6 +246,15 @@ class Ops:
     def dead(self, queue: str, entry: str) -> None:
         self.argv += ["D", self._k(f"{queue}{DEAD_SUFFIX}"), entry]
         self.count += 1
+
+    @property
+    def token(self) -> str:
+        return self.keys[0]
+
+    def forget(self, token: str) -> None:
+        """Delete an earlier batch's token (its reply came back, so it will never be re-sent). Not counted:
+        it does not make a batch worth applying on its own."""
+        self.argv += ["X", self._k(token)]
 
 
 def dead_entry(reason: str, queue: str, raw: bytes | str, *, task_id: str | None = None, task: str | None = None,
