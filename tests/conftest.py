@@ -31,6 +31,16 @@ SHARED_DATA = SHARED / "data"
 CELERY_WIRE = SHARED / "celery-wire"
 
 
+def wire_message(name: str) -> dict:
+    """A captured Celery message or result from ../shared/celery-wire, or skip when it is absent."""
+    import json
+
+    path = CELERY_WIRE / name
+    if not path.exists():
+        pytest.skip(f"captured Celery wire data {path} is not present on this machine")
+    return json.loads(path.read_text())
+
+
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with a clear message when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -9,7 +9,7 @@ import pickle
 import uuid
 
 import pytest
-from conftest import CELERY_WIRE
+from conftest import wire_message
 
 pytest_plugins = ("queue_fixtures",)
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("bridges")
 
 def celery_message(task: str = "tests.add", args=(1, 2), kwargs=None, task_id: str | None = None) -> dict:
     """A message as a real Celery 5.7 producer wrote it (captured), with our task, id and arguments."""
-    env = json.loads((CELERY_WIRE / "message_ingest.json").read_text())
+    env = wire_message("message_ingest.json")
     task_id = task_id or str(uuid.uuid4())
     env["headers"].update(task=task, id=task_id, root_id=task_id)
     env["properties"]["correlation_id"] = task_id

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 import redis
-from conftest import CELERY_WIRE
+from conftest import wire_message
 
 from raysys.queue import protocol
 
@@ -33,7 +33,7 @@ EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 def wire(task: str = "tests.add", args=(1, 2), kwargs=None, embed=None, *, body=None, task_id: str | None = None,
          queue: str = "ingest", **headers) -> tuple[str, dict]:
     """A message as a real Celery 5.7 producer wrote it (captured), with our task, id, body and headers."""
-    env = json.loads((CELERY_WIRE / "message_ingest.json").read_text())
+    env = wire_message("message_ingest.json")
     task_id = task_id or str(uuid.uuid4())
     env["headers"].update(task=task, id=task_id, root_id=task_id)
     env["headers"].update(headers)

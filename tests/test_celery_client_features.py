@@ -138,7 +138,7 @@ def test_unrouted_send_task_runs_from_the_default_queue(redis_url, r):
     """Without routes Celery puts jobs on ``celery``: bridges consume it too; known names run, unknown
     names fail clearly (celery.exceptions.NotRegistered) instead of waiting forever."""
     from celery.exceptions import NotRegistered
-    from conftest import CELERY_WIRE
+    from conftest import wire_message
 
     with make_app(redis_url, routes=False) as app:
         ok = app.send_task("tests.add", args=(20, 22))
@@ -146,7 +146,7 @@ def test_unrouted_send_task_runs_from_the_default_queue(redis_url, r):
         assert ok.get(timeout=30) == 42
         with pytest.raises(NotRegistered):
             unknown.get(timeout=30)
-        wire = json.loads((CELERY_WIRE / "message_send_task_unrouted_name.json").read_text())
+        wire = wire_message("message_send_task_unrouted_name.json")
         wire_id = str(uuid.uuid4())
         wire["headers"].update(id=wire_id, root_id=wire_id)
         wire["properties"]["correlation_id"] = wire_id
@@ -325,14 +325,14 @@ def test_unicode_large_and_kwargs_only_payloads(celery_app):
 
 
 def test_custom_exception_class_reaches_the_client(celery_app, r):
-    from conftest import CELERY_WIRE
+    from conftest import wire_message
 
     res = celery_app.send_task("tests.custom_exc", args=("custom",))
     with pytest.raises(Exception) as err:
         res.get(timeout=30)
     assert type(err.value).__name__ == "CustomError" and err.value.args == ("custom", 42)
     stored = json.loads(r.get(f"celery-task-meta-{res.id}"))
-    wire = json.loads((CELERY_WIRE / "result_failure_custom_exc.json").read_text())
+    wire = wire_message("result_failure_custom_exc.json")
     assert set(wire) <= set(stored) and set(stored["result"]) == set(wire["result"])
     assert stored["result"] == {"exc_type": "CustomError", "exc_message": ["custom", 42],
                                 "exc_module": "tests.queue_tasks"}
