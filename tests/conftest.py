@@ -87,26 +87,31 @@ def pg_server() -> str:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def pg_url(pg_server) -> str:
-    """A fresh, migrated database for this test."""
+def new_database(admin_url: str, prefix: str = "t") -> str:
+    """Create a fresh, migrated database on the server at ``admin_url``; return its URL."""
     import asyncpg
 
     from raysys.storage.postgres import migrate
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
 
     async def create() -> str:
-        conn = await asyncpg.connect(pg_server)
+        conn = await asyncpg.connect(admin_url)
         try:
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        url = pg_server.replace("/postgres?", f"/{name}?", 1)
+        url = admin_url.replace("/postgres?", f"/{name}?", 1)
         await migrate(url)
         return url
 
     return asyncio.run(create())
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, migrated database for this test."""
+    return new_database(pg_server)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import shared_data
+from conftest import new_database, shared_data
 
 from raysys.config import Settings
 from raysys.stack import free_port
@@ -27,24 +27,6 @@ pytestmark = pytest.mark.timeout(600)
 UPLOAD_LIMIT = 1_000_000
 
 
-def _new_database(admin_url: str) -> str:
-    import asyncpg
-
-    from raysys.storage.postgres import migrate
-
-    name = f"serve_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> str:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        url = admin_url.replace("/postgres?", f"/{name}?", 1)
-        await migrate(url)
-        return url
-
-    return asyncio.run(create())
 
 
 def _db(url: str, fn):
@@ -87,7 +69,7 @@ def api(ray_cluster, redis_server, pg_server, chdb_dsn, tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("serve") / "data"
     settings = Settings.from_env(
-        {}, data_dir=str(data_dir), broker_url=redis_server["url"], postgres_url=_new_database(pg_server),
+        {}, data_dir=str(data_dir), broker_url=redis_server["url"], postgres_url=new_database(pg_server, "serve"),
         clickhouse_url=chdb_dsn, max_upload_bytes=UPLOAD_LIMIT, serve_host="127.0.0.1", serve_port=free_port(),
     )
     tenants = {"a": f"tenant_a_{uuid.uuid4().hex[:6]}", "b": f"tenant_b_{uuid.uuid4().hex[:6]}"}

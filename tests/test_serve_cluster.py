@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import shared_data
+from conftest import new_database, shared_data
 
 from raysys.stack import free_port
 
@@ -117,24 +117,6 @@ def test_serve_build_writes_a_config_for_the_app(tmp_path):
 # --- serve deploy on a dedicated head ----------------------------------------------------------------------
 
 
-def _new_database(admin_url: str) -> str:
-    import asyncpg
-
-    from raysys.storage.postgres import migrate
-
-    name = f"deploy_{uuid.uuid4().hex[:10]}"
-
-    async def create() -> str:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        url = admin_url.replace("/postgres?", f"/{name}?", 1)
-        await migrate(url)
-        return url
-
-    return asyncio.run(create())
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +145,7 @@ def test_serve_deploy_of_cluster_serve_yaml(tmp_path, head, redis_server, pg_ser
     """`serve deploy cluster/serve.yaml` on a fresh `ray start --head`: the API answers with a tenant's key."""
     from raysys.storage.postgres import Database
 
-    pg_url = _new_database(pg_server)
+    pg_url = new_database(pg_server, "deploy")
 
     async def key() -> str:
         db = await Database.open(pg_url, max_size=1)
@@ -235,7 +217,7 @@ def test_ray_job_submit_backfill_and_directory_ingestion(tmp_path, head, redis_s
     from raysys import synthetic
     from raysys.storage.postgres import Database
 
-    pg_url = _new_database(pg_server)
+    pg_url = new_database(pg_server, "deploy")
     ds = synthetic.generate(tenants=1, calls=4, days=2, seed=3)
     tenant = ds.tenants[0]
     calls = [sc.call for sc in ds.calls]
