@@ -73,3 +73,20 @@ def test_chunked_mel_equals_one_stft(builtin_diarizer):
         mel = builtin_diarizer.mel(x, chunk_frames=chunk)
         assert mel.shape == whole.shape
         assert float((mel - whole).abs().max()) <= 1e-5 * float(whole.abs().max())
+
+
+def test_sequence_vad_equals_frame_by_frame_streaming(builtin_diarizer, sample_wav, monkeypatch):
+    """speech_probs (encoder on many frames per call, one LSTM over the sequence) = silero's streaming."""
+    import raysys.models.builtin_diarization as bd
+
+    wav = load_audio(sample_wav)[0][:16000 * 8 + 300]  # not a whole number of frames
+    gain = min(0.05 / float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))), 0.99 / float(np.abs(wav).max()))
+    vad = builtin_diarizer.vad
+    with torch.no_grad():
+        expected = vad.audio_forward(torch.from_numpy((wav * gain).astype(np.float32)), sr=16000)[0].numpy()
+    vad.reset_states()
+    monkeypatch.setattr(bd, "VAD_PIECE", 37)  # several pieces: the LSTM state must carry across them
+    probs = builtin_diarizer.speech_probs(wav)
+    assert probs.shape == expected.shape == ((len(wav) + VAD_FRAME - 1) // VAD_FRAME,)
+    assert float(np.abs(probs - expected).max()) < 1e-4
+    assert probs.max() > 0.9 and probs.min() < 0.1  # speech and silence both present
