@@ -107,6 +107,23 @@ def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path
     timings: dict[str, float] = {}
     versions: dict[str, str] = {}
     t0 = time.perf_counter()
+    # Intent and summary need only the turns: they run beside the audio models, not after them.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        text_stage = pool.submit(_text_analytics, settings, call, turns)
+        result = _audio_analytics(settings, call, turns, audio, progress, timings, versions)
+        progress(0.7, "intent and summary")
+        intent, summ, text_versions, timings["text"] = text_stage.result()
+    versions.update(text_versions)
+    handling = callmetrics.aht(call, result["timeline"]["duration_seconds"])
+    timings["total"] = time.perf_counter() - t0
+    return {**result, "intent": intent, "summary": summ, "aht": handling, "versions": versions,
+            "timings": {k: round(v, 3) for k, v in timings.items()}}
+
+
+def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Path | None, progress,  # noqa: ANN001
+                     timings: dict[str, float], versions: dict[str, str]) -> dict[str, Any]:
+    """Diarization, emotion, speaker roles, timeline and sentiment (from the turns when there is no audio)."""
+    t0 = time.perf_counter()
     diarization: dict[str, Any] | None = None
     emotion: dict[str, Any] | None = None
     mapping: dict[str, Any] = {"mapping": {}, "method": "none"}
@@ -145,9 +162,14 @@ def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path
                             "role": t.speaker_role} for t in turns if t.text.strip()]
         sentiment_source = "text"
     sentiment = callmetrics.sentiment_summary(sentiment_items)
+    return {"diarization": diarization, "emotion": emotion, "mapping": mapping, "timeline": timeline,
+            "sentiment": sentiment, "sentiment_source": sentiment_source}
 
-    progress(0.7, "intent and summary")
+
+def _text_analytics(settings: Settings, call: Any, turns: list[Any]) -> tuple[dict, dict, dict[str, str], float]:
+    """(intent, summary, model versions, seconds) from the call's turns alone."""
     t2 = time.perf_counter()
+    versions: dict[str, str] = {}
     encode = encoder(settings)
     tdicts = _turn_dicts(turns)
     customer_texts = [t.text for t in turns if t.speaker_role == "customer" and t.text.strip()]
@@ -166,14 +188,7 @@ def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path
                   "source": "no intent model" if model_dir is None else "no customer speech"}
     summ = summary.summarize(tdicts, encode, llm_url=settings.summary_llm_url, llm_model=settings.summary_llm_model,
                              llm_api_key=settings.summary_llm_api_key)
-    timings["text"] = time.perf_counter() - t2
-    handling = callmetrics.aht(call, timeline["duration_seconds"])
-    timings["total"] = time.perf_counter() - t0
-    return {
-        "diarization": diarization, "emotion": emotion, "mapping": mapping, "timeline": timeline,
-        "sentiment": sentiment, "sentiment_source": sentiment_source, "intent": intent, "summary": summ,
-        "aht": handling, "versions": versions, "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    return intent, summ, versions, time.perf_counter() - t2
 
 
 def _values(result: dict[str, Any], call: Any) -> dict[str, Any]:
