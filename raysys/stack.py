@@ -324,8 +324,9 @@ class LocalStack:
         if s.postgres_url:
             progress(f"postgres    configured   {s.postgres_url}")
         else:
+            was_running = bool(pids.get("postgres")) and pid_alive(pids["postgres"])
             pids["postgres"], urls["postgres"] = start_postgres(self.data_dir / "postgres")
-            progress(f"postgres    started      {urls['postgres']}")
+            progress(f"postgres    {'running' if was_running else 'started'}      {urls['postgres']}")
             self._migrate(urls["postgres"])
         self._save(state)
 
