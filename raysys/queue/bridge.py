@@ -174,6 +174,7 @@ class BridgeCore:
         # else sits in its in-flight lists was claimed by a call whose reply a dropped connection lost.
         self.held: Counter[tuple[str, bytes]] = Counter()
         self.claims_active = 0      # BLMOVEs in progress (the reconciliation waits for them)
+        self.claim_more = False     # the last claim script found messages (more may be waiting)
         self.need_reconcile = False
         self.reconciling = False
         self.revoked: dict[str, float] = {}  # job id -> when it was revoked (Celery's revoke broadcast)
@@ -294,6 +295,7 @@ class BridgeCore:
                 try:
                     got = await self.broker.claim(light, heavy, self.light_names)
                     self._redis_back()
+                    self.claim_more = bool(got)
                 except (RedisError, OSError) as exc:
                     self.need_reconcile = True  # the script may have run and its reply been lost
                     await self._redis_down(exc)
@@ -333,7 +335,8 @@ class BridgeCore:
                     light_guess = _task_name(raw) in self.light_names
                     self._count_claim(queue, light_guess, raw)
                     asyncio.get_running_loop().create_task(self._admit([(queue, light_guess, raw)]))
-                    self.wake.set()  # more may be waiting: let the claim loop take a batch
+                    if self.n_light + sum(self.n_heavy.values()) > 1:
+                        self.wake.set()  # busy: more may be waiting, let the claim loop take a batch
         finally:
             with contextlib.suppress(Exception):
                 await conn.aclose()
@@ -374,12 +377,19 @@ class BridgeCore:
             self.reconciling = False
 
     def _release(self, slot: tuple[str, str]) -> None:
+        """Free a slot; wake the claim loop only where it has something to do: the last claim found messages
+        (a backlog) or every slot of this kind was taken (the waiters stand aside then). An idle bridge's
+        waiters already block on the main lists (the claim loop still polls every list each POLL_SECONDS),
+        and a claim script per finished job only competed with the next job for Redis and the loop."""
         kind, queue = slot
         if kind == "light":
+            full = self.n_light >= self.light_capacity
             self.n_light -= 1
         else:
+            full = self.n_heavy[queue] >= self.concurrency
             self.n_heavy[queue] -= 1
-        self.wake.set()
+        if full or self.claim_more:
+            self.wake.set()
 
     async def _redis_down(self, exc: Exception) -> None:
         if self.redis_ok:
