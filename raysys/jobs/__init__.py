@@ -1,1 +1,24 @@
 """Batch work for `ray job submit`: backfills and directory ingestion (``python -m raysys.jobs.<name>``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from raysys.config import ConfigError, Settings
+
+
+def job_settings(job: str, settings: Settings | None = None) -> Settings | None:
+    """Logging on, and the job's settings (environment + the embedded stack); None after printing why not.
+
+    Both jobs need PostgreSQL (the calls to backfill, the index to fill).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = (settings or Settings.from_env()).resolved()
+        if not settings.postgres_url:
+            raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
+    except ConfigError as exc:
+        print(f"{job}: configuration error: {exc}", file=sys.stderr)
+        return None
+    return settings

@@ -22,7 +22,8 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
-from raysys.config import ConfigError, Settings
+from raysys.config import Settings
+from raysys.jobs import job_settings
 
 log = logging.getLogger("raysys.jobs.backfill")
 TASK = "workers.tasks.process_call_analytics"
@@ -107,14 +108,9 @@ def run_via_queue(settings: Settings, ids: list[str], progress: Progress) -> dic
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        settings = (settings or Settings.from_env()).resolved()
-        if not settings.postgres_url:
-            raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
-    except ConfigError as exc:
-        print(f"backfill: configuration error: {exc}", file=sys.stderr)
+    settings = job_settings("backfill", settings)
+    if settings is None:
         return 2
     ids = call_ids(settings, args.tenant, args.start, args.end)
     log.info("backfill tenant=%s %s..%s: %d calls", args.tenant, args.start, args.end, len(ids))

@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from raysys.config import ConfigError, Settings
+from raysys.config import Settings
 from raysys.errors import Forbidden
+from raysys.jobs import job_settings
 from raysys.jobs.backfill import Progress
 
 log = logging.getLogger("raysys.jobs.ingest_dir")
@@ -51,14 +52,9 @@ def find_documents(root: Path, recursive: bool = True) -> tuple[list[Path], list
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        settings = (settings or Settings.from_env()).resolved()
-        if not settings.postgres_url:
-            raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
-    except ConfigError as exc:
-        print(f"ingest_dir: configuration error: {exc}", file=sys.stderr)
+    settings = job_settings("ingest_dir", settings)
+    if settings is None:
         return 2
     from raysys.paths import confine  # noqa: PLC0415
 
