@@ -102,3 +102,12 @@ def _wait_for(check, timeout: float = 20.0, interval: float = 0.05, what: str = 
 def wait_for():
     """``wait_for(check, timeout=20, what=...)``: poll ``check()`` until it is truthy; returns its value."""
     return _wait_for
+
+
+@pytest.fixture
+def env(monkeypatch, qsettings):
+    """The environment a producer process would have (the CLI and `tasks` read it at the edge)."""
+    monkeypatch.setenv("CELERY_BROKER_URL", qsettings.redis_url)
+    monkeypatch.setenv("RAYSYS_TASK_MODULES", ",".join(qsettings.task_modules))
+    monkeypatch.setenv("RAYSYS_DATA_DIR", qsettings.data_dir)
+    return qsettings

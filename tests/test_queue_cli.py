@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 pytest_plugins = ("queue_fixtures",)
 
-
-@pytest.fixture
-def env(monkeypatch, qsettings):
-    monkeypatch.setenv("CELERY_BROKER_URL", qsettings.redis_url)
-    monkeypatch.setenv("RAYSYS_TASK_MODULES", ",".join(qsettings.task_modules))
-    monkeypatch.setenv("RAYSYS_DATA_DIR", qsettings.data_dir)
-    return qsettings
 
 
 def test_cli_submit_inspect_and_burst_worker(ray_cluster, env, capsys, r):

@@ -11,14 +11,6 @@ import pytest
 pytest_plugins = ("queue_fixtures",)
 
 
-@pytest.fixture
-def env(monkeypatch, qsettings):
-    """The environment a producer process would have (the CLI and `tasks` read it at the edge)."""
-    monkeypatch.setenv("CELERY_BROKER_URL", qsettings.redis_url)
-    monkeypatch.setenv("RAYSYS_TASK_MODULES", ",".join(qsettings.task_modules))
-    monkeypatch.setenv("RAYSYS_DATA_DIR", qsettings.data_dir)
-    return qsettings
-
 
 def test_readme_snippet_with_only_the_import_changed(bridges, env, monkeypatch):
     from raysys.queue import client as client_module
