@@ -198,7 +198,8 @@ class Settings:
     consumer_timeout_seconds: float = _env("CONSUMER_TIMEOUT_SECONDS", _float(0.5), 30.0)
     task_modules: tuple[str, ...] = _env("RAYSYS_TASK_MODULES", _modules, ())  # extra modules that register tasks
     bridge_batch_size: int = _env("BRIDGE_BATCH_SIZE", _int(1), 256)  # light jobs per executor call
-    bridge_executors: int = _env("BRIDGE_EXECUTORS", _int(1), 2)  # light-job executor actors per bridge
+    # Light-job executor actors per bridge; 0 runs light jobs on a thread of the bridge's own process.
+    bridge_executors: int = _env("BRIDGE_EXECUTORS", _int(0), 0)
     allowed_roots: tuple[str, ...] = _env("RAYSYS_ALLOWED_ROOTS", _paths, ())
     max_document_bytes: int = _env("MAX_DOCUMENT_BYTES", _int(1), 50 * 1024 * 1024)
     max_document_pages: int = _env("MAX_DOCUMENT_PAGES", _int(1), 2_000)

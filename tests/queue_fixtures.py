@@ -22,6 +22,9 @@ if str(ROOT) not in sys.path:  # Ray workers get the project root from the drive
 CELERY_ROUTES = {
     "tests.add": {"queue": "ingest"},
     "tests.count": {"queue": "ingest"},
+    "tests.nap": {"queue": "ingest"},
+    "tests.spin": {"queue": "ingest"},
+    "tests.block": {"queue": "ingest"},
     "tests.record": {"queue": "ingest"},
     "tests.mul": {"queue": "analytics"},
     "tests.boom": {"queue": "analytics"},

@@ -6,6 +6,7 @@ They talk to Redis through ``ctx.settings`` to leave traces the tests read (run 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import redis
@@ -154,3 +155,19 @@ def count_sleep(ctx: TaskContext, key: str, seconds: float) -> int:
 def exit_(ctx: TaskContext, code: int) -> None:
     """Calls sys.exit in the middle of a batch of light jobs."""
     raise SystemExit(code)
+
+
+@task("tests.spin", queue="ingest", light=True, num_cpus=0)
+def spin(ctx: TaskContext, seconds: float) -> str:
+    """Busy Python code for ``seconds``: a light job that overruns (a soft limit reaches it at once)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    return "spun"
+
+
+@task("tests.block", queue="ingest", light=True, num_cpus=0)
+def block(ctx: TaskContext, seconds: float) -> str:
+    """Blocks in one C call for ``seconds``: a light job nothing can interrupt (only its hard limit ends it)."""
+    threading.Event().wait(seconds)
+    return "unblocked"

@@ -157,6 +157,47 @@ def test_soft_time_limit_gives_soft_time_limit_exceeded(celery_app):
     assert time.monotonic() - t0 < 8
 
 
+def test_light_job_soft_time_limit_reaches_python_code_on_the_bridge_thread(celery_app):
+    """Light jobs run on a thread of the bridge's process: the soft limit is raised in that thread."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    t0 = time.monotonic()
+    res = celery_app.send_task("tests.spin", args=(20,), soft_time_limit=0.5, time_limit=15)
+    with pytest.raises(SoftTimeLimitExceeded):
+        res.get(timeout=30)
+    assert time.monotonic() - t0 < 8
+    assert celery_app.send_task("raysys.ping", args=("after-spin",)).get(timeout=10) == "after-spin"
+
+
+def test_slow_light_job_finishes_alone_while_quick_ones_pass_it(celery_app, bridges):
+    import ray
+
+    before = ray.get(bridges[0].stats.remote())["totals"].get("light_detached", 0)
+    slow = celery_app.send_task("tests.nap", args=(7, 3000))
+    time.sleep(0.2)  # it is running
+    quick = [celery_app.send_task("tests.add", args=(i, 1)) for i in range(20)]
+    assert [q.get(timeout=10) for q in quick] == [i + 1 for i in range(20)]
+    assert not slow.ready()  # the quick ones did not wait for it
+    assert slow.get(timeout=30) == 7
+    assert ray.get(bridges[0].stats.remote())["totals"].get("light_detached", 0) > before
+
+
+def test_light_job_blocked_past_its_hard_limit_fails_and_the_bridge_goes_on(celery_app, bridges):
+    """A light job stuck in a C call gets TimeLimitExceeded at its hard limit; its thread is left behind."""
+    import ray
+    from celery.exceptions import TimeLimitExceeded
+
+    t0 = time.monotonic()
+    stuck = celery_app.send_task("tests.block", args=(60,), soft_time_limit=0.3, time_limit=1.5)
+    pings = [celery_app.send_task("raysys.ping", args=(f"p{i}",)) for i in range(10)]
+    assert [p.get(timeout=10) for p in pings] == [f"p{i}" for i in range(10)]
+    with pytest.raises(TimeLimitExceeded):
+        stuck.get(timeout=30)
+    assert 1.5 <= time.monotonic() - t0 < 10
+    assert ray.get(bridges[0].stats.remote())["totals"].get("light_threads_abandoned", 0) >= 1
+    assert celery_app.send_task("tests.add", args=(40, 2)).get(timeout=10) == 42
+
+
 def test_hard_time_limit_gives_time_limit_exceeded(celery_app):
     from celery.exceptions import TimeLimitExceeded
 

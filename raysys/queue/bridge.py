@@ -11,8 +11,10 @@ One bridge consumes a set of queues (all their Celery priority lists) as one *co
    arguments; refused messages get a FAILURE result (when an id is readable), a ``<queue>.dead``
    entry and a log line. Expired jobs get REVOKED, future ``eta`` goes to the delayed set, and a job
    whose SUCCESS is already stored is acked without running again.
-3. **Run**: light tasks (``spec.light``) in batches on long-lived :class:`LightExecutor` actors (one
-   Ray call for many jobs); heavy ones as Ray tasks with the task's ``num_cpus``/``num_gpus``,
+3. **Run**: light tasks (``spec.light``: quick, well-behaved ones such as ``raysys.ping``) in batches on
+   a thread of the bridge's own process (no Ray hop between claim and run: the lowest latency), or with
+   ``BRIDGE_EXECUTORS`` > 0 on that many long-lived :class:`LightExecutor` actors (a process of their own,
+   one Ray call for many jobs); heavy ones as Ray tasks with the task's ``num_cpus``/``num_gpus``,
    ``max_calls`` from ``WORKER_MAX_TASKS_PER_CHILD``, a soft time limit (``ray.cancel``) and a hard
    one (``ray.cancel(force=True)``).
 4. **Finish**: result (SETEX + PUBLISH, Celery's format), link callbacks and the next chain step
@@ -69,7 +71,7 @@ from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
 from raysys.errors import Refused, UnknownTask
 from raysys.queue import protocol
 from raysys.queue.redis import Broker, Ops, dead_entry
-from raysys.queue.worker import LightExecutor, prepare, run_heavy
+from raysys.queue.worker import LightExecutor, ThreadRunner, prepare, run_heavy
 from raysys.tasks.registry import TaskSpec, lookup, names_of
 
 log = logging.getLogger("raysys.queue.bridge")
@@ -78,6 +80,8 @@ POLL_SECONDS = 0.1        # idle re-check of every list (priority lists, missed 
 BLOCK_SECONDS = 1.0       # BLMOVE timeout of the per-queue waiters
 KILL_GRACE_SECONDS = 5.0  # after the hard limit, how long a force-cancelled task may take to go
 SOFT_GRACE_SECONDS = 0.5  # after the soft limit (raised in the job), when the bridge cancels the Ray task
+LIGHT_DETACH_SECONDS = 0.5  # a light job running this long finishes alone; the jobs behind it go on a fresh thread
+MAX_DETACHED = 16           # light jobs finishing alone at once, at most (beyond: the next ones wait in line)
 REVOKE_KEEP_SECONDS = 3 * 3600.0  # how long a revoke is remembered (Celery's REVOKE_EXPIRES)
 
 
@@ -141,10 +145,23 @@ class _Metrics:
 
 
 class _Executor:
-    def __init__(self, settings: Settings) -> None:
-        self.actor = LightExecutor.remote(settings)
+    """Where a bridge runs batches of light jobs: a thread of its own process, or a LightExecutor actor."""
+
+    def __init__(self, settings: Settings, in_process: bool) -> None:
+        self.runner = ThreadRunner(settings) if in_process else None
+        self.actor = None if in_process else LightExecutor.remote(settings)
+        # Calls in flight at once: an actor gets a second batch while the first one's reply travels back;
+        # the thread runs one batch at a time (a batch queued behind a stuck one could not be moved).
+        self.max_busy = 1 if in_process else 2
         self.busy = 0
         self.done = 0
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.shutdown()
+        else:
+            with contextlib.suppress(Exception):
+                ray.kill(self.actor)
 
 
 class BridgeCore:
@@ -157,8 +174,8 @@ class BridgeCore:
         self.queues = queues
         self.concurrency = concurrency
         self.batch_size = batch_size
-        self.n_executors = executors
-        self.light_capacity = max(batch_size * executors * 2, 2 * len(queues))
+        self.n_executors = executors  # 0: light jobs on a thread of this process
+        self.light_capacity = max(batch_size * max(executors, 1) * 2, 2 * len(queues))
         self.broker = Broker(settings, name, queues)
         self.worker_name = f"{name}@{socket.gethostname()}"
         self.metrics = _Metrics(name)
@@ -167,6 +184,7 @@ class BridgeCore:
         self.heavy_sem = {q: asyncio.Semaphore(concurrency) for q in queues}
         self.jobs: dict[str, Job] = {}
         self.light_ready: deque[Job] = deque()
+        self.n_detached = 0  # light jobs finishing alone on a thread of their own
         self.executors: list[_Executor] = []
         self.buf = Ops(settings.key_prefix)
         self.buf_release: list[tuple[str, str]] = []
@@ -196,14 +214,15 @@ class BridgeCore:
         prepare(self.settings)
         self.light_names = sorted({n for spec in _registry().values() if spec.light for n in names_of(spec)})
         self.settings_ref = ray.put(self.settings)
-        self.executors = [_Executor(self.settings) for _ in range(self.n_executors)]
+        self.executors = [_Executor(self.settings, in_process=self.n_executors == 0)
+                          for _ in range(max(self.n_executors, 1))]
         await self._until_ok(self._recover_own, "recover in-flight jobs")
         await self._until_ok(self.broker.heartbeat, "register")
         self.revoked.update(await self._until_ok(
             lambda: self.broker.revoked_since(time.time() - REVOKE_KEEP_SECONDS), "read revoked ids"))
-        log.info("bridge %s consuming %s (concurrency %d per queue, %d light slots, %d executors) pid %d",
-                 self.name, ",".join(self.queues), self.concurrency, self.light_capacity, self.n_executors,
-                 os.getpid())
+        log.info("bridge %s consuming %s (concurrency %d per queue, %d light slots, light jobs %s) pid %d",
+                 self.name, ",".join(self.queues), self.concurrency, self.light_capacity,
+                 f"on {self.n_executors} executor actors" if self.n_executors else "in process", os.getpid())
         loop = asyncio.get_running_loop()
         loops = {"claim": self._claim_loop, "flush": self._flush_loop, "due": self._due_loop,
                  "heartbeat": self._heartbeat_loop, "control": self._control_loop}
@@ -269,8 +288,7 @@ class BridgeCore:
         if requeued:
             log.warning("bridge %s stopped with %d unfinished jobs; they are back on their queues", self.name, requeued)
         for ex in self.executors:
-            with contextlib.suppress(Exception):
-                ray.kill(ex.actor)
+            ex.close()
         with contextlib.suppress(Exception):
             await self.broker.close()
         log.info("bridge %s stopped", self.name)
@@ -535,11 +553,12 @@ class BridgeCore:
     # --- running ------------------------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Hand ready light jobs to executors: at most two calls in flight each, so batches grow with load."""
+        """Hand ready light jobs to executors (at most ``max_busy`` calls in flight each, so batches grow
+        with load)."""
         loop = asyncio.get_running_loop()
         while self.light_ready:
-            ex = min(self.executors, key=lambda e: e.busy)
-            if ex.busy >= 2:
+            ex = min(self.executors, key=lambda e: e.busy - e.max_busy)
+            if ex.busy >= ex.max_busy:
                 return
             batch: list[Job] = []
             while self.light_ready and len(batch) < self.batch_size:
@@ -558,38 +577,131 @@ class BridgeCore:
         now = time.time()
         for job in batch:
             job.started = now
-        payload = [(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue, self._limits(j)[0])
-                   for j in batch]
-        limit = max(self._limits(j)[1] for j in batch) + KILL_GRACE_SECONDS
-        outcomes = None
-        try:
-            outcomes = await asyncio.wait_for(_await(ex.actor.run_batch.remote(payload)), limit)
-        except TimeoutError:
-            log.error("bridge %s: a light batch ran past %.0f s; restarting its executor and running the "
-                      "%d jobs one by one", self.name, limit, len(batch))
-        except Exception as exc:  # noqa: BLE001 - the executor died; its jobs run again
-            log.error("bridge %s: light executor failed (%s); running its %d jobs again", self.name, exc, len(batch))
+        limits = [self._limits(j) for j in batch]
+        payload = [(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue, soft)
+                   for j, (soft, _) in zip(batch, limits, strict=True)]
+        if ex.runner is not None:
+            await self._run_in_thread(ex, batch, payload, limits)
+            return
+        outcomes = await self._run_on_actor(ex, batch, payload, limits)
         ex.busy -= 1
-        if outcomes is None:
+        if outcomes is None:  # the executor actor died or overran: its jobs run again, one Ray task each
             self._replace_executor(ex)
             for job in batch:
                 job.light_tries += 1
                 asyncio.get_running_loop().create_task(self._run_heavy(job, from_light=True))
         else:
             ex.done += len(batch)
-            for job, outcome in zip(batch, outcomes, strict=True):
-                self._finish(job, outcome)
-            self.flush_event.set()
+            self._settle_light(batch, outcomes)
             limit_calls = self.settings.worker_max_tasks_per_child
             if limit_calls and ex.done >= limit_calls and ex.busy == 0:
                 self._replace_executor(ex)
         self._kick()
 
+    def _settle_light(self, jobs: list[Job], outcomes: list[tuple]) -> None:
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            self._finish(job, outcome)
+        self.flush_event.set()
+
+    def _requeue_light(self, jobs: list[Job]) -> None:
+        """Light jobs that never started go back to the front of the line."""
+        for job in jobs:
+            job.started = None
+        self.light_ready.extendleft(reversed(jobs))
+
+    async def _run_on_actor(self, ex: _Executor, batch: list[Job], payload: list, limits: list) -> list | None:
+        limit = max(hard for _, hard in limits) + KILL_GRACE_SECONDS
+        try:
+            return await asyncio.wait_for(_await(ex.actor.run_batch.remote(payload)), limit)
+        except TimeoutError:
+            log.error("bridge %s: a light batch ran past %.0f s; restarting its executor and running the "
+                      "%d jobs one by one", self.name, limit, len(batch))
+        except Exception as exc:  # noqa: BLE001 - the executor died; its jobs run again
+            log.error("bridge %s: light executor failed (%s); running its %d jobs again", self.name, exc, len(batch))
+        return None
+
+    async def _run_in_thread(self, ex: _Executor, batch: list[Job], payload: list, limits: list) -> None:
+        """Run the batch on the bridge's light thread, watching the running job.
+
+        A job still running after ``LIGHT_DETACH_SECONDS`` finishes alone on this thread: the batch's
+        finished jobs are settled, the ones behind it go back in line, and the executor gets a fresh thread.
+        Past its soft limit the job gets ``SoftTimeLimitExceeded`` raised in it; past its hard limit it fails
+        with ``TimeLimitExceeded`` and its thread is left behind.
+        """
+        runner = ex.runner
+        fut = asyncio.wrap_future(runner.submit(payload))
+        settled, end = 0, len(batch)  # the jobs still this watcher's: batch[settled:end]
+        owned = True                  # the executor is still waiting for this runner
+        try:
+            while True:
+                current = runner.current
+                if current is None:  # not picked up yet, or between two jobs
+                    timeout = 0.05
+                else:
+                    index, started = current
+                    soft, hard = limits[index]
+                    due = started + (soft if runner.soft_sent != current and soft < hard else hard)
+                    if owned:
+                        due = min(due, started + LIGHT_DETACH_SECONDS)
+                    timeout = max(0.0, due - time.monotonic())
+                done, _ = await asyncio.wait({fut}, timeout=timeout)
+                if done:
+                    outcomes = fut.result()[:end]
+                    self._settle_light(batch[settled:len(outcomes)], outcomes[settled:])
+                    self._requeue_light(batch[max(settled, len(outcomes)):end])  # a detached runner stops early
+                    if runner.detached:  # it ran its last job
+                        if ex.runner is runner:
+                            ex.runner = ThreadRunner(self.settings)
+                        runner.shutdown()
+                    return
+                if current is None or runner.current != current:
+                    continue
+                job, elapsed = batch[index], time.monotonic() - started
+                if elapsed >= hard:
+                    self._abandon_light(ex, runner, fut, batch[:end], settled, owned, job, elapsed, hard)
+                    return
+                if elapsed >= soft and runner.soft_limit(index, started):
+                    log.warning("job %s %s try=%d past its soft time limit %.1f s: raising SoftTimeLimitExceeded "
+                                "in it", job.id, job.spec.name, job.msg.retries, soft)
+                if owned and elapsed >= LIGHT_DETACH_SECONDS and self.n_detached < MAX_DETACHED:
+                    finished, running = runner.detach()
+                    if running != index or finished != index:
+                        continue  # it finished meanwhile
+                    self._settle_light(batch[settled:finished], runner.done[settled:finished])
+                    self._requeue_light(batch[index + 1:end])
+                    settled, end, owned = index, index + 1, False
+                    self.n_detached += 1
+                    self.stats["light_detached"] += 1
+                    ex.runner = ThreadRunner(self.settings)
+                    ex.busy -= 1
+                    self._kick()
+        finally:
+            if owned:
+                ex.busy -= 1
+            else:
+                self.n_detached -= 1
+            self._kick()
+
+    def _abandon_light(self, ex: _Executor, runner: ThreadRunner, fut: asyncio.Future, batch: list[Job],
+                       settled: int, owned: bool, job: Job, elapsed: float, hard: float) -> None:
+        finished, running = runner.abandon()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits for it any more
+        self._settle_light(batch[settled:len(finished)], finished[settled:])
+        if running is not None and running == len(finished):
+            self._settle_light([job], [("fail", elapsed, protocol.exception_meta(protocol.TimeLimitExceeded(hard)), "")])
+            self._requeue_light(batch[running + 1:])
+        else:
+            self._requeue_light(batch[max(settled, len(finished)):])
+        if owned:
+            ex.runner = ThreadRunner(self.settings)
+        self.stats["light_threads_abandoned"] += 1
+        log.error("job %s %s try=%d light job past its hard time limit %.1f s: TimeLimitExceeded; its thread is "
+                  "left behind (a thread cannot be killed). %d threads left behind so far: mark the task heavy if "
+                  "it can block", job.id, job.spec.name, job.msg.retries, hard, self.stats["light_threads_abandoned"])
+
     def _replace_executor(self, ex: _Executor) -> None:
-        with contextlib.suppress(Exception):
-            ray.kill(ex.actor)
-        fresh = _Executor(self.settings)
-        self.executors[self.executors.index(ex)] = fresh
+        ex.close()
+        self.executors[self.executors.index(ex)] = _Executor(self.settings, in_process=False)
 
     def _limits(self, job: Job) -> tuple[float, float]:
         """(soft, hard) seconds: the message's timelimit, else the task's, else the settings'."""
@@ -932,7 +1044,7 @@ class BridgeCore:
         return {
             "bridge": self.name, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
             "queues": list(self.queues), "concurrency": self.concurrency, "light_capacity": self.light_capacity,
-            "executors": len(self.executors), "batch_size": self.batch_size,
+            "executors": self.n_executors, "batch_size": self.batch_size,
             "uptime": round(time.time() - self.started_at, 1), "redis_ok": self.redis_ok,
             "claimed_light": self.n_light, "claimed_heavy": dict(self.n_heavy), "active": len(self.jobs),
             "totals": dict(self.stats), "queue_depth": getattr(self, "last_depths", None),
@@ -999,6 +1111,10 @@ async def _await(ref: ray.ObjectRef) -> Any:
     return await ref
 
 
+async def _own_pid() -> int:
+    return os.getpid()
+
+
 def _setup_logging(level: int) -> None:
     root = logging.getLogger("raysys")
     if not root.handlers:
@@ -1019,7 +1135,8 @@ class QueueBridge:
                  executors: int | None = None, batch_size: int | None = None, log_level: int = logging.INFO) -> None:
         _setup_logging(log_level)
         self.core = BridgeCore(settings, name, tuple(queues), concurrency,
-                               executors or settings.bridge_executors, batch_size or settings.bridge_batch_size)
+                               settings.bridge_executors if executors is None else executors,
+                               batch_size or settings.bridge_batch_size)
         self._run = asyncio.get_running_loop().create_task(self.core.run())
 
     async def ready(self) -> bool:
@@ -1042,7 +1159,9 @@ class QueueBridge:
         return os.getpid()
 
     async def executor_pids(self) -> list[int]:
-        return list(await asyncio.gather(*[_await(e.actor.pid.remote()) for e in self.core.executors]))
+        """The processes light jobs run in: this one, or the executor actors'."""
+        return list(await asyncio.gather(*[_await(e.actor.pid.remote()) if e.actor is not None else _own_pid()
+                                           for e in self.core.executors]))
 
     async def stop(self, timeout: float = 30.0) -> dict:
         await self.core.ready.wait()

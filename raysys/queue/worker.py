@@ -1,4 +1,5 @@
-"""Where jobs run: a Ray remote function for heavy tasks, executor actors for batches of light ones.
+"""Where jobs run: a Ray remote function for heavy tasks; light ones in batches, either on a thread of the
+bridge's own process (:class:`ThreadRunner`, the default) or on executor actors (:class:`LightExecutor`).
 
 Both call :func:`execute`, which never raises: it returns an *outcome* tuple the bridge turns into
 a result, a retry or a dead letter:
@@ -13,10 +14,13 @@ A job cancelled by the soft time limit (Ray raises ``KeyboardInterrupt`` in it) 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import gc
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -131,6 +135,110 @@ def run_heavy(settings: Settings, job: Job) -> tuple:
     """One heavy job as its own Ray task. Ray re-runs it (up to 3 times) when its worker dies."""
     prepare(settings)
     return execute(settings, job)
+
+
+class ThreadRunner:
+    """Runs batches of light jobs one after another on one thread of the bridge's own process.
+
+    No Ray call and no other process sits between claiming a light job and running it, which is what
+    keeps the enqueue -> result latency of small jobs low. The price is isolation: a light job shares the
+    bridge's process, so tasks are marked light only when they are quick and well behaved.
+
+    The bridge's event loop watches the running job: one that takes longer than a moment is left to
+    finish alone on this thread (:meth:`detach`) while a fresh runner takes the batches behind it, so a slow
+    job does not hold up the quick ones. Time limits: the soft one raises ``SoftTimeLimitExceeded`` in the
+    job's thread (:meth:`soft_limit`; Python code sees it at once, a blocking C call when it returns); at the
+    hard one the bridge gives the job ``TimeLimitExceeded`` and leaves the thread behind (:meth:`abandon`:
+    a thread cannot be killed; its outcome is ignored).
+
+    The state the event loop reads (``current``, ``done``) changes only under ``lock``, so a soft limit is
+    never delivered to a job other than the one that overran.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.current: tuple[int, float] | None = None  # (index in the batch, time.monotonic() it started)
+        self.done: list[tuple] = []                   # outcomes of the running batch so far
+        self.abandoned = False
+        self.detached = False  # finish the running job, then stop
+        self.thread_id: int | None = None
+        self.soft_sent: tuple[int, float] | None = None
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        # A daemon thread (not a ThreadPoolExecutor's, which the interpreter joins at exit): one left behind
+        # in a job that never returns must not keep the bridge's process from exiting.
+        self.thread = threading.Thread(target=self._serve, name="raysys-light", daemon=True)
+        self.thread.start()
+
+    def submit(self, jobs: list[Job]) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self.lock:
+            self.done = []
+        self.inbox.put((jobs, fut))
+        return fut
+
+    def _serve(self) -> None:
+        while (item := self.inbox.get()) is not None:
+            jobs, fut = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(self._run(jobs))
+                except BaseException as exc:  # noqa: BLE001 - handed to the bridge, which waits on it
+                    fut.set_exception(exc)
+
+    def _run(self, jobs: list[Job]) -> list[tuple]:
+        self.thread_id = threading.get_ident()
+        for i, job in enumerate(jobs):
+            with self.lock:
+                if self.abandoned or self.detached:
+                    break
+                self.current = (i, time.monotonic())
+            outcome = None
+            try:
+                outcome = execute(self.settings, job)
+                self._leave(i, outcome)
+            except protocol.SoftTimeLimitExceeded:  # delivered just outside the task's own code
+                self._leave(i, outcome or ("fail", 0.0, protocol.exception_meta(protocol.SoftTimeLimitExceeded()), ""))
+        return self.done
+
+    def _leave(self, index: int, outcome: tuple) -> None:
+        """Record job ``index``'s outcome; safe to call again if a soft limit interrupted the first call."""
+        with self.lock:
+            if self.abandoned:
+                return
+            if len(self.done) == index:
+                self.done.append(outcome)
+            self.current = None
+
+    def soft_limit(self, index: int, started: float) -> bool:
+        """Raise SoftTimeLimitExceeded in job ``index`` of the running batch if it is still running."""
+        with self.lock:
+            if self.current != (index, started) or self.soft_sent == self.current or self.thread_id is None:
+                return False
+            self.soft_sent = self.current
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id),
+                                                       ctypes.py_object(protocol.SoftTimeLimitExceeded))
+            return True
+
+    def detach(self) -> tuple[int, int | None]:
+        """Finish the running job, start no other: (jobs finished so far, index of the job still running)."""
+        with self.lock:
+            self.detached = True
+            return len(self.done), (self.current[0] if self.current is not None else None)
+
+    def abandon(self) -> tuple[list[tuple], int | None]:
+        """Stop using this runner: (outcomes of the batch's finished jobs, index of the job still running)."""
+        with self.lock:
+            self.abandoned = True
+            running = self.current[0] if self.current is not None else None
+            done, self.current = list(self.done), None
+        self.inbox.put(None)
+        return done, running
+
+    def shutdown(self) -> None:
+        with self.lock:
+            self.abandoned = True
+        self.inbox.put(None)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1)

@@ -56,7 +56,7 @@ class TaskSpec:
     aliases: tuple[str, ...] = ()
     max_retries: int | None = None        # None: settings.max_retries
     retry_backoff: float = 1.0            # first retry delay in seconds, doubled each try, jittered
-    light: bool = False                   # cheap and quick: may be run in batches on executor actors
+    light: bool = False                   # quick and never blocking: run in batches in the bridge's process
     num_cpus: float = 1.0                 # Ray resources for one run
     num_gpus: float = 0.0
     soft_time_limit: float | None = None  # None: settings.task_soft_time_limit
