@@ -197,7 +197,10 @@ class Settings:
     heartbeat_seconds: float = _env("HEARTBEAT_SECONDS", _float(0.1), 5.0)
     consumer_timeout_seconds: float = _env("CONSUMER_TIMEOUT_SECONDS", _float(0.5), 30.0)
     task_modules: tuple[str, ...] = _env("RAYSYS_TASK_MODULES", _modules, ())  # extra modules that register tasks
-    bridge_batch_size: int = _env("BRIDGE_BATCH_SIZE", _int(1), 256)  # light jobs per executor call
+    bridge_batch_size: int = _env("BRIDGE_BATCH_SIZE", _int(1), 256)  # light jobs per batch
+    # Ray starts worker processes at nice 15, below every other process on the node; the bridges sit on
+    # every job's path and ask for this nice value instead (empty: keep Ray's).
+    bridge_niceness: int | None = _env("BRIDGE_NICENESS", _opt_int(-20), 0)
     # Light-job executor actors per bridge; 0 runs light jobs on a thread of the bridge's own process.
     bridge_executors: int = _env("BRIDGE_EXECUTORS", _int(0), 0)
     allowed_roots: tuple[str, ...] = _env("RAYSYS_ALLOWED_ROOTS", _paths, ())

@@ -368,3 +368,17 @@ def test_revoke_queued_delayed_and_running_jobs(celery_app, r, wait_for):
         delayed.get(timeout=30)
     assert r.llen(key) == 0 and r.zscore("raysys:revoked", delayed.id)
     assert celery_app.send_task("tests.add", args=(1, 1)).get(timeout=30) == 2  # still serving
+
+
+def test_revoke_with_terminate_interrupts_a_running_light_job(celery_app):
+    """A light job runs on the bridge's thread: terminate raises in it, as SIGTERM ends a Celery child."""
+    from celery.exceptions import TaskRevokedError
+
+    running = celery_app.send_task("tests.spin", args=(30,))
+    time.sleep(1.0)  # running (and by now finishing alone on its thread)
+    t0 = time.monotonic()
+    running.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError, match="terminated"):
+        running.get(timeout=20)
+    assert time.monotonic() - t0 < 5
+    assert celery_app.send_task("raysys.ping", args=("still",)).get(timeout=10) == "still"

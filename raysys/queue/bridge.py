@@ -36,7 +36,8 @@ Celery compatibility beyond running jobs:
 - ``revoke`` (Celery's pidbox broadcast on ``/<db>.celery.pidbox``): revoked ids are remembered for three
   hours (in memory and in ``raysys:revoked`` for bridges started later); a revoked job that is queued,
   delayed or retrying gets REVOKED (``revoked``) instead of running. ``terminate=True`` also cancels a
-  heavy job that is running (REVOKED ``terminated``); a running light job finishes.
+  heavy job that is running and interrupts a light one on the bridge's thread (REVOKED ``terminated``; a
+  light job blocked in a C call ends at its hard limit); a running light job on an executor actor finishes.
 - ``ignore_result``: no state is stored at all (not even STARTED or FAILURE), as Celery does.
 - The same id delivered again while it runs on this bridge is dropped (one run, one result).
 - Chords are refused: every header part and the body get a FAILURE (``celery.exceptions.ChordError``) so
@@ -96,6 +97,8 @@ class Job:
     started: float | None = None
     light_tries: int = 0
     ref: Any = None           # the heavy job's Ray ObjectRef while it runs (revoke with terminate cancels it)
+    runner: Any = None        # the ThreadRunner running this light job's batch, and its place in it
+    index: int = 0
     terminated: bool = False  # revoked with terminate=True while running
 
     @property
@@ -212,6 +215,8 @@ class BridgeCore:
 
     async def run(self) -> None:
         prepare(self.settings)
+        if self.settings.bridge_niceness is not None:
+            _renice(self.settings.bridge_niceness)
         self.light_names = sorted({n for spec in _registry().values() if spec.light for n in names_of(spec)})
         self.settings_ref = ray.put(self.settings)
         self.executors = [_Executor(self.settings, in_process=self.n_executors == 0)
@@ -629,6 +634,8 @@ class BridgeCore:
         with ``TimeLimitExceeded`` and its thread is left behind.
         """
         runner = ex.runner
+        for i, job in enumerate(batch):
+            job.runner, job.index = runner, i
         fut = asyncio.wrap_future(runner.submit(payload))
         settled, end = 0, len(batch)  # the jobs still this watcher's: batch[settled:end]
         owned = True                  # the executor is still waiting for this runner
@@ -646,7 +653,12 @@ class BridgeCore:
                     timeout = max(0.0, due - time.monotonic())
                 done, _ = await asyncio.wait({fut}, timeout=timeout)
                 if done:
-                    outcomes = fut.result()[:end]
+                    try:
+                        outcomes = fut.result()[:end]
+                    except BaseException as exc:  # noqa: BLE001 - a bug in the runner must not strand the batch
+                        log.exception("bridge %s: the light thread failed", self.name)
+                        meta, tb = protocol.exception_meta(exc), protocol.format_traceback(exc)
+                        outcomes = [("fail", 0.0, meta, tb)] * end
                     self._settle_light(batch[settled:len(outcomes)], outcomes[settled:])
                     self._requeue_light(batch[max(settled, len(outcomes)):end])  # a detached runner stops early
                     if runner.detached:  # it ran its last job
@@ -1015,11 +1027,16 @@ class BridgeCore:
         if terminate:
             for task_id in ids:
                 job = self.jobs.get(task_id)
-                if job is not None and job.ref is not None and not job.terminated:
+                if job is None or job.terminated or job.started is None:
+                    continue
+                if job.ref is not None:
                     job.terminated = True
                     log.warning("job %s %s revoked with terminate: cancelling its Ray task", job.id, job.spec.name)
                     with contextlib.suppress(Exception):
                         ray.cancel(job.ref, force=True)
+                elif job.runner is not None and job.runner.terminate(job.index):
+                    job.terminated = True
+                    log.warning("job %s %s revoked with terminate: interrupting it", job.id, job.spec.name)
         with contextlib.suppress(RedisError, OSError):
             await self.broker.revoke(ids, now, REVOKE_KEEP_SECONDS)
 
@@ -1049,6 +1066,25 @@ class BridgeCore:
             "claimed_light": self.n_light, "claimed_heavy": dict(self.n_heavy), "active": len(self.jobs),
             "totals": dict(self.stats), "queue_depth": getattr(self, "last_depths", None),
         }
+
+
+def _renice(niceness: int) -> None:
+    """Give every thread of this process (and so the light thread started later) ``niceness``.
+
+    Ray starts its workers at nice 15 (``RAY_worker_niceness``) so that compute never starves the node's
+    daemons; a bridge at 15 waits behind everything else on a busy node, and each wait lands on a job's
+    enqueue -> result latency. Linux keeps a nice value per thread, hence the loop over the tasks. Going
+    below the current value needs CAP_SYS_NICE (root has it); without it the bridge keeps Ray's value.
+    """
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    try:
+        for tid in tids:
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+    except (OSError, AttributeError) as exc:
+        log.info("bridge keeps nice %d (cannot set %d: %s)", os.getpriority(os.PRIO_PROCESS, 0), niceness, exc)
 
 
 def _registry() -> dict[str, TaskSpec]:

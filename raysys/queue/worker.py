@@ -137,6 +137,11 @@ def run_heavy(settings: Settings, job: Job) -> tuple:
     return execute(settings, job)
 
 
+class Terminated(BaseException):  # noqa: N818 - reads as what happened to the job
+    """Raised in a light job on the bridge's thread when it is revoked with ``terminate=True``: a
+    BaseException, so the task's ``except Exception`` does not swallow it (its ``finally`` still runs)."""
+
+
 class ThreadRunner:
     """Runs batches of light jobs one after another on one thread of the bridge's own process.
 
@@ -197,8 +202,8 @@ class ThreadRunner:
             try:
                 outcome = execute(self.settings, job)
                 self._leave(i, outcome)
-            except protocol.SoftTimeLimitExceeded:  # delivered just outside the task's own code
-                self._leave(i, outcome or ("fail", 0.0, protocol.exception_meta(protocol.SoftTimeLimitExceeded()), ""))
+            except (protocol.SoftTimeLimitExceeded, Terminated) as exc:  # delivered just outside the task's code
+                self._leave(i, outcome or ("fail", 0.0, protocol.exception_meta(exc), ""))
         return self.done
 
     def _leave(self, index: int, outcome: tuple) -> None:
@@ -213,12 +218,23 @@ class ThreadRunner:
     def soft_limit(self, index: int, started: float) -> bool:
         """Raise SoftTimeLimitExceeded in job ``index`` of the running batch if it is still running."""
         with self.lock:
-            if self.current != (index, started) or self.soft_sent == self.current or self.thread_id is None:
+            if self.current != (index, started) or self.soft_sent == self.current:
                 return False
             self.soft_sent = self.current
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id),
-                                                       ctypes.py_object(protocol.SoftTimeLimitExceeded))
-            return True
+            return self._raise(protocol.SoftTimeLimitExceeded)
+
+    def terminate(self, index: int) -> bool:
+        """Raise :class:`Terminated` in job ``index`` of the running batch if it is still running."""
+        with self.lock:
+            return self.current is not None and self.current[0] == index and self._raise(Terminated)
+
+    def _raise(self, exc_type: type[BaseException]) -> bool:
+        """Have the job thread raise ``exc_type`` at its next Python instruction (the caller holds ``lock``,
+        so the job cannot end meanwhile)."""
+        if self.thread_id is None:
+            return False
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(exc_type))
+        return True
 
     def detach(self) -> tuple[int, int | None]:
         """Finish the running job, start no other: (jobs finished so far, index of the job still running)."""
