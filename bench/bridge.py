@@ -172,24 +172,28 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--latency-jobs", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each round runs both systems afresh; the table shows the median of the rounds")
     parser.add_argument("--only", choices=("celery", "raysys"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    rounds: dict[str, list[dict]] = {"celery": [], "raysys": []}
     with tempfile.TemporaryDirectory(prefix="raysys-bench-") as tmp:
         workdir = Path(tmp)
         pid, url = start_redis(workdir / "redis", free_port())
         try:
-            results = {}
-            for name, runner in (("celery", run_celery), ("raysys", run_raysys)):
-                if args.only and args.only != name:
-                    continue
-                redis.Redis.from_url(url).flushall()
-                print(f"running {name} ...", file=sys.stderr, flush=True)
-                results[name] = runner(url, workdir, args)
+            for i in range(args.rounds):
+                for name, runner in (("celery", run_celery), ("raysys", run_raysys)):
+                    if args.only and args.only != name:
+                        continue
+                    redis.Redis.from_url(url).flushall()
+                    print(f"round {i + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
+                    rounds[name].append(runner(url, workdir, args))
         finally:
             terminate([pid])
-    c, s = results.get("celery"), results.get("raysys")
-    print(f"\nqueue bridge benchmark: no-op jobs with results stored, same Redis, {os.cpu_count()} CPUs")
+    c, s = (_median(rounds["celery"]), _median(rounds["raysys"]))
+    print(f"\nqueue bridge benchmark: no-op jobs with results stored, same Redis, {os.cpu_count()} CPUs, "
+          f"median of {args.rounds} rounds")
     print(f"{'':34}{'celery prefork c=2':>20}{'raysys 1 bridge':>18}{'raysys/celery':>15}")
 
     def row(label: str, key: str, fmt: str, better_low: bool) -> None:
@@ -205,8 +209,18 @@ def main() -> None:
     row(f"drain {args.jobs:,} queued (jobs/s)", "drain", ",.0f", False)
     for key in ("p50", "p90", "p99", "max"):
         row(f"latency {key} @{args.rate:.0f}/s (ms)", key, ".2f", True)
+    for name, runs in rounds.items():
+        if runs:
+            print(f"{name} per round: drain " + ", ".join(f"{r['drain']:,.0f}" for r in runs)
+                  + " jobs/s; p99 " + ", ".join(f"{r['p99']:.2f}" for r in runs) + " ms")
     if s:
-        print(f"\nraysys bridge totals: {s['stats']['totals']}")
+        print(f"raysys bridge totals, last round: {rounds['raysys'][-1]['stats']['totals']}")
+
+
+def _median(runs: list[dict]) -> dict | None:
+    if not runs:
+        return None
+    return {key: statistics.median(r[key] for r in runs) for key in ("drain", "p50", "p90", "p99", "max")}
 
 
 if __name__ == "__main__":

@@ -360,6 +360,8 @@ class BridgeCore:
                     asyncio.get_running_loop().create_task(self._admit([(queue, light_guess, raw)]))
                     if self.n_light + sum(self.n_heavy.values()) > 1:
                         self.wake.set()  # busy: more may be waiting, let the claim loop take a batch
+                    else:
+                        await asyncio.sleep(0)  # idle: admit it (up to its first Redis call) before blocking again
         finally:
             with contextlib.suppress(Exception):
                 await conn.aclose()
