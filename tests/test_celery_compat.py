@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 import uuid
 
@@ -206,3 +207,22 @@ def test_hard_time_limit_gives_time_limit_exceeded(celery_app):
     with pytest.raises(TimeLimitExceeded):
         res.get(timeout=30)
     assert 1.5 <= time.monotonic() - t0 < 10
+
+
+def test_bridge_threads_take_the_configured_niceness(ray_cluster, qsettings, tmp_path):
+    """Ray starts workers at nice 15; a bridge gives every one of its threads BRIDGE_NICENESS (19 here:
+    raising needs no privilege, so this holds for any user; the default 0 needs CAP_SYS_NICE)."""
+    import dataclasses
+
+    from raysys.queue.bridge import start_bridges, stop_bridges
+
+    settings = dataclasses.replace(qsettings, bridge_niceness=19)
+    (handle,) = start_bridges(settings, queues=["nice"], concurrency=1)
+    try:
+        pid = ray_cluster.get(handle.pid.remote())
+        threads = os.listdir(f"/proc/{pid}/task")
+        assert len(threads) > 3  # Ray's threads, the event loop, the light thread
+        assert {os.getpriority(os.PRIO_PROCESS, int(t)) for t in threads} == {19}
+        assert ray_cluster.get(handle.stats.remote())["redis_ok"]
+    finally:
+        stop_bridges([handle], timeout=5)
