@@ -195,7 +195,10 @@ class BridgeCore:
         # else sits in its in-flight lists was claimed by a call whose reply a dropped connection lost.
         self.held: Counter[tuple[str, bytes]] = Counter()
         self.claims_active = 0      # BLMOVEs in progress (the reconciliation waits for them)
-        self.claim_more = False     # the last claim script found messages (more may be waiting)
+        # The last claim script found messages (more may be waiting); True until the first claim has run, so
+        # the waiters block only on queues the claim loop has found empty (it takes the backlog, in order).
+        self.claim_more = True
+        self.claims_idle = asyncio.Event()  # set while claim_more is False
         self.need_reconcile = False
         self.reconciling = False
         self.revoked: dict[str, float] = {}  # job id -> when it was revoked (Celery's revoke broadcast)
@@ -319,6 +322,10 @@ class BridgeCore:
                     got = await self.broker.claim(light, heavy, self.light_names)
                     self._redis_back()
                     self.claim_more = bool(got)
+                    if got:
+                        self.claims_idle.clear()
+                    else:
+                        self.claims_idle.set()
                 except (RedisError, OSError) as exc:
                     self.need_reconcile = True  # the script may have run and its reply been lost
                     await self._redis_down(exc)
@@ -342,6 +349,10 @@ class BridgeCore:
         try:
             while not self.stopping:
                 light, heavy = self._free()
+                if self.claim_more:  # the claim loop is taking a backlog (in order): block once it is through
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.claims_idle.wait(), POLL_SECONDS)
+                    continue
                 if light < 1 or heavy[queue] < 1 or self.need_reconcile or self.reconciling:
                     await asyncio.sleep(POLL_SECONDS)
                     continue
@@ -649,9 +660,11 @@ class BridgeCore:
                 else:
                     index, started = current
                     soft, hard = limits[index]
-                    due = started + (soft if runner.soft_sent != current and soft < hard else hard)
-                    if owned:
-                        due = min(due, started + LIGHT_DETACH_SECONDS)
+                    due = started + (soft if runner.sent != current and soft < hard else hard)
+                    if owned:  # time to let it finish alone, or (no room for that yet) to look again
+                        detach_at = started + LIGHT_DETACH_SECONDS
+                        due = min(due, max(detach_at, time.monotonic() + 0.25)
+                                  if self.n_detached >= MAX_DETACHED else detach_at)
                     timeout = max(0.0, due - time.monotonic())
                 done, _ = await asyncio.wait({fut}, timeout=timeout)
                 if done:
@@ -672,7 +685,10 @@ class BridgeCore:
                     continue
                 job, elapsed = batch[index], time.monotonic() - started
                 if elapsed >= hard:
-                    self._abandon_light(ex, runner, fut, batch[:end], settled, owned, job, elapsed, hard)
+                    finished = runner.abandon(index, started)
+                    if finished is None:
+                        continue  # it finished meanwhile
+                    self._abandon_light(ex, fut, batch[:end], settled, owned, finished, index, elapsed, hard)
                     return
                 if elapsed >= soft and runner.soft_limit(index, started):
                     log.warning("job %s %s try=%d past its soft time limit %.1f s: raising SoftTimeLimitExceeded "
@@ -696,16 +712,15 @@ class BridgeCore:
                 self.n_detached -= 1
             self._kick()
 
-    def _abandon_light(self, ex: _Executor, runner: ThreadRunner, fut: asyncio.Future, batch: list[Job],
-                       settled: int, owned: bool, job: Job, elapsed: float, hard: float) -> None:
-        finished, running = runner.abandon()
+    def _abandon_light(self, ex: _Executor, fut: asyncio.Future, batch: list[Job], settled: int, owned: bool,
+                       finished: list[tuple], index: int, elapsed: float, hard: float) -> None:
+        """Job ``index`` overran its hard limit on a thread now left behind: it fails, the jobs before it
+        are settled, the ones after it go back in line."""
+        job = batch[index]
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits for it any more
-        self._settle_light(batch[settled:len(finished)], finished[settled:])
-        if running is not None and running == len(finished):
-            self._settle_light([job], [("fail", elapsed, protocol.exception_meta(protocol.TimeLimitExceeded(hard)), "")])
-            self._requeue_light(batch[running + 1:])
-        else:
-            self._requeue_light(batch[max(settled, len(finished)):])
+        self._settle_light(batch[settled:index], finished[settled:index])
+        self._settle_light([job], [("fail", elapsed, protocol.exception_meta(protocol.TimeLimitExceeded(hard)), "")])
+        self._requeue_light(batch[index + 1:])
         if owned:
             ex.runner = ThreadRunner(self.settings)
         self.stats["light_threads_abandoned"] += 1
@@ -1082,11 +1097,14 @@ def _renice(niceness: int) -> None:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
         tids = [0]
-    try:
-        for tid in tids:
+    for tid in tids:
+        try:
             os.setpriority(os.PRIO_PROCESS, tid, niceness)
-    except (OSError, AttributeError) as exc:
-        log.info("bridge keeps nice %d (cannot set %d: %s)", os.getpriority(os.PRIO_PROCESS, 0), niceness, exc)
+        except ProcessLookupError:  # that thread has ended
+            continue
+        except (OSError, AttributeError) as exc:
+            log.info("bridge keeps nice %d (cannot set %d: %s)", os.getpriority(os.PRIO_PROCESS, 0), niceness, exc)
+            return
 
 
 def _registry() -> dict[str, TaskSpec]:

@@ -156,8 +156,10 @@ class ThreadRunner:
     hard one the bridge gives the job ``TimeLimitExceeded`` and leaves the thread behind (:meth:`abandon`:
     a thread cannot be killed; its outcome is ignored).
 
-    The state the event loop reads (``current``, ``done``) changes only under ``lock``, so a soft limit is
-    never delivered to a job other than the one that overran.
+    The state the event loop reads (``current``, ``done``) changes only under ``lock``, so an exception is
+    never delivered to a job other than the one meant, and at most one is delivered per job. The hazard
+    every asynchronous interruption has (a signal handler's too, as with Celery's soft limit) remains: one
+    landing between a lock's acquire and the ``try`` that releases it leaks that lock.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -168,7 +170,8 @@ class ThreadRunner:
         self.abandoned = False
         self.detached = False  # finish the running job, then stop
         self.thread_id: int | None = None
-        self.soft_sent: tuple[int, float] | None = None
+        self.sent: tuple[int, float] | None = None  # the job an exception was raised in (one per job)
+        self.cancelled: set[int] = set()  # jobs of the batch revoked with terminate before they started
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         # A daemon thread (not a ThreadPoolExecutor's, which the interpreter joins at exit): one left behind
         # in a job that never returns must not keep the bridge's process from exiting.
@@ -178,7 +181,7 @@ class ThreadRunner:
     def submit(self, jobs: list[Job]) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
-            self.done = []
+            self.done, self.cancelled = [], set()
         self.inbox.put((jobs, fut))
         return fut
 
@@ -190,6 +193,9 @@ class ThreadRunner:
                     fut.set_result(self._run(jobs))
                 except BaseException as exc:  # noqa: BLE001 - handed to the bridge, which waits on it
                     fut.set_exception(exc)
+                finally:
+                    with self.lock:
+                        self.current = None
 
     def _run(self, jobs: list[Job]) -> list[tuple]:
         self.thread_id = threading.get_ident()
@@ -197,6 +203,9 @@ class ThreadRunner:
             with self.lock:
                 if self.abandoned or self.detached:
                     break
+                if i in self.cancelled:
+                    self.done.append(("fail", 0.0, protocol.exception_meta(Terminated()), ""))
+                    continue
                 self.current = (i, time.monotonic())
             outcome = None
             try:
@@ -218,15 +227,24 @@ class ThreadRunner:
     def soft_limit(self, index: int, started: float) -> bool:
         """Raise SoftTimeLimitExceeded in job ``index`` of the running batch if it is still running."""
         with self.lock:
-            if self.current != (index, started) or self.soft_sent == self.current:
+            if self.current != (index, started) or self.sent == self.current:
                 return False
-            self.soft_sent = self.current
+            self.sent = self.current
             return self._raise(protocol.SoftTimeLimitExceeded)
 
     def terminate(self, index: int) -> bool:
-        """Raise :class:`Terminated` in job ``index`` of the running batch if it is still running."""
+        """End job ``index`` of the running batch: raise :class:`Terminated` in it if it runs (unless an
+        exception was raised in it already: it is ending), or never start it. False if it has finished."""
         with self.lock:
-            return self.current is not None and self.current[0] == index and self._raise(Terminated)
+            if self.abandoned or len(self.done) > index:
+                return False
+            if self.current is None or self.current[0] != index:
+                self.cancelled.add(index)
+                return True
+            if self.sent != self.current:
+                self.sent = self.current
+                self._raise(Terminated)
+            return True
 
     def _raise(self, exc_type: type[BaseException]) -> bool:
         """Have the job thread raise ``exc_type`` at its next Python instruction (the caller holds ``lock``,
@@ -242,14 +260,16 @@ class ThreadRunner:
             self.detached = True
             return len(self.done), (self.current[0] if self.current is not None else None)
 
-    def abandon(self) -> tuple[list[tuple], int | None]:
-        """Stop using this runner: (outcomes of the batch's finished jobs, index of the job still running)."""
+    def abandon(self, index: int, started: float) -> list[tuple] | None:
+        """Leave this runner behind while job ``index`` (started at ``started``) still runs: the outcomes of
+        the batch's jobs before it. None (nothing changes) if that job has finished meanwhile."""
         with self.lock:
+            if self.current != (index, started):
+                return None
             self.abandoned = True
-            running = self.current[0] if self.current is not None else None
             done, self.current = list(self.done), None
         self.inbox.put(None)
-        return done, running
+        return done
 
     def shutdown(self) -> None:
         with self.lock:
