@@ -382,3 +382,37 @@ def test_revoke_with_terminate_interrupts_a_running_light_job(celery_app):
         running.get(timeout=20)
     assert time.monotonic() - t0 < 5
     assert celery_app.send_task("raysys.ping", args=("still",)).get(timeout=10) == "still"
+
+
+# --- celery inspect -------------------------------------------------------------------------------------
+
+
+def test_celery_inspect_gets_answers_from_the_bridge(celery_app, bridges, wait_for):
+    """`celery -A app inspect ping|active|registered|stats|active_queues` (app.control.inspect) get a reply from
+    each bridge, as from a Celery worker; an unknown command gets Celery's error reply."""
+    import ray
+
+    name = ray.get(bridges[0].stats.remote())["bridge"]
+    inspect = celery_app.control.inspect(timeout=2.0)
+    pings = inspect.ping()
+    assert pings and len(pings) == len(bridges)
+    host = next(h for h in pings if h.startswith(f"{name}@"))
+    assert pings[host] == {"ok": "pong"}
+
+    running = celery_app.send_task("tests.sleep", args=(20,))
+    wait_for(lambda: running.state == "STARTED", what="the long job to start")
+    try:
+        active = inspect.active()[host]
+        (mine,) = [a for a in active if a["id"] == running.id]
+        assert mine["name"] == "tests.sleep" and mine["args"] == [20] and mine["hostname"] == host
+        assert "tests.sleep" in inspect.registered()[host] and "raysys.ping" in inspect.registered()[host]
+        stats = inspect.stats()[host]
+        assert stats["pid"] == ray.get(bridges[0].pid.remote()) and stats["pool"]["max-concurrency"] == 2
+        queues = {q["name"] for q in inspect.active_queues()[host]}
+        assert {"ingest", "analytics", "reports"} <= queues
+        only_other = celery_app.control.inspect(timeout=1.0, destination=["nobody@nowhere"]).ping()
+        assert not only_other  # a command for another worker gets no reply from this one
+        assert celery_app.control.broadcast("no_such_command", reply=True, timeout=1.0) == [
+            {host: {"error": "No such control command: no_such_command"}}]
+    finally:
+        running.revoke(terminate=True)

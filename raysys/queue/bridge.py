@@ -38,6 +38,8 @@ Celery compatibility beyond running jobs:
   delayed or retrying gets REVOKED (``revoked``) instead of running. ``terminate=True`` also cancels a
   heavy job that is running and interrupts a light one on the bridge's thread (REVOKED ``terminated``; a
   light job blocked in a C call ends at its hard limit); a running light job on an executor actor finishes.
+- ``inspect`` (``app.control.inspect()``, ``celery -A app inspect ...``): each bridge answers on the same
+  broadcast like a Celery worker (:mod:`raysys.queue.control`).
 - ``ignore_result``: no state is stored at all (not even STARTED or FAILURE), as Celery does.
 - The same id delivered again while it runs on this bridge is dropped (one run, one result).
 - Chords are refused: every header part and the body get a FAILURE (``celery.exceptions.ChordError``) so
@@ -49,10 +51,8 @@ Celery compatibility beyond running jobs:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gc
-import json
 import logging
 import math
 import os
@@ -70,7 +70,7 @@ from redis.exceptions import RedisError
 from raysys.config import Settings
 from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
 from raysys.errors import Refused, UnknownTask
-from raysys.queue import protocol
+from raysys.queue import control, protocol
 from raysys.queue.redis import Broker, Ops, dead_entry
 from raysys.queue.worker import LightExecutor, ThreadRunner, prepare, run_heavy
 from raysys.tasks.registry import TaskSpec, lookup, names_of
@@ -210,6 +210,7 @@ class BridgeCore:
         self.redis_ok = True
         self.tasks: list[asyncio.Task] = []
         self.stats: dict[str, int] = defaultdict(int)
+        self.by_task: Counter[str] = Counter()  # runs per task name (Celery's ``inspect stats`` "total")
         self.started_at = time.time()
         self.settings_ref = None
         self.light_names: list[str] = []
@@ -810,6 +811,7 @@ class BridgeCore:
         kind, run_time = outcome[0], outcome[1]
         queue, task = msg.queue, job.spec.name
         self.metrics.observe(queue, task, run_time)
+        self.by_task[task] += 1
         if job.terminated:  # revoked with terminate=True: its worker was killed on purpose
             self._finish_revoked(job, "terminated")
             return
@@ -1009,7 +1011,7 @@ class BridgeCore:
 
     async def _control_loop(self) -> None:
         """Listen to Celery's control broadcasts (kombu's fanout exchange ``celery.pidbox`` is a Redis
-        pub/sub channel ``/<db>.celery.pidbox``) and honour ``revoke``; other commands are ignored."""
+        pub/sub channel ``/<db>.celery.pidbox``): honour ``revoke`` and answer ``inspect`` (:mod:`.control`)."""
         db = self.broker.redis.connection_pool.connection_kwargs.get("db", 0)
         while not self.stopping:
             conn = self.broker.connect()
@@ -1023,9 +1025,9 @@ class BridgeCore:
                     channel = message.get("channel") or b""
                     if channel.startswith(b"/") and not channel.startswith(f"/{db}.".encode()):
                         continue  # another database's broadcast
-                    ids, terminate = _revoke_request(message.get("data"))
-                    if ids:
-                        await self._on_revoke(ids, terminate)
+                    command = control.parse(message.get("data"))
+                    if command is not None and command.for_worker(self.worker_name):
+                        await self._on_command(command)
             except (RedisError, OSError) as exc:
                 await self._redis_down(exc)
             finally:
@@ -1033,6 +1035,54 @@ class BridgeCore:
                     await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await conn.aclose()
+
+    async def _on_command(self, command: control.Command) -> None:
+        if command.method == "revoke":
+            ids = command.revoked_ids()
+            if ids:
+                await self._on_revoke(ids, bool(command.arguments.get("terminate")))
+            reply: Any = {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
+        else:
+            reply = self._inspect(command.method)
+        if not command.wants_reply:
+            return
+        redis = self.broker.redis
+        bindings = await redis.smembers(control.BINDING_KEY.format(exchange=command.reply_exchange))
+        message = control.reply_message(self.worker_name, reply, command)
+        for queue in control.reply_queues(bindings, command.reply_key):
+            await redis.lpush(queue, message)
+
+    def _inspect(self, method: str) -> Any:
+        """This bridge's answer to ``celery inspect <method>``, shaped as a Celery worker's."""
+        jobs = list(self.jobs.values())
+        if method == "ping":
+            return {"ok": "pong"}
+        if method in ("active", "reserved"):
+            return [self._request_info(j) for j in jobs if (j.started is not None) == (method == "active")]
+        if method == "scheduled":
+            return []  # eta and countdown jobs wait in Redis' delayed set, not in a worker: raysys inspect scheduled
+        if method == "registered":
+            return sorted({spec.name for spec in _registry().values()})
+        if method == "active_queues":
+            return [control.queue_info(q) for q in self.queues]
+        if method == "revoked":
+            return sorted(self.revoked)
+        if method == "stats":
+            soft, hard = self.settings.task_soft_time_limit, self.settings.task_time_limit
+            return {"pid": os.getpid(), "uptime": int(time.time() - self.started_at), "clock": "0",
+                    "broker": {"transport": "redis", "hostname": socket.gethostname()},
+                    "pool": {"implementation": "raysys.queue.bridge:QueueBridge", "max-concurrency": self.concurrency,
+                             "processes": [os.getpid()], "timeouts": [soft, hard],
+                             "max-tasks-per-child": self.settings.worker_max_tasks_per_child or "N/A"},
+                    "prefetch_count": self.light_capacity + self.concurrency * len(self.queues),
+                    "total": dict(self.by_task), "raysys": self.snapshot()}
+        return {"error": f"No such control command: {method}"}
+
+    def _request_info(self, job: Job) -> dict:
+        return {"id": job.id, "name": job.spec.name, "type": job.spec.name, "args": job.msg.args,
+                "kwargs": job.msg.kwargs, "hostname": self.worker_name, "time_start": job.started,
+                "acknowledged": True, "worker_pid": os.getpid(),
+                "delivery_info": {"exchange": "", "routing_key": job.msg.queue, "priority": 0, "redelivered": False}}
 
     async def _on_revoke(self, ids: list[str], terminate: bool) -> None:
         """Remember the ids (queued, delayed and retrying jobs get REVOKED when they come up); with
@@ -1120,24 +1170,6 @@ def _refusal(reason: str, msg: protocol.Message, error: BaseException, also_fail
     err.error = error  # type: ignore[attr-defined]
     err.also_fail = also_fail  # type: ignore[attr-defined]
     return err
-
-
-def _revoke_request(data: Any) -> tuple[list[str], bool]:
-    """``(task ids, terminate)`` of a kombu pidbox ``revoke`` broadcast; ``([], False)`` for anything else."""
-    try:
-        env = json.loads(data)
-        body = env["body"]
-        if (env.get("properties") or {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        command = json.loads(body)
-        if command.get("method") != "revoke":
-            return [], False
-        arguments = command.get("arguments") or {}
-        ids = arguments.get("task_id")
-        ids = [ids] if isinstance(ids, str) else [i for i in (ids or []) if isinstance(i, str)]
-        return ids, bool(arguments.get("terminate"))
-    except Exception:  # noqa: BLE001 - a broadcast we cannot read is not ours to act on
-        return [], False
 
 
 def _task_name(raw: bytes) -> str | None:
