@@ -111,6 +111,31 @@ def test_deposed_leader_cannot_claim_or_send(redis_url, tmp_path):
     assert queued_ids(redis_url, "analytics") == ["m:2025-01-01T10:01:00+00:00"]  # b's, once
 
 
+def test_leader_frozen_between_its_lease_check_and_its_send_pushes_nothing(redis_url, tmp_path):
+    """The send is fenced in the same script as the lease check: a leader that stalls past its lease right
+    before pushing (its last check passed) has its push refused, and the new leader sends the slot once."""
+    settings = sched_settings(redis_url, tmp_path)
+    config = make_config(settings, {"m": {"cron": "* * * * *", "task": "raysys.ping", "queue": "analytics"}},
+                         lease=30)
+    clock = FakeClock(ts(2025, 1, 1, 10, 0, 10))
+    standby = Engine(settings, config, clock=clock)
+    frozen = []
+
+    def freeze(point: str, job) -> None:
+        if point == "sending" and not frozen:
+            frozen.append(job.job_id)
+            clock.advance(55)  # stalled past the lease, after the lease check...
+            standby.tick()     # ...while the standby took over and sent the slot
+
+    leader = Engine(settings, config, clock=clock, fault=freeze)
+    leader.tick()
+    clock.advance(55)  # the 10:01 slot is due
+    leader.tick()
+    assert frozen == ["m:2025-01-01T10:01:00+00:00"] and standby.is_leader and not leader.is_leader
+    ids = queued_ids(redis_url, "analytics")
+    assert sorted(ids) == ["m:2025-01-01T10:01:00+00:00", "m:2025-01-01T10:02:00+00:00"]  # each once
+
+
 def test_clean_stop_hands_over_at_once_without_gaps(redis_url, tmp_path):
     settings = sched_settings(redis_url, tmp_path)
     config = make_config(settings, {"m": {"cron": "* * * * *", "task": "raysys.ping", "queue": "analytics"}})

@@ -334,6 +334,19 @@ class Client:
             UnknownTask: the name is unknown here and no ``queue`` was given.
             ValueError: a time argument is not a time.
         """
+        key, raw, task_id = self.encode(name, args, kwargs, queue=queue, task_id=task_id, countdown=countdown, eta=eta,
+                                        expires=expires, priority=priority, link=link, link_error=link_error,
+                                        chain=chain, time_limit=time_limit, soft_time_limit=soft_time_limit,
+                                        retries=retries)
+        self.redis.lpush(key, raw)
+        return AsyncResult(task_id, self)
+
+    def encode(self, name: str, args: Iterable = (), kwargs: dict | None = None, *, queue: str | None = None,
+               task_id: str | None = None, countdown: float | None = None, eta: Any = None, expires: Any = None,
+               priority: int | None = None, link: Any = None, link_error: Any = None, chain: list | None = None,
+               time_limit: float | None = None, soft_time_limit: float | None = None,
+               retries: int = 0) -> tuple[str, bytes, str]:
+        """What :meth:`send_task` pushes, without pushing it: ``(list key, message, task id)``."""
         full, queue = self._route(name, queue)
         eta_ts = protocol.to_timestamp(eta, "eta")
         if countdown is not None:
@@ -348,8 +361,7 @@ class Client:
             retries=retries, time_limit=time_limit, soft_time_limit=soft_time_limit, priority=priority,
             callbacks=_sig_list(link), errbacks=_sig_list(link_error), chain=chain,
         )
-        self.redis.lpush(protocol.list_for(queue, priority), raw)
-        return AsyncResult(task_id, self)
+        return protocol.list_for(queue, priority), raw, task_id
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
         return AsyncResult(task_id, self)

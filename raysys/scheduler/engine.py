@@ -15,9 +15,9 @@ after claiming leaves the claim in state ``claimed``; the next leader finds it t
 in Redis (queue, priority lists, in-flight lists, delayed set, dead letters, result) in one atomic
 script, and sends it only when it is nowhere — so a crash between enqueue and bookkeeping gives no
 duplicate, and one between claim and enqueue loses nothing. The job id is the same whoever sends it,
-so even the one window left (a leader frozen past its lease between its last lease check and its
-send) gives a second message with the same id, which the bridge does not run again once the first
-stored SUCCESS.
+and the send itself is fenced: the producer client's message is pushed by a script that checks the lease
+in the same step, so a leader frozen past its lease between its last check and its send pushes nothing.
+(A custom ``send`` function is fenced only by the lease check just before it.)
 
 The first time a schedule is seen, its cursor starts at "now": a new deployment does not run history.
 """
@@ -115,6 +115,20 @@ def build_jobs(schedule: Schedule, slot: datetime, tenants: list[str] | None, *,
     return jobs
 
 
+def client_encoder(settings: Settings) -> Callable[[Job], tuple[str, bytes, str]]:
+    """What the producer client would push for a job: ``(list key, message, id)``, for the fenced send."""
+    from raysys.queue.client import Client  # noqa: PLC0415 - the queue package sits beside us, imported late
+
+    client = Client(settings)
+
+    def encode(job: Job) -> tuple[str, bytes, str]:
+        expires = datetime.fromtimestamp(job.expires_at, UTC) if job.expires_at else None
+        return client.encode(job.task, args=list(job.args), kwargs=dict(job.kwargs), queue=job.queue,
+                             task_id=job.job_id, expires=expires)
+
+    return encode
+
+
 def client_sender(settings: Settings) -> SendFn:
     """Send jobs through the producer client every producer uses (Celery protocol v2 on the queue list)."""
     from raysys.queue.client import Client  # noqa: PLC0415 - the queue package sits beside us, imported late
@@ -150,10 +164,11 @@ class Engine:
         settings: Redis URL and key prefix, PostgreSQL for tenant lists, the producer client.
         config: the schedules (queues resolved, see :func:`raysys.scheduler.schedules.load_config`).
         clock: unix seconds now; tests pass a controlled one.
-        send: enqueue one job; default the producer client (:func:`client_sender`).
+        send: enqueue one job; default the producer client's message pushed by the fenced script
+            (:meth:`Store.send`; manual runs through :func:`client_sender`).
         tenants: list tenants for ``per_tenant`` schedules without a ``tenants`` list; default PostgreSQL.
-        fault: test hook called as ``fault(point, job)`` at ``claimed``, ``sent`` and ``marked``; whatever it
-            raises propagates as a crash at that point would.
+        fault: test hook called as ``fault(point, job)`` at ``claimed``, ``sending`` (lease checked, not yet
+            sent), ``sent`` and ``marked``; whatever it raises propagates as a crash at that point would.
         store: a :class:`Store` (default: one on ``settings.redis_url`` with ``settings.key_prefix``).
         identity: how this scheduler shows in the lease (default host:pid:token).
         token: the lease token (default random); one that survives a restart lets the restarted
@@ -168,6 +183,8 @@ class Engine:
         self.clock = clock
         self.store = store or Store.from_url(settings.redis_url, settings.key_prefix)
         self._send = send
+        self._encode: Callable[[Job], tuple[str, bytes, str]] | None = None
+        self._manual_send: SendFn | None = None
         self._tenants = tenants
         self.fault = fault
         self.token = token or uuid.uuid4().hex
@@ -357,10 +374,21 @@ class Engine:
         if not lease or lease.get("token") != self.token or float(lease["expires"]) <= now:
             raise NotLeader(self.holder)
 
-    def _send_job(self, job: Job) -> None:
-        if self._send is None:
-            self._send = client_sender(self.settings)
-        self._send(job)
+    def _send_job(self, job: Job, fenced: bool = True) -> None:
+        self._hook("sending", job)
+        if self._send is not None:
+            self._send(job)
+            return
+        if not fenced:  # a manual run: no slot, no lease needed
+            if self._manual_send is None:
+                self._manual_send = client_sender(self.settings)
+            self._manual_send(job)
+            return
+        if self._encode is None:
+            self._encode = client_encoder(self.settings)
+        key, message, _ = self._encode(job)
+        if not self.store.send(self.token, self.clock(), key, message):  # the clock now, not the tick's
+            raise NotLeader(self.holder)
 
     def _hook(self, point: str, job: Job) -> None:
         if self.fault is not None:
@@ -377,7 +405,7 @@ class Engine:
         chosen = tenants if tenants else self._tenants_for(schedule)
         jobs = build_jobs(schedule, slot, chosen, manual_id=manual)
         for job in jobs:
-            self._send_job(job)
+            self._send_job(job, fenced=False)
             self.store.note_manual(job, now)
             log.info("schedule %s: manual run, job %s (%s on %s)", name, job.job_id, job.task, job.queue)
         return jobs

@@ -141,6 +141,20 @@ if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then return {'claime
 return {'exists', redis.call('GET', KEYS[2])}
 """
 
+# KEYS[1] lease key  KEYS[2] the queue list
+# ARGV[1] token  ARGV[2] now  ARGV[3] the message
+# The fenced send: LPUSH the job only while the caller holds the lease, in one step, so a leader that
+# stalled past its lease after its last check cannot put a second copy of a slot's job on the queue.
+# Returns "sent" or "not-leader".
+SEND_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'not-leader' end
+local cur = cjson.decode(raw)
+if cur.token ~= ARGV[1] or tonumber(cur.expires) <= tonumber(ARGV[2]) then return 'not-leader' end
+redis.call('LPUSH', KEYS[2], ARGV[3])
+return 'sent'
+"""
+
 # KEYS[1] lease key  KEYS[2] slot claim key
 # ARGV[1] token  ARGV[2] now  ARGV[3] the claim JSON the caller read  ARGV[4] the new claim JSON
 # Compare-and-set of a claim by the lease holder, to take over one a dead scheduler left unfinished.
@@ -212,6 +226,7 @@ class Store:
         self._lease = client.register_script(LEASE_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._claim = client.register_script(CLAIM_LUA)
+        self._send = client.register_script(SEND_LUA)
         self._takeover = client.register_script(TAKEOVER_LUA)
         self._find = client.register_script(FIND_JOB_LUA)
 
@@ -246,6 +261,11 @@ class Store:
         if res[0] == "exists":
             return "exists", json.loads(res[1]), res[1]
         return res[0], None, None
+
+    def send(self, token: str, now: float, list_key: str, message: bytes) -> bool:
+        """Push ``message`` onto ``list_key`` if ``token`` holds the lease at ``now``; False if it does not."""
+        reply = self._send(keys=[self.keys.lease, list_key], args=[token, repr(now), message])
+        return (reply.decode() if isinstance(reply, bytes) else reply) == "sent"
 
     def takeover(self, token: str, now: float, job_id: str, old_raw: str) -> str:
         claim = json.loads(old_raw)
