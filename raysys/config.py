@@ -252,6 +252,8 @@ class Settings:
         if not self.allowed_roots:
             roots = (str(Path(self.data_dir) / "uploads"), str(Path(self.data_dir) / "documents"))
             object.__setattr__(self, "allowed_roots", roots)
+        if not self.intent_model_dir:  # every process of a deployment finds the models trained there
+            object.__setattr__(self, "intent_model_dir", str(Path(self.data_dir) / "intents"))
 
     # --- construction -----------------------------------------------------------------------------
 

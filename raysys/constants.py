@@ -24,7 +24,9 @@ from __future__ import annotations
 QUEUES: tuple[str, ...] = ("ingest", "analytics", "reports")
 
 # Celery's Redis transport: priority steps and the separator it puts between queue name and step.
-PRIORITY_SEP = "\x06\x16"
+PRIORITY_SEP = "\x06\x16"  # kombu's separator: priority lists, and the fields of a binding entry
+KOMBU_BINDING = "_kombu.binding."  # kombu's exchange -> queue bindings (what a Celery worker declares)
+KOMBU_BINDING_PERMANENT = "_kombu.binding_permanent."
 PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
 
 RESULT_KEY_PREFIX = "celery-task-meta-"

@@ -24,9 +24,9 @@ def init_ray(settings: Settings, **kwargs) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
     address = settings.ray_address
-    if address and "RAY_AUTH_MODE" not in os.environ and _token_available():
-        # Ray 2.60 heads (ours included) use token auth, but ray.init(address=...) does not turn it on
-        # by itself when a token file exists; Ray's own helper sets the mode and refreshes its config.
+    if address:
+        # Ray 2.60 heads (ours included) use token auth, but ray.init(address=...) does not turn it on by
+        # itself when a token exists; Ray's own helper does (only when RAY_AUTH_MODE is unset and a token exists).
         try:
             from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
                 maybe_enable_token_auth_if_token_available,
@@ -39,12 +39,3 @@ def init_ray(settings: Settings, **kwargs) -> None:
     kwargs.setdefault("configure_logging", False)
     ray.init(address=address, namespace=RAY_NAMESPACE, ignore_reinit_error=True, **kwargs)
     log.debug("connected to Ray at %s", address or "a new local cluster")
-
-
-def _token_available() -> bool:
-    from pathlib import Path  # noqa: PLC0415
-
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    return Path(path).is_file()

@@ -82,6 +82,15 @@ def pick_precision(device: str, precision: str = "auto") -> str:
     return "float32"
 
 
+def autocast_for(device: str, precision: str):  # noqa: ANN201 - a context manager
+    """``torch.autocast`` to ``precision`` (a :func:`pick_precision` name) on ``device``; none for float32."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    import torch  # noqa: PLC0415
+
+    return torch.autocast(device.split(":")[0], dtype=getattr(torch, precision))
+
+
 class TextEncoder:
     """A sentence-transformers model loaded once; ``encode`` returns normalised float32 vectors.
 
@@ -106,21 +115,14 @@ class TextEncoder:
         dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim())
 
-    def _autocast(self):
-        if self.precision == "float32":
-            return contextlib.nullcontext()
-        import torch  # noqa: PLC0415
-
-        return torch.autocast(self.device.split(":")[0], dtype=getattr(torch, self.precision))
-
     def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._autocast():
+        with autocast_for(self.device, self.precision):
             vectors = self.model.encode(list(texts), batch_size=batch_size or self.batch_size,
-                                        normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+                                        convert_to_tensor=True, show_progress_bar=False)
         vectors = vectors.float().cpu().numpy()
-        # Normalised again in float32: rows computed in bfloat16 are a few 1e-3 off unit length.
+        # Normalised here, in float32 (rows normalised in bfloat16 are a few 1e-3 off unit length).
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def count_tokens(self, text: str) -> int:

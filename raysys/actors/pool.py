@@ -44,30 +44,31 @@ MAX_RESTARTS = 5
 READY_TIMEOUT_S = 600.0
 
 
-def cluster_gpus() -> float:
+_RESOURCES: dict[str, Any] = {"at": -1e9, "totals": {}, "cluster": None}
+RESOURCES_TTL = 30.0  # seconds a reading of the cluster's resources is reused (asked on every model call)
+
+
+def cluster_resource(name: str) -> float:
+    """The cluster's total ``name`` ("CPU", "GPU"); 0 when not connected. Read from the GCS at most every
+    ``RESOURCES_TTL`` seconds per cluster: every model call builds its pool, and nodes come and go slowly."""
     import ray  # noqa: PLC0415
 
+    now = time.monotonic()
     try:
-        return float(ray.cluster_resources().get("GPU", 0.0))
-    except Exception:  # noqa: BLE001 - not connected: no GPUs known
+        cluster = ray.get_runtime_context().gcs_address
+        if cluster != _RESOURCES.get("cluster") or now - _RESOURCES["at"] > RESOURCES_TTL:
+            _RESOURCES.update(totals=dict(ray.cluster_resources()), at=now, cluster=cluster)
+    except Exception:  # noqa: BLE001 - not connected: nothing known (asked again next time)
         return 0.0
+    return float(_RESOURCES["totals"].get(name, 0.0))
 
 
 def resolve_num_gpus(kind: str, configured: float | None) -> float:
     """GPUs for one ``kind`` actor: the configured value, else the auto share where GPUs exist, else 0."""
     if configured is not None:
         return float(configured)
-    gpus = cluster_gpus()
+    gpus = cluster_resource("GPU")
     return min(AUTO_GPU_SHARE.get(kind, 0.25), gpus) if gpus > 0 else 0.0
-
-
-def cluster_cpus() -> float:
-    import ray  # noqa: PLC0415
-
-    try:
-        return float(ray.cluster_resources().get("CPU", 0.0))
-    except Exception:  # noqa: BLE001 - not connected
-        return 0.0
 
 
 def resolve_num_cpus(kind: str, num_gpus: float) -> float:
@@ -81,7 +82,7 @@ def resolve_num_cpus(kind: str, num_gpus: float) -> float:
     want = CPUS.get(kind, 1.0)
     if num_gpus > 0:
         return want
-    total = cluster_cpus()
+    total = cluster_resource("CPU")
     if total <= 0:
         return want
     return min(want, max(0.25, total / 8))

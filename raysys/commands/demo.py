@@ -54,7 +54,6 @@ def cmd_demo(args, settings: Settings) -> int:
     init_ray(settings)
 
     _step(2, "intent catalogue for the demo tenant, trained on sentence embeddings")
-    settings = settings.replace(intent_model_dir=str(Path(settings.data_dir) / "intents"))
     print("  ", _train_intents(settings))
 
     _step(3, f"queue bridges on {', '.join(settings.queues)}")
@@ -166,9 +165,9 @@ def cmd_demo(args, settings: Settings) -> int:
 
 def _train_intents(settings: Settings) -> str:
     """Train the tenant's intent classifier from the synthetic catalogue (text, category)."""
-    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
     from raysys.analytics.intents import IntentModel  # noqa: PLC0415
     from raysys.synthetic import INTENTS  # noqa: PLC0415
+    from raysys.tasks.analytics import encoder  # noqa: PLC0415
 
     texts, labels = [], []
     for intent, phrasings in INTENTS.items():
@@ -176,7 +175,7 @@ def _train_intents(settings: Settings) -> str:
             for template in ("{}", "Hi, {}.", "Hello, {}, can you help?"):
                 texts.append(template.format(phrase))
                 labels.append(intent)
-    model = IntentModel.train(texts, labels, lambda xs: embed_texts(settings, xs), threshold=0.3)
+    model = IntentModel.train(texts, labels, encoder(settings), threshold=0.3)
     out = Path(settings.intent_model_dir) / TENANT
     model.save(out)
     return f"{len(set(labels))} intents, {len(texts)} examples -> {out}"

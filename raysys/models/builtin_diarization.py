@@ -55,7 +55,6 @@ at -12 and +6 dB).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -102,6 +101,10 @@ class BuiltinParams:
     max_cluster_windows: int = 3000  # more windows than this (12.5 min of speech): cluster a subsample
 
 
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) index pairs of the True runs of a boolean array."""
     if not len(mask):
@@ -123,7 +126,7 @@ class BuiltinDiarizer:
         import torch  # noqa: PLC0415
         from resemblyzer import VoiceEncoder  # noqa: PLC0415
 
-        from raysys.actors.embedding import pick_precision  # noqa: PLC0415
+        from raysys.actors.embedding import autocast_for, pick_precision  # noqa: PLC0415
 
         threads = torch.get_num_threads()
         from silero_vad import load_silero_vad  # noqa: PLC0415 - its import sets torch threads to 1
@@ -140,6 +143,7 @@ class BuiltinDiarizer:
                 getattr(self.vad_lstm, f"{name}_l0").copy_(getattr(rnn, name))
         self.encoder = VoiceEncoder(device=device, verbose=False).eval()
         self.precision = pick_precision(device, precision)
+        self.autocast = lambda: autocast_for(device, self.precision)
         self.mel_fb = torch.from_numpy(librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_WIN, n_mels=MEL_BANDS)).float()
         self.window = torch.hann_window(MEL_WIN)
         self.lock = threading.Lock()
@@ -161,7 +165,7 @@ class BuiltinDiarizer:
         """
         torch = self.torch
         peak = float(np.abs(wav).max()) if len(wav) else 0.0
-        rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) if len(wav) else 0.0
+        rms = _rms(wav)
         if peak <= 0:
             return np.zeros(len(wav) // VAD_FRAME, dtype=np.float32)
         gain = min(0.05 / max(rms, 1e-6), 0.99 / peak)  # quiet far-field audio under-triggers the VAD
@@ -235,9 +239,7 @@ class BuiltinDiarizer:
                 starts.append(n - win)
         speech_mel = mel[torch.from_numpy(speech_frames)]
         out = []
-        autocast = (torch.autocast(self.device.split(":")[0], dtype=getattr(torch, self.precision))
-                    if self.precision != "float32" else contextlib.nullcontext())
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), self.autocast():
             # Batches built one at a time (long audio stays small); 64 windows per batch keep the LSTM's
             # activations in cache: 30 % less CPU than 256 in bfloat16, a little less in float32.
             for i in range(0, len(starts), EMBED_BATCH):
@@ -406,13 +408,11 @@ class BuiltinDiarizer:
         if duration < 0.1:
             return []
         self.timings = {}
-        self.cpu_timings = {}  # CPU seconds of this process per stage (wall ones mislead on a loaded host)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         probs = self.speech_probs(wav)
         regions = self.speech_regions(probs, duration)
         t1 = time.perf_counter()
-        c1 = time.process_time()
-        self.timings["vad"], self.cpu_timings["vad"] = t1 - t0, c1 - c0
+        self.timings["vad"] = t1 - t0
         if not regions:
             return []
         mel = self.mel(self._level(wav, regions))
@@ -423,14 +423,12 @@ class BuiltinDiarizer:
         speech_frames = np.flatnonzero(is_speech)
         emb, frames = self.embed_windows(mel, speech_frames)
         t2 = time.perf_counter()
-        c2 = time.process_time()
-        self.timings["embed"], self.cpu_timings["embed"] = t2 - t1, c2 - c1
+        self.timings["embed"] = t2 - t1
         labels = self.cluster(emb, num_speakers, min_speakers, max_speakers)
         k = int(labels.max()) + 1
         cents = self._centroids(emb, labels)
         t3 = time.perf_counter()
-        c3 = time.process_time()
-        self.timings["cluster"], self.cpu_timings["cluster"] = t3 - t2, c3 - c2
+        self.timings["cluster"] = t3 - t2
 
         # Frame scores: mean similarity to each centroid of the windows covering a mel frame.
         sims = emb @ cents.T  # (windows, k)
@@ -456,8 +454,7 @@ class BuiltinDiarizer:
         if k > 1:
             self._mark_overlap(active, score_o, best, speech_o)
         t4 = time.perf_counter()
-        c4 = time.process_time()
-        self.timings["assign"], self.cpu_timings["assign"] = t4 - t3, c4 - c3
+        self.timings["assign"] = t4 - t3
 
         segments = []
         for spk in range(k):
@@ -480,7 +477,7 @@ class BuiltinDiarizer:
         if target is None:
             return wav
         speech = np.concatenate([wav[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)] for a, b in regions])
-        rms = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2))) if len(speech) else 0.0
+        rms = _rms(speech)
         if rms <= 1e-7:
             return wav
         return wav * np.float32(10 ** (target / 20) / rms)

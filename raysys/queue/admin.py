@@ -16,20 +16,13 @@ from raysys.constants import (
     CONSUMERS_KEY,
     DEAD_SUFFIX,
     DELAYED_KEY,
+    INFLIGHT_PREFIX,
     PRIORITY_SEP,
+    PRIORITY_STEPS,
 )
 from raysys.errors import NotFound
 from raysys.queue import protocol
-
-# Move one dead-letter entry back onto a queue list atomically.
-# KEYS[1] the dead list, KEYS[2] the target list; ARGV[1] the entry, ARGV[2] the message to push.
-REQUEUE_DEAD = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
+from raysys.queue.redis import MOVE_ONE
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -56,10 +49,10 @@ def queue_report(settings: Settings, client: redis.Redis | None = None) -> list[
     for q in queues:
         # every priority list a bridge consumes; kombu's default steps always shown, other levels when used
         sizes = {step: r.llen(protocol.step_list(q, step)) for step in protocol.CONSUMED_LEVELS}
-        waiting = {str(step): n for step, n in sizes.items() if n or step in (0, 3, 6, 9)}
+        waiting = {str(step): n for step, n in sizes.items() if n or step in PRIORITY_STEPS}
         in_flight = {}
         for consumer, lists in lists_of.items():
-            n = sum(r.llen(f"{p}raysys:inflight:{consumer}:{name}") for name in lists
+            n = sum(r.llen(f"{p}{INFLIGHT_PREFIX}{consumer}:{name}") for name in lists
                     if name == q or name.startswith(q + PRIORITY_SEP))
             if n:
                 in_flight[consumer] = n
@@ -112,7 +105,7 @@ def requeue_dead(settings: Settings, queue: str, ids: list[str] | None = None, *
     if not ids and not all_entries:
         raise ValueError("name the ids to requeue or ask for all")
     r = client or connect(settings)
-    script = r.register_script(REQUEUE_DEAD)
+    script = r.register_script(MOVE_ONE)
     dead_key = f"{queue}{DEAD_SUFFIX}"
     wanted = set(ids or ())
     done: list[str] = []
@@ -130,7 +123,7 @@ def requeue_dead(settings: Settings, queue: str, ids: list[str] | None = None, *
             message = protocol.reencode(msg, retries=0, clear_eta=True)
         except Exception:  # noqa: BLE001 - refused messages go back as they were (fixed producers, new tasks)
             pass
-        if script(keys=[dead_key, target], args=[raw, message]):
+        if script(keys=[dead_key, target], args=[raw, message, "producer"]):
             done.append(entry.get("id") or "-")
     missing = wanted - set(done)
     if missing:

@@ -195,10 +195,10 @@ class BridgeCore:
         # else sits in its in-flight lists was claimed by a call whose reply a dropped connection lost.
         self.held: Counter[tuple[str, bytes]] = Counter()
         self.claims_active = 0      # BLMOVEs in progress (the reconciliation waits for them)
-        # The last claim script found messages (more may be waiting); True until the first claim has run, so
-        # the waiters block only on queues the claim loop has found empty (it takes the backlog, in order).
-        self.claim_more = True
-        self.claims_idle = asyncio.Event()  # set while claim_more is False
+        # Set when the last claim script found nothing; clear until the first claim has run and while claims
+        # find messages (more may be waiting), so the waiters block only on queues the claim loop found empty
+        # (it takes a backlog, in order).
+        self.claims_idle = asyncio.Event()
         self.need_reconcile = False
         self.reconciling = False
         self.revoked: dict[str, float] = {}  # job id -> when it was revoked (Celery's revoke broadcast)
@@ -322,7 +322,6 @@ class BridgeCore:
                 try:
                     got = await self.broker.claim(light, heavy, self.light_names)
                     self._redis_back()
-                    self.claim_more = bool(got)
                     if got:
                         self.claims_idle.clear()
                     else:
@@ -350,7 +349,7 @@ class BridgeCore:
         try:
             while not self.stopping:
                 light, heavy = self._free()
-                if self.claim_more:  # the claim loop is taking a backlog (in order): block once it is through
+                if not self.claims_idle.is_set():  # the claim loop takes a backlog (in order): block once it is through
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.claims_idle.wait(), POLL_SECONDS)
                     continue
@@ -425,7 +424,7 @@ class BridgeCore:
         else:
             full = self.n_heavy[queue] >= self.concurrency
             self.n_heavy[queue] -= 1
-        if full or self.claim_more:
+        if full or not self.claims_idle.is_set():
             self.wake.set()
 
     async def _redis_down(self, exc: Exception) -> None:
@@ -494,19 +493,20 @@ class BridgeCore:
         """
         msg = protocol.decode(raw, queue, max_bytes=self.settings.max_message_bytes, tz=self.settings.timezone)
         if msg.chord is not None:
-            body = (msg.chord.get("options") or {}).get("task_id")
-            raise _refusal("chords are not supported by raysys (run the header as a group and the body "
-                           "on its results, or use a chain)", msg,
-                           protocol.ChordError(f"chord of {msg.task} refused: raysys does not run chords"),
-                           also_fail=(body,) if isinstance(body, str) and body else ())
+            raise protocol.refused("chords are not supported by raysys (run the header as a group and the body "
+                                   "on its results, or use a chain)", msg.id, msg.task,
+                                   error=protocol.ChordError(f"chord of {msg.task} refused: raysys does not run chords"),
+                                   also_fail=protocol.chord_body_id(msg.chord))
         try:
             spec = lookup(msg.task)
         except UnknownTask:
-            raise _refusal(f"unknown task {msg.task!r}", msg, protocol.NotRegistered(msg.task)) from None
+            raise protocol.refused(f"unknown task {msg.task!r}", msg.id, msg.task,
+                                   error=protocol.NotRegistered(msg.task)) from None
         try:
             spec.check_arguments(msg.args, msg.kwargs)
         except TypeError as exc:
-            raise _refusal(f"wrong arguments for {msg.task}: {exc}", msg, TypeError(str(exc))) from None
+            raise protocol.refused(f"wrong arguments for {msg.task}: {exc}", msg.id, msg.task,
+                                   error=TypeError(str(exc))) from None
         self.metrics.count("received", queue, spec.name)
         self.stats["received"] += 1
         if msg.id in self.revoked:
@@ -1047,7 +1047,7 @@ class BridgeCore:
         if not command.wants_reply:
             return
         redis = self.broker.redis
-        bindings = await redis.smembers(control.BINDING_KEY.format(exchange=command.reply_exchange))
+        bindings = await redis.smembers(control.binding_key(command.reply_exchange))
         message = control.reply_message(self.worker_name, reply, command)
         for queue in control.reply_queues(bindings, command.reply_key):
             await redis.lpush(queue, message)
@@ -1161,15 +1161,6 @@ def _registry() -> dict[str, TaskSpec]:
     from raysys.tasks.registry import REGISTRY  # noqa: PLC0415
 
     return REGISTRY
-
-
-def _refusal(reason: str, msg: protocol.Message, error: BaseException, also_fail: tuple[str, ...] = ()) -> Refused:
-    err = Refused(reason)
-    err.task_id = msg.id  # type: ignore[attr-defined]
-    err.task = msg.task  # type: ignore[attr-defined]
-    err.error = error  # type: ignore[attr-defined]
-    err.also_fail = also_fail  # type: ignore[attr-defined]
-    return err
 
 
 def _task_name(raw: bytes) -> str | None:

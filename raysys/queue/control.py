@@ -19,9 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-BINDING_KEY = "_kombu.binding.{exchange}"
-BINDING_SEP = "\x06\x16"
-INSPECT_METHODS = ("ping", "active", "reserved", "scheduled", "registered", "stats", "active_queues", "revoked")
+from raysys.constants import KOMBU_BINDING, PRIORITY_SEP
 
 
 @dataclass
@@ -82,11 +80,15 @@ def reply_message(hostname: str, reply: Any, command: Command) -> bytes:
     }).encode()
 
 
+def binding_key(exchange: str) -> str:
+    return f"{KOMBU_BINDING}{exchange}"
+
+
 def reply_queues(bindings: set[bytes], routing_key: str) -> list[str]:
     """The queues bound to the reply exchange with ``routing_key`` (entries ``key SEP pattern SEP queue``)."""
     out = []
     for entry in bindings:
-        parts = entry.decode("utf-8", "replace").split(BINDING_SEP)
+        parts = entry.decode("utf-8", "replace").split(PRIORITY_SEP)
         if len(parts) == 3 and parts[0] == routing_key:
             out.append(parts[2])
     return sorted(out)

@@ -249,8 +249,7 @@ def priority_step(priority: int | None) -> int:
 
 def list_for(queue: str, priority: int | None = None) -> str:
     """The Redis list a message of ``priority`` for ``queue`` lives in (Celery's layout)."""
-    step = priority_step(priority)
-    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
+    return step_list(queue, priority_step(priority))
 
 
 def step_list(queue: str, step: int) -> str:
@@ -303,13 +302,14 @@ class Message:
 
 
 def refused(reason: str, task_id: str | None = None, task: str | None = None, exc_cls: type = Refused,
-            also_fail: tuple[str, ...] = ()) -> Refused:
-    """A :class:`Refused` carrying what the bridge needs: the id to fail, the task, the class to report,
-    and ``also_fail``: other ids a client may be waiting on (a refused chord's body)."""
+            also_fail: tuple[str, ...] = (), error: BaseException | None = None) -> Refused:
+    """A :class:`Refused` carrying what the bridge needs: the id to fail, the task, what to report (``error``,
+    else ``exc_cls(reason)``), and ``also_fail``: other ids a client may be waiting on (a refused chord's body)."""
     err = Refused(reason)
     err.task_id = task_id  # type: ignore[attr-defined]
     err.task = task  # type: ignore[attr-defined]
     err.exc_cls = exc_cls  # type: ignore[attr-defined]
+    err.error = error  # type: ignore[attr-defined]
     err.also_fail = also_fail  # type: ignore[attr-defined]
     return err
 
@@ -521,7 +521,7 @@ def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Mess
         raise refused("body is not [args, kwargs, embed]", task_id, task, exc_cls=DecodeError)
     args, kwargs, embed = (*decoded, None) if len(decoded) == 2 else decoded
     chord_body = embed.get("chord") if isinstance(embed, dict) else None
-    body_id = _chord_body_id(chord_body)
+    body_id = chord_body_id(chord_body)
     if not isinstance(args, list):
         raise refused(f"body args must be a list, got {type(args).__name__}", task_id, task,
                       exc_cls=DecodeError, also_fail=body_id)
@@ -552,7 +552,8 @@ def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Mess
         raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id) from None
 
 
-def _chord_body_id(body: Any) -> tuple[str, ...]:
+def chord_body_id(body: Any) -> tuple[str, ...]:
+    """The id of a chord's body (``(id,)``), or ``()``."""
     if isinstance(body, dict) and isinstance(body.get("options"), dict):
         body_id = _str_id(body["options"].get("task_id"))
         if body_id:
@@ -571,7 +572,7 @@ def _decode_celery_v1(body: dict, env: dict, props: dict, queue: str, tz: str | 
         raise refused("protocol 1 message without a task name", task_id, exc_cls=DecodeError)
     args = body.get("args") if body.get("args") is not None else []
     kwargs = body.get("kwargs") if body.get("kwargs") is not None else {}
-    body_id = _chord_body_id(body.get("chord"))
+    body_id = chord_body_id(body.get("chord"))
     try:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("args must be a list and kwargs an object")

@@ -43,6 +43,8 @@ from raysys.constants import (
     DEAD_SUFFIX,
     DELAYED_KEY,
     INFLIGHT_PREFIX,
+    KOMBU_BINDING,
+    KOMBU_BINDING_PERMANENT,
     PRIORITY_SEP,
     REVOKED_KEY,
 )
@@ -145,11 +147,12 @@ for _, e in ipairs(errors) do out[#out + 1] = e end
 return out
 """
 
-# Give back one message a consumer holds but does not know about (its claim's reply was lost):
-# KEYS[1] the in-flight list, KEYS[2] the queue list; ARGV[1] the message. Returns 1 if moved.
-REQUEUE_ONE = """
+# Move one entry from a list onto another, atomically: KEYS[1] the list holding ARGV[1], KEYS[2] the target;
+# ARGV[2] what to push there, at ARGV[3] "consumer" (RPUSH: taken next) or "producer" (LPUSH: queued last).
+# Returns 1 if moved. Gives back a message whose claim's reply was lost; requeues a dead letter (admin).
+MOVE_ONE = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
+  if ARGV[3] == 'consumer' then redis.call('RPUSH', KEYS[2], ARGV[2]) else redis.call('LPUSH', KEYS[2], ARGV[2]) end
   return 1
 end
 return 0
@@ -192,8 +195,6 @@ return 0
 """
 
 
-KOMBU_BINDING = "_kombu.binding."  # kombu's exchange -> queue bindings (what a Celery worker declares)
-KOMBU_BINDING_PERMANENT = "_kombu.binding_permanent."
 SOCKET_TIMEOUT = 30.0  # seconds a bridge waits for any one Redis reply (its commands take milliseconds)
 
 
@@ -287,7 +288,7 @@ class Broker:
         self._due = self.redis.register_script(DUE)
         self._requeue = self.redis.register_script(REQUEUE)
         self._forget = self.redis.register_script(FORGET)
-        self._requeue_one = self.redis.register_script(REQUEUE_ONE)
+        self._move_one = self.redis.register_script(MOVE_ONE)
 
     def connect(self, **kwargs: Any) -> aioredis.Redis:
         """A client of this consumer (named ``raysys:<consumer>`` in ``CLIENT LIST``).
@@ -349,7 +350,7 @@ class Broker:
 
     async def requeue_one(self, list_name: str, raw: bytes) -> bool:
         """Move one copy of ``raw`` from this consumer's in-flight list back to the consumer end of its list."""
-        return bool(await self._requeue_one(keys=[self.inflight[list_name], list_name], args=[raw]))
+        return bool(await self._move_one(keys=[self.inflight[list_name], list_name], args=[raw, raw, "consumer"]))
 
     async def revoke(self, ids: list[str], now: float, keep: float) -> None:
         """Remember revoked ids (shared by every bridge, and by bridges started later) for ``keep`` seconds."""

@@ -169,7 +169,6 @@ class ThreadRunner:
         self.done: list[tuple] = []                   # outcomes of the running batch so far
         self.abandoned = False
         self.detached = False  # finish the running job, then stop
-        self.thread_id: int | None = None
         self.sent: tuple[int, float] | None = None  # the job an exception was raised in (one per job)
         self.cancelled: set[int] = set()  # jobs of the batch revoked with terminate before they started
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -198,7 +197,6 @@ class ThreadRunner:
                         self.current = None
 
     def _run(self, jobs: list[Job]) -> list[tuple]:
-        self.thread_id = threading.get_ident()
         for i, job in enumerate(jobs):
             with self.lock:
                 if self.abandoned or self.detached:
@@ -230,7 +228,8 @@ class ThreadRunner:
             if self.current != (index, started) or self.sent == self.current:
                 return False
             self.sent = self.current
-            return self._raise(protocol.SoftTimeLimitExceeded)
+            self._raise(protocol.SoftTimeLimitExceeded)
+            return True
 
     def terminate(self, index: int) -> bool:
         """End job ``index`` of the running batch: raise :class:`Terminated` in it if it runs (unless an
@@ -246,13 +245,10 @@ class ThreadRunner:
                 self._raise(Terminated)
             return True
 
-    def _raise(self, exc_type: type[BaseException]) -> bool:
+    def _raise(self, exc_type: type[BaseException]) -> None:
         """Have the job thread raise ``exc_type`` at its next Python instruction (the caller holds ``lock``,
         so the job cannot end meanwhile)."""
-        if self.thread_id is None:
-            return False
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(exc_type))
-        return True
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(exc_type))
 
     def detach(self) -> tuple[int, int | None]:
         """Finish the running job, start no other: (jobs finished so far, index of the job still running)."""

@@ -129,20 +129,6 @@ def client_encoder(settings: Settings) -> Callable[[Job], tuple[str, bytes, str]
     return encode
 
 
-def client_sender(settings: Settings) -> SendFn:
-    """Send jobs through the producer client every producer uses (Celery protocol v2 on the queue list)."""
-    from raysys.queue.client import Client  # noqa: PLC0415 - the queue package sits beside us, imported late
-
-    client = Client(settings)
-
-    def send(job: Job) -> Any:
-        expires = datetime.fromtimestamp(job.expires_at, UTC) if job.expires_at else None
-        return client.send_task(job.task, args=list(job.args), kwargs=dict(job.kwargs), queue=job.queue,
-                                task_id=job.job_id, expires=expires)
-
-    return send
-
-
 def postgres_tenants(url: str) -> list[str]:
     """Every tenant id in PostgreSQL, now (one short connection)."""
     import asyncpg  # noqa: PLC0415
@@ -165,7 +151,7 @@ class Engine:
         config: the schedules (queues resolved, see :func:`raysys.scheduler.schedules.load_config`).
         clock: unix seconds now; tests pass a controlled one.
         send: enqueue one job; default the producer client's message pushed by the fenced script
-            (:meth:`Store.send`; manual runs through :func:`client_sender`).
+            (:meth:`Store.send`; manual runs pushed as they are).
         tenants: list tenants for ``per_tenant`` schedules without a ``tenants`` list; default PostgreSQL.
         fault: test hook called as ``fault(point, job)`` at ``claimed``, ``sending`` (lease checked, not yet
             sent), ``sent`` and ``marked``; whatever it raises propagates as a crash at that point would.
@@ -184,7 +170,6 @@ class Engine:
         self.store = store or Store.from_url(settings.redis_url, settings.key_prefix)
         self._send = send
         self._encode: Callable[[Job], tuple[str, bytes, str]] | None = None
-        self._manual_send: SendFn | None = None
         self._tenants = tenants
         self.fault = fault
         self.token = token or uuid.uuid4().hex
@@ -379,15 +364,12 @@ class Engine:
         if self._send is not None:
             self._send(job)
             return
-        if not fenced:  # a manual run: no slot, no lease needed
-            if self._manual_send is None:
-                self._manual_send = client_sender(self.settings)
-            self._manual_send(job)
-            return
         if self._encode is None:
             self._encode = client_encoder(self.settings)
         key, message, _ = self._encode(job)
-        if not self.store.send(self.token, self.clock(), key, message):  # the clock now, not the tick's
+        if not fenced:  # a manual run: no slot, no lease needed
+            self.store.r.lpush(key, message)
+        elif not self.store.send(self.token, self.clock(), key, message):  # the clock now, not the tick's
             raise NotLeader(self.holder)
 
     def _hook(self, point: str, job: Job) -> None:
