@@ -13,7 +13,11 @@ import logging
 import sys
 import warnings
 
+import redis
+
 from raysys.config import ConfigError, Settings
+from raysys.errors import RaysysError
+from raysys.stack import StackError
 
 # Command families, in the order `raysys --help` lists them.
 COMMAND_MODULES = (
@@ -58,6 +62,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `raysys ... | head`: the reader went away
+        return 141
+    except Exception as exc:  # an expected failure is one sentence, not a traceback (-v shows it)
+        message = expected_failure(exc)
+        if message is None:
+            raise
+        if args.verbose:
+            logging.getLogger("raysys").exception("command failed")
+        print(f"raysys: {message}", file=sys.stderr)
+        return 1
+
+
+def expected_failure(exc: BaseException) -> str | None:
+    """The one sentence for a failure a user can meet and fix (a service down, bad input), else None."""
+    if isinstance(exc, StackError | RaysysError):
+        return str(exc)
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+        return f"Redis refused the credentials ({exc}); check CELERY_BROKER_URL."
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return f"cannot reach Redis ({exc}); is the stack up (`raysys status`)?"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"cannot reach a service: {exc}; is the stack up (`raysys status`)?"
+    return None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -24,9 +25,14 @@ def init_ray(settings: Settings, **kwargs) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
     address = settings.ray_address
-    if address:
-        # Ray 2.60 heads (ours included) use token auth, but ray.init(address=...) does not turn it on by
-        # itself when a token exists; Ray's own helper does (only when RAY_AUTH_MODE is unset and a token exists).
+    if "RAY_AUTH_MODE" not in os.environ and (not address or address == embedded_ray_address(settings)):
+        # A cluster raysys starts itself (`raysys up`'s head, or a private one for this process) runs with
+        # token auth: say so up front, which also spares users Ray's "Token authentication is enabled"
+        # warning on every command. A private cluster creates its token when none exists.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    elif address:
+        # Ray 2.60 heads use token auth, but ray.init(address=...) does not turn it on by itself when a
+        # token exists; Ray's own helper does (only when RAY_AUTH_MODE is unset and a token exists).
         try:
             from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
                 maybe_enable_token_auth_if_token_available,
@@ -39,3 +45,11 @@ def init_ray(settings: Settings, **kwargs) -> None:
     kwargs.setdefault("configure_logging", False)
     ray.init(address=address, namespace=RAY_NAMESPACE, ignore_reinit_error=True, **kwargs)
     log.debug("connected to Ray at %s", address or "a new local cluster")
+
+
+def embedded_ray_address(settings: Settings) -> str | None:
+    """The GCS address of the head `raysys up` started for this data directory, if its state records one."""
+    try:
+        return json.loads(settings.stack_file.read_text()).get("urls", {}).get("ray")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -198,11 +198,51 @@ def ray_temp_dir(data_dir: str) -> Path:
     return Path("/tmp") / f"raysys-ray-{os.getuid()}-{digest}"
 
 
+def ray_token_path() -> Path:
+    """Where Ray's token loader reads the cluster token: ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
+def ensure_ray_token() -> Path | None:
+    """Make sure a Ray token exists before a token-auth head starts; return the file it was written to.
+
+    `ray start` with ``RAY_AUTH_MODE=token`` refuses to create one (``create_token_if_missing=False``)
+    and dies on a machine where Ray never ran. A token is generated the way ``ray get-auth-token
+    --generate`` does (256 random bits, hex) and written where Ray's loader looks for it, so every
+    client on this machine (``raysys worker``, ``ray job submit`` with ``RAY_AUTH_MODE=token``) finds it
+    with nothing set. The file is created 0600, atomically. Returns None when a token already exists
+    (``RAY_AUTH_TOKEN`` set, or a non-empty token file).
+    """
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return None
+    path = ray_token_path()
+    with contextlib.suppress(OSError):
+        if path.read_text().strip():
+            return None
+    try:
+        from ray._private.authentication.authentication_token_generator import (  # noqa: PLC0415 - Ray is heavy
+            generate_new_authentication_token as generate,
+        )
+    except ImportError:  # the helper moved: same recipe
+        import secrets  # noqa: PLC0415
+
+        def generate() -> str:
+            return secrets.token_hex(32)
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate())
+    tmp.replace(path)
+    return path
+
+
 def ray_env() -> dict[str, str]:
     """Environment for our `ray start`: token authentication on, no usage stats.
 
-    Ray 2.60 keeps the token in ``~/.ray/auth_token`` (generated on first start); clients of the
-    embedded head connect with ``RAY_AUTH_MODE=token`` (:func:`raysys.runtime.init_ray` sets it).
+    The token is the one :func:`ensure_ray_token` made sure of; clients of the embedded head connect
+    with ``RAY_AUTH_MODE=token`` (:func:`raysys.runtime.init_ray` sets it for raysys' own commands).
     """
     env = dict(os.environ)
     env.setdefault("RAY_AUTH_MODE", "token")
@@ -237,8 +277,7 @@ def start_ray_head(temp_dir: Path, port: int, dashboard_port: int, num_cpus: int
                                 env=ray_env(), start_new_session=True)
         rc = proc.wait()
     if rc != 0:
-        tail = (temp_dir / "ray-start.log").read_text(errors="replace")[-2000:]
-        raise StackError(f"`ray start` failed (exit {rc}):\n{tail}")
+        raise StackError(f"`ray start` failed (exit {rc}); see {temp_dir / 'ray-start.log'}.")
     return f"127.0.0.1:{port}", proc.pid
 
 
@@ -304,12 +343,29 @@ class LocalStack:
     # up -------------------------------------------------------------------------------------------------------
 
     def up(self, progress=print) -> dict:
-        """Start every service that is not configured by URL and not already running; return the state."""
+        """Start every service that is not configured by URL and not already running; return the state.
+
+        All or nothing: when a service fails to start, what this call started is stopped again and a
+        :class:`StackError` says, in one sentence, what failed and where its log is.
+        """
+        state = self._load()
+        started: list[str] = []
+        try:
+            self._up(state, started, progress)
+        except Exception as exc:
+            if started:
+                self._stop(state, started, progress=lambda line: None)
+                self._save(state)
+            if isinstance(exc, StackError):
+                raise
+            raise StackError(f"{type(exc).__name__}: {exc}".strip()) from exc
+        return state
+
+    def _up(self, state: dict, started: list[str], progress) -> None:
         s = self.settings
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("uploads", "documents", "reports", "tmp"):
             (self.data_dir / sub).mkdir(exist_ok=True)
-        state = self._load()
         pids, urls = state.setdefault("pids", {}), state.setdefault("urls", {})
 
         if s.broker_url:
@@ -318,6 +374,7 @@ class LocalStack:
             progress(f"redis       running      {urls['redis']}")
         else:
             pids["redis"], urls["redis"] = start_redis(self.data_dir / "redis", self.redis_port)
+            started.append("redis")
             progress(f"redis       started      {urls['redis']}")
         self._save(state)
 
@@ -325,7 +382,13 @@ class LocalStack:
             progress(f"postgres    configured   {s.postgres_url}")
         else:
             was_running = bool(pids.get("postgres")) and pid_alive(pids["postgres"])
-            pids["postgres"], urls["postgres"] = start_postgres(self.data_dir / "postgres")
+            try:
+                pids["postgres"], urls["postgres"] = start_postgres(self.data_dir / "postgres")
+            except Exception as exc:
+                raise StackError(f"PostgreSQL did not start ({type(exc).__name__}: {exc}); "
+                                 f"see its log under {self.data_dir / 'postgres'}.") from exc
+            if not was_running:
+                started.append("postgres")
             progress(f"postgres    {'running' if was_running else 'started'}      {urls['postgres']}")
             self._migrate(urls["postgres"])
         self._save(state)
@@ -342,14 +405,18 @@ class LocalStack:
         elif pids.get("ray") and any(pid_alive(p) for p in pids["ray"]) and tcp_open(urls.get("ray", "")):
             progress(f"ray         running      {urls['ray']}  dashboard {urls['dashboard']}")
         else:
+            token = ensure_ray_token()
+            if token:
+                progress(f"ray token   created      {token} (mode 0600; clients on this machine find it there)")
             temp = ray_temp_dir(str(self.data_dir))
+            state["ray_temp_dir"] = str(temp)
+            started.append("ray")  # a failed `ray start` may leave part of a head behind: stop it by its dir
             urls["ray"], sid = start_ray_head(temp, self.ray_port, self.dashboard_port)
             urls["dashboard"] = f"http://127.0.0.1:{self.dashboard_port}"
-            state["ray_temp_dir"], state["ray_session"] = str(temp), sid
+            state["ray_session"] = sid
             pids["ray"] = ray_pids(temp, sid)
             progress(f"ray         started      {urls['ray']}  dashboard {urls['dashboard']}")
         self._save(state)
-        return state
 
     def _migrate(self, url: str) -> None:
         from raysys.storage.postgres import migrate  # noqa: PLC0415
@@ -394,9 +461,15 @@ class LocalStack:
     def down(self, progress=print) -> list[str]:
         """Stop exactly the processes ``up`` started (by recorded pid and Ray session dir)."""
         state = self._load()
-        pids = state.get("pids", {})
+        stopped = self._stop(state, ["ray", "postgres", "redis"], progress)
+        self._save(state)
+        return stopped
+
+    def _stop(self, state: dict, names: list[str], progress) -> list[str]:
+        """Stop the named services recorded in ``state`` (Ray first) and forget them there."""
+        pids, urls = state.setdefault("pids", {}), state.setdefault("urls", {})
         stopped = []
-        if state.get("ray_temp_dir"):
+        if "ray" in names and state.get("ray_temp_dir"):
             ray_procs = sorted(set(pids.get("ray", [])) | set(ray_pids(Path(state["ray_temp_dir"]),
                                                                        state.get("ray_session"))))
             ray_procs = [p for p in ray_procs if pid_alive(p)]
@@ -404,19 +477,24 @@ class LocalStack:
                 terminate(ray_procs, timeout=15)
                 stopped.append("ray")
                 progress(f"ray         stopped      ({len(ray_procs)} processes)")
-        if pids.get("postgres") and pid_alive(pids["postgres"]):
+        if "postgres" in names and pids.get("postgres") and pid_alive(pids["postgres"]):
             stop_postgres(pids["postgres"])
             stopped.append("postgres")
             progress("postgres    stopped")
-        if pids.get("redis") and pid_alive(pids["redis"]):
+        if "redis" in names and pids.get("redis") and pid_alive(pids["redis"]):
             terminate([pids["redis"]])
             stopped.append("redis")
             progress("redis       stopped")
-        state["pids"] = {}
-        state["urls"] = {}
-        state.pop("ray_temp_dir", None)
-        state.pop("ray_session", None)
-        self._save(state)
+        for name in names:
+            pids.pop(name, None)
+            urls.pop(name, None)
+        if "ray" in names:
+            urls.pop("dashboard", None)
+            state.pop("ray_temp_dir", None)
+            state.pop("ray_session", None)
+        if "postgres" not in names:  # clickhouse has no process; forget it with the rest only
+            return stopped
+        urls.pop("clickhouse", None)
         return stopped
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,62 @@ def _cli(env, *args, check=True, timeout=180):
     if check and proc.returncode != 0:
         raise AssertionError(f"raysys {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def fresh_home_env(tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a user on a machine where raysys never ran: an empty HOME (no ~/.ray token,
+    no data directory, no caches, no ~/.config), no service URL and no Ray token variables."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CELERY_BROKER_URL", "REDIS_URL", "POSTGRES_URL", "CLICKHOUSE_URL", "RAY_ADDRESS",
+                        "RAYSYS_DATA_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+           and not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(home), RAYSYS_REDIS_PORT=str(free_port()), RAYSYS_RAY_PORT=str(free_port()),
+               RAYSYS_DASHBOARD_PORT=str(free_port()), **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_up_status_down_on_a_fresh_home_creates_the_ray_token_and_leaves_nothing(tmp_path):
+    env = fresh_home_env(tmp_path)
+    home = Path(env["HOME"])
+    up = _cli(env, "up")
+    assert "ray         started" in up.stdout
+    token = home / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text().strip()) == 64
+    data = home / ".local" / "share" / "raysys"  # the default data directory, created on first use
+    state = json.loads((data / "stack.json").read_text())
+    status = _cli(env, "status", "--json")
+    assert json.loads(status.stdout)["healthy"] is True
+    assert "Token authentication is enabled" not in status.stderr
+    pids = [state["pids"]["redis"], state["pids"]["postgres"], *state["pids"]["ray"]]
+    _cli(env, "down")
+    assert not [p for p in pids if pid_alive(p)], "processes left behind"
+    assert not pids_in_session(state["ray_session"])
+
+
+@pytest.mark.slow
+def test_a_failing_up_stops_what_it_started_and_says_why_in_one_sentence(tmp_path):
+    env = fresh_home_env(tmp_path, RAYSYS_DATA_DIR=str(tmp_path / "data"))
+    # Something already listens on the Ray port: `ray start` fails after Redis and PostgreSQL started.
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", int(env["RAYSYS_RAY_PORT"])))
+    blocker.listen()
+    try:
+        up = _cli(env, "up", check=False)
+    finally:
+        blocker.close()
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "Traceback" not in up.stderr
+    error = [line for line in up.stderr.splitlines() if line.startswith("raysys: ")]
+    assert error and "ray start" in error[0] and "ray-start.log" in error[0], up.stderr
+    state = json.loads((tmp_path / "data" / "stack.json").read_text())
+    assert state["pids"] == {}
+    assert not pids_with_arg(str(tmp_path / "data"))  # Redis and PostgreSQL stopped again
+    assert not pids_with_arg(str(ray_temp_dir(str(tmp_path / "data"))))  # and whatever `ray start` began
 
 
 @pytest.mark.slow
