@@ -11,9 +11,11 @@ chDB from what pip installed and records their addresses in ``<data dir>/stack.j
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -22,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from raysys.constants import DEFAULT_DASHBOARD_PORT, DEFAULT_RAY_PORT, DEFAULT_REDIS_PORT, QUEUES
+
+# Fields whose values are secrets: never shown (repr, logs, status output).
+SECRET_FIELDS = frozenset({"hf_token", "summary_llm_api_key"})
 
 
 class ConfigError(ValueError):
@@ -89,6 +94,47 @@ def _bool(raw: str, name: str) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}.")
 
 
+_SECRET_QUERY_KEYS = ("password", "passwd", "pass", "secret", "token", "key", "api_key", "apikey", "auth")
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its password (and secret-looking query values) replaced by ``***``, for output and logs.
+
+    ``redis://:hunter2@host:6379/0`` -> ``redis://:***@host:6379/0``. Anything that is not a URL is
+    returned as it is.
+    """
+    if not url or "://" not in url:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, sep, password = userinfo.partition(":")
+        netloc = f"{user}{sep}{'***' if password else ''}@{host}" if sep else f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+            query = "&".join(f"{k}={'***' if k.lower() in _SECRET_QUERY_KEYS else v}" for k, v in pairs)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str, *urls: str | None) -> str:
+    """``text`` with every URL password in it, and the passwords of ``urls`` wherever they appear, hidden."""
+    for url in urls:
+        if not url or "://" not in url:
+            continue
+        with contextlib.suppress(ValueError):
+            password = urllib.parse.urlsplit(url).password
+            if password:
+                for form in {password, urllib.parse.unquote(password), urllib.parse.quote(password, safe="")}:
+                    text = text.replace(form, "***")
+    return re.sub(r"(\w+://[^/\s:@]*:)[^@\s/]+@", r"\1***@", text)
+
+
 def _url(*schemes: str, optional: bool = True) -> Callable[[str, str], str | None]:
     def parse(raw: str, name: str) -> str | None:
         raw = raw.strip()
@@ -98,9 +144,10 @@ def _url(*schemes: str, optional: bool = True) -> Callable[[str, str], str | Non
             raise ConfigError(f"{name} must be set.")
         parsed = urllib.parse.urlparse(raw)
         if parsed.scheme not in schemes:
-            raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}.")
+            raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, "
+                              f"got {redact_url(raw)!r}.")
         if parsed.scheme not in ("chdb", "unix") and not (parsed.hostname or "host=" in parsed.query):
-            raise ConfigError(f"{name} must name a host, got {raw!r}.")
+            raise ConfigError(f"{name} must name a host, got {redact_url(raw)!r}.")
         return raw
 
     return parse
@@ -221,6 +268,10 @@ class Settings:
     diarization_replicas: int = _env("DIARIZATION_REPLICAS", _int(1), 1)
     emotion_replicas: int = _env("EMOTION_REPLICAS", _int(1), 1)
     embedding_replicas: int = _env("EMBEDDING_REPLICAS", _int(1), 1)
+    # Deadlines on waiting for actors (seconds): placed and loaded; one model call; one Warehouse call.
+    actor_start_timeout: float = _env("ACTOR_START_TIMEOUT", _float(1.0), 300.0)
+    model_call_timeout: float = _env("MODEL_CALL_TIMEOUT", _float(1.0), 1800.0)
+    warehouse_call_timeout: float = _env("WAREHOUSE_CALL_TIMEOUT", _float(1.0), 300.0)
 
     smtp_url: str | None = _env("SMTP_URL", _url("smtp", "smtps"), None)
     report_sender: str = _env("REPORT_SENDER", _str, "raysys-reports@localhost")
@@ -239,6 +290,18 @@ class Settings:
     serve_host: str = _env("SERVE_HOST", _str, "127.0.0.1")
     serve_port: int = _env("SERVE_PORT", _int(1), 8000)
     schedule_file: str | None = _env("RAYSYS_SCHEDULE_FILE", _opt_str, None)  # scheduler: TOML/JSON/YAML
+
+    def __repr__(self) -> str:
+        """Every field, with secrets hidden and URL passwords redacted (settings end up in logs)."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = "***"
+            elif isinstance(value, str):
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         if not self.data_dir:

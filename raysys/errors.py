@@ -5,6 +5,7 @@
 - :class:`Refused`        a queue message that cannot be run (format, size, unknown task): dead letter.
 - :class:`Retry`          control flow: run the job again after ``countdown`` seconds.
 - :class:`ModelUnavailable` a model cannot load or run: FAILURE, HTTP 503; readiness fails.
+- :class:`ServiceTimeout` an actor did not start or answer within its deadline: retried, HTTP 504.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ class UnknownTask(Refused, KeyError):
 class ModelUnavailable(RaysysError):
     retryable = True
     http_status = 503
+
+
+class ServiceTimeout(RaysysError):
+    """A service the job waits on (a model actor, the Warehouse) did not start or answer in time.
+
+    Retryable: the actor may be restarted, or the cluster may gain the resources it asked for.
+    """
+
+    retryable = True
+    http_status = 504
 
 
 class Retry(RaysysError):  # noqa: N818 - named like Celery's Retry, which it stands for

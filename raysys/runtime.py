@@ -29,7 +29,7 @@ def init_ray(settings: Settings, **kwargs) -> None:
         # A cluster raysys starts itself (`raysys up`'s head, or a private one for this process) runs with
         # token auth: say so up front, which also spares users Ray's "Token authentication is enabled"
         # warning on every command. A private cluster creates its token when none exists.
-        os.environ["RAY_AUTH_MODE"] = "token"
+        _token_mode()
     elif address:
         # Ray 2.60 heads use token auth, but ray.init(address=...) does not turn it on by itself when a
         # token exists; Ray's own helper does (only when RAY_AUTH_MODE is unset and a token exists).
@@ -53,3 +53,15 @@ def embedded_ray_address(settings: Settings) -> str | None:
         return json.loads(settings.stack_file.read_text()).get("urls", {}).get("ray")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _token_mode() -> None:
+    """Token auth for this process and its children, as Ray's own helper turns it on: the variable, and
+    Ray's cached config refreshed (it was read when ``ray`` was imported)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._raylet import Config  # noqa: PLC0415 - Ray's private config cache
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # a Ray without the cache reads the variable when it connects
+        pass

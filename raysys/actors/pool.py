@@ -9,9 +9,16 @@ reuses them. Sizing knobs, per model, all in :class:`~raysys.config.Settings`:
 - ``*_NUM_GPUS`` — GPUs per actor: a number (fractions allowed, e.g. 0.5 so diarization and
   emotion share a card), or ``auto`` (default): the model's share from :data:`AUTO_GPU_SHARE` when
   the cluster has GPUs, 0 (CPU) when it has none.
-- CPUs per actor: :data:`CPUS` (torch uses that many threads in the actor) on GPU nodes and on
-  clusters with CPUs to spare; on small CPU-only clusters a share of a CPU (:func:`resolve_num_cpus`),
-  so the three always-on model actors never hold every CPU and starve the tasks that call them.
+- CPUs: a model actor reserves **no** logical CPU. The actors are services that tasks wait on; a
+  task waiting on an actor that cannot be placed because waiting tasks hold every CPU is a deadlock
+  (issue 18: eight analytics tasks on a 2-CPU cluster held both CPUs while the embedding actor they
+  waited for stayed PENDING_CREATION). With no CPU to reserve, an actor is placeable on any cluster
+  whatever the load, and GPU actors are placed by their GPU share alone. torch in the actor uses
+  :func:`resolve_threads` threads: :data:`CPUS` on GPU nodes and roomy clusters, one on small ones.
+- Deadlines (:mod:`raysys.actors.deadline`): a replica must be placed and loaded within
+  ``ACTOR_START_TIMEOUT`` and each call answered within ``MODEL_CALL_TIMEOUT``; past either the
+  caller gets :class:`~raysys.errors.ServiceTimeout` naming the actor, its needs and the cluster's
+  pending demand, never a silent hang.
 
 Inside an actor (:class:`ModelServer`) the model is loaded once; concurrent requests are queued and
 run together as one batch (up to ``max_batch`` items, gathered for ``batch_wait_s``). A model that
@@ -28,12 +35,12 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
+from raysys.actors import deadline
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE
-from raysys.errors import ModelUnavailable, RaysysError
+from raysys.errors import ModelUnavailable, RaysysError, ServiceTimeout
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +78,16 @@ def resolve_num_gpus(kind: str, configured: float | None) -> float:
     return min(AUTO_GPU_SHARE.get(kind, 0.25), gpus) if gpus > 0 else 0.0
 
 
-def resolve_num_cpus(kind: str, num_gpus: float) -> float:
-    """CPUs one ``kind`` actor reserves: :data:`CPUS` with a GPU or on a roomy cluster, else a share.
-
-    The model actors are long-lived and mostly idle between requests; reserving a whole CPU each on a
-    2-CPU laptop cluster would leave nothing for the tasks that call them (a deadlock: the task waits
-    for an actor that cannot be placed). An eighth of the cluster, at least a quarter CPU, keeps all
-    three placeable next to the work.
-    """
-    want = CPUS.get(kind, 1.0)
+def resolve_threads(kind: str, num_gpus: float) -> int:
+    """torch threads for one ``kind`` actor: :data:`CPUS` with a GPU or on a cluster with CPUs to spare
+    (at least 8 per model kind), else one, so the model actors leave the CPUs to the tasks beside them."""
+    want = int(CPUS.get(kind, 1.0))
     if num_gpus > 0:
         return want
     total = cluster_resource("CPU")
     if total <= 0:
         return want
-    return min(want, max(0.25, total / 8))
+    return max(1, min(want, int(total / 8)))
 
 
 def pool_settings(settings: Settings, kind: str) -> tuple[int, float]:
@@ -104,10 +106,10 @@ class ModelServer:
     max_batch = 16
     batch_wait_s = 0.005
 
-    def __init__(self, spec: dict, num_cpus: float = 1.0, num_gpus: float = 0.0) -> None:
+    def __init__(self, spec: dict, threads: int = 1, num_gpus: float = 0.0) -> None:
         import torch  # noqa: PLC0415
 
-        torch.set_num_threads(max(1, int(num_cpus)))
+        torch.set_num_threads(max(1, int(threads)))
         self.spec = spec
         self.device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.error: str | None = None
@@ -119,7 +121,7 @@ class ModelServer:
         t0 = time.perf_counter()
         try:
             self.model = self.load(spec, self.device)
-            torch.set_num_threads(max(1, int(num_cpus)))  # some imports (silero-vad) reset it
+            torch.set_num_threads(max(1, int(threads)))  # some imports (silero-vad) reset it
         except Exception as exc:  # noqa: BLE001 - reported by ready(), not by a dead actor
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("model %s failed to load: %s", spec, self.error)
@@ -195,13 +197,16 @@ class ModelPool:
     _lock = threading.Lock()
 
     def __init__(self, kind: str, actor_cls: type, spec: dict, *, replicas: int, num_gpus: float,
-                 num_cpus: float | None = None) -> None:
+                 threads: int | None = None, start_timeout: float = READY_TIMEOUT_S,
+                 call_timeout: float | None = None) -> None:
         self.kind = kind
         self.actor_cls = actor_cls
         self.spec = spec
         self.replicas = max(1, int(replicas))
         self.num_gpus = float(num_gpus)
-        self.num_cpus = float(num_cpus if num_cpus is not None else resolve_num_cpus(kind, self.num_gpus))
+        self.threads = int(threads if threads is not None else resolve_threads(kind, self.num_gpus))
+        self.start_timeout = float(start_timeout)
+        self.call_timeout = call_timeout
         key = repr(sorted(spec.items())) + f"|gpu={self.num_gpus}"
         self.prefix = f"raysys-{kind}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
@@ -212,9 +217,13 @@ class ModelPool:
         remote = _remote(self.actor_cls)
         return remote.options(
             name=f"{self.prefix}-{index}", namespace=RAY_NAMESPACE, get_if_exists=True, lifetime="detached",
-            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0,
+            num_cpus=0, num_gpus=self.num_gpus, max_restarts=MAX_RESTARTS, max_task_retries=0,
             max_concurrency=64,
-        ).remote(self.spec, self.num_cpus, self.num_gpus)
+        ).remote(self.spec, self.threads, self.num_gpus)
+
+    def needs(self) -> dict[str, float]:
+        """What one replica asks the cluster for (for deadline messages)."""
+        return {"CPU": 0.0, "GPU": self.num_gpus}
 
     def handles(self) -> list:
         return [self.handle(i) for i in range(self.replicas)]
@@ -232,30 +241,46 @@ class ModelPool:
     def _ready_one(self, index: int, handle, timeout: float) -> dict:
         import ray  # noqa: PLC0415
 
+        name = f"{self.prefix}-{index}"
         try:
-            return ray.get(handle.ready.remote(), timeout=timeout)
+            return deadline.get_within(handle.ready.remote(), timeout, f"{self.kind} actor {name}")
+        except ServiceTimeout:
+            raise ServiceTimeout(f"{self.kind} actor {name} did not start within {timeout:.0f} s: "
+                                 f"{deadline.placement_report(name, self.needs())}") from None
         except Exception as exc:  # noqa: BLE001
             cause = _unwrap(exc)
             ray.kill(handle, no_restart=True)  # a fresh actor retries the load next time
+            deadline.forget(name)
             if isinstance(cause, ModelUnavailable):
                 raise cause from None
-            raise ModelUnavailable(f"{self.kind} actor {self.prefix}-{index} is not ready: {cause}") from None
+            raise ModelUnavailable(f"{self.kind} actor {name} is not ready: {cause}") from None
 
     def call(self, item: Any, timeout: float | None = None) -> Any:
-        """Run one request on a replica; raises the model's error (ModelUnavailable if it cannot load)."""
+        """Run one request on a replica; raises the model's error (ModelUnavailable if it cannot load).
+
+        The replica must be placed and loaded within ``start_timeout`` (checked once per process) and
+        must answer within ``timeout`` (default ``call_timeout``); else :class:`ServiceTimeout`.
+        """
         import ray  # noqa: PLC0415
 
         index, handle = self.pick()
+        name = f"{self.prefix}-{index}"
         try:
-            return ray.get(handle.submit.remote(item), timeout=timeout)
+            deadline.wait_started(handle, name, self.needs(), self.start_timeout)
+            return deadline.get_within(handle.submit.remote(item), timeout or self.call_timeout,
+                                       f"{self.kind} actor {name}")
+        except ServiceTimeout:
+            raise
         except Exception as exc:  # noqa: BLE001
             cause = _unwrap(exc)
             if isinstance(cause, ModelUnavailable):
                 ray.kill(handle, no_restart=True)
+                deadline.forget(name)
             if isinstance(cause, RaysysError | ValueError):
                 raise cause from None
             if isinstance(exc, ray.exceptions.RayActorError):
-                raise ModelUnavailable(f"{self.kind} actor {self.prefix}-{index} died: {exc}") from None
+                deadline.forget(name)
+                raise ModelUnavailable(f"{self.kind} actor {name} died: {exc}") from None
             raise
 
 
@@ -277,10 +302,11 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-def get_pool(settings: Settings, kind: str, actor_cls: type, spec: dict,
-             cpus: Callable[[], float] | None = None) -> ModelPool:
+def get_pool(settings: Settings, kind: str, actor_cls: type, spec: dict) -> ModelPool:
+    """The pool of ``kind`` actors for ``spec``, sized and given deadlines from ``settings``."""
     replicas, num_gpus = pool_settings(settings, kind)
-    return ModelPool(kind, actor_cls, spec, replicas=replicas, num_gpus=num_gpus, num_cpus=cpus() if cpus else None)
+    return ModelPool(kind, actor_cls, spec, replicas=replicas, num_gpus=num_gpus,
+                     start_timeout=settings.actor_start_timeout, call_timeout=settings.model_call_timeout)
 
 
 MODEL_KINDS = ("diarization", "emotion", "embedding")

@@ -11,6 +11,7 @@ from typing import Any
 
 import ray
 
+from raysys.actors import deadline
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE, WAREHOUSE_ACTOR
 from raysys.storage.warehouse import Warehouse
@@ -33,15 +34,26 @@ class WarehouseActor:
         return self.wh.version()
 
 
+def warehouse_name(settings: Settings) -> str:
+    # One actor per warehouse DSN, so clusters shared by several data directories (tests) stay apart.
+    return f"{WAREHOUSE_ACTOR}-{hashlib.sha1(settings.warehouse_dsn.encode()).hexdigest()[:8]}"
+
+
 def warehouse(settings: Settings) -> ray.actor.ActorHandle:
     """The cluster's Warehouse actor for ``settings.warehouse_dsn``, created if it does not exist."""
-    # One actor per warehouse DSN, so clusters shared by several data directories (tests) stay apart.
-    name = f"{WAREHOUSE_ACTOR}-{hashlib.sha1(settings.warehouse_dsn.encode()).hexdigest()[:8]}"
     return WarehouseActor.options(
-        name=name, namespace=RAY_NAMESPACE, get_if_exists=True, lifetime="detached",
+        name=warehouse_name(settings), namespace=RAY_NAMESPACE, get_if_exists=True, lifetime="detached",
     ).remote(settings.warehouse_dsn)
 
 
 def wh_call(settings: Settings, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a Warehouse method on the cluster's actor and wait for the result."""
-    return ray.get(warehouse(settings).call.remote(method, *args, **kwargs))
+    """Call a Warehouse method on the cluster's actor and wait for the result.
+
+    Raises:
+        ServiceTimeout: the actor was not up within ``ACTOR_START_TIMEOUT`` or the call took longer
+            than ``WAREHOUSE_CALL_TIMEOUT`` (a hung query must not pin the caller for ever).
+    """
+    handle, name = warehouse(settings), warehouse_name(settings)
+    deadline.wait_started(handle, name, {"CPU": 0.0}, settings.actor_start_timeout)
+    return deadline.get_within(handle.call.remote(method, *args, **kwargs), settings.warehouse_call_timeout,
+                               f"the Warehouse actor {name} ({method})")

@@ -79,7 +79,8 @@ def cmd_ingest(args, settings: Settings) -> int:
 
     counts = {"ingested": 0, "unchanged": 0, "failed": 0}
     chunks = pages = 0
-    bar = tqdm(total=total, unit="doc", disable=args.no_progress or args.json, file=sys.stderr)
+    bar = tqdm(total=total, unit="doc", disable=args.no_progress or args.json or not sys.stderr.isatty(),
+               file=sys.stderr)
     try:
         for result in results:
             if bar.total != bar_total["n"]:

@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from raysys.config import redact_text, redact_url
 from raysys.errors import RaysysError
 
 log = logging.getLogger(__name__)
@@ -105,17 +106,19 @@ class RagClient:
                 if response.is_success:
                     return response
                 if response.status_code not in RETRY_STATUSES:
-                    raise RagServiceError(f"RAG service refused {url}: HTTP {response.status_code} "
+                    raise RagServiceError(f"RAG service refused {redact_url(url)}: HTTP {response.status_code} "
                                           f"{response.text[:300]!r}", retryable=False, status=response.status_code)
                 problem = f"HTTP {response.status_code}"
                 retry_after = response.headers.get("Retry-After", "")
                 if retry_after.replace(".", "", 1).isdigit():
                     wait = max(wait, float(retry_after))
             if attempt == self.attempts:
-                raise RagServiceError(f"RAG service unavailable at {url} after {attempt} attempts ({problem})",
+                raise RagServiceError(f"RAG service unavailable at {redact_url(url)} after {attempt} attempts "
+                                      f"({redact_text(problem, url)})",
                                       retryable=True)
             wait = min(self.backoff_max, wait) * (0.5 + random.random() / 2)
-            log.warning("rag push %s: %s; retry %d/%d in %.2fs", url, problem, attempt, self.attempts - 1, wait)
+            log.warning("rag push %s: %s; retry %d/%d in %.2fs", redact_url(url), redact_text(problem, url), attempt,
+                        self.attempts - 1, wait)
             time.sleep(wait)
         raise AssertionError("unreachable")
 

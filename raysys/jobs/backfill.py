@@ -62,12 +62,14 @@ def call_ids(settings: Settings, tenant: str, start: date, end: date) -> list[st
 
 
 class Progress:
-    """A tqdm bar on stderr plus a plain log line every ``every`` items (job logs are not terminals)."""
+    """A plain log line every ``every`` items (job logs are not terminals), and a tqdm bar on stderr
+    when it is a terminal (a bar redrawn into a log file floods it)."""
 
     def __init__(self, total: int, every: int, what: str, unit: str = "call") -> None:
         from tqdm import tqdm  # noqa: PLC0415
 
-        self.bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, mininterval=2.0)
+        self.bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, mininterval=2.0,
+                        disable=not sys.stderr.isatty())
         self.total, self.every, self.done, self.failed = total, max(1, every), 0, 0
         self.started = time.perf_counter()
 

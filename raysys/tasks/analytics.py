@@ -30,8 +30,9 @@ from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# These tasks mostly wait on the model and Warehouse actors, which hold CPUs of their own; a whole
-# CPU per task would leave a small cluster unable to run a task while the model actors sit idle.
+# These tasks mostly wait on the model and Warehouse actors (which reserve no CPU, so waiting tasks can
+# never keep them from being placed); a whole CPU per task would leave a small cluster running few calls
+# at once while the model actors sit idle.
 ORCHESTRATION_CPUS = 0.25
 
 

@@ -28,7 +28,9 @@ def ingest_document(ctx: TaskContext, document_id: str, tenant_id: str, source_p
     return run(ctx.settings, tenant_id, source_path, document_id, progress=ctx.progress)
 
 
-@task("workers.tasks.ingest_batch", queue="ingest", aliases=("tasks.ingest_batch",))
+# The batch only fans out and waits on its children (which hold the CPUs); holding a CPU itself would
+# let a few batches on a small cluster take every CPU their children need (a deadlock).
+@task("workers.tasks.ingest_batch", queue="ingest", aliases=("tasks.ingest_batch",), num_cpus=0)
 def ingest_batch(ctx: TaskContext, tenant_id: str, source_paths: list[str] | str) -> dict[str, Any]:
     """Ingest many files (directories expanded) over the cluster; one bad file fails alone.
 
