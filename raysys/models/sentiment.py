@@ -44,7 +44,9 @@ DOMAIN_LEXICON: dict[str, float] = {
     "disconnected": -1.0, "declined": -0.8, "issue": -0.8, "issues": -0.8, "patient": 1.5,
     # politeness and back-channels: in a call they carry no opinion ("ok", "yes", "sure", "please"
     # answer the agent), while VADER rates them like social-media reactions (ok 1.2, yes 1.7)
-    "please": 0.0, "ok": 0.0, "okay": 0.0, "yes": 0.0, "yeah": 0.0, "sure": 0.0,
+    "please": 0.0, "ok": 0.0, "okay": 0.0, "yes": 0.0, "yeah": 0.0, "sure": 0.0, "number": 0.0,
+    # requests: "I want to ...", "can you help me with ..." ask for something, they do not judge it
+    "want": 0.0, "help": 0.0,
 }
 
 _NUM = (r"(?:an?|one|two|three|four|five|six|seven|eight|nine|ten|fifteen|twenty|thirty|forty|fifty|sixty|"
@@ -70,8 +72,8 @@ DOMAIN_PHRASES: tuple[tuple[str, str, float], ...] = (
                        r"(?:twice|again and again|repeatedly|over and over)\b", -1.8),
     ("still broken", r"\bstill (?:not|isn't|is not|doesn't|does not|hasn't|has not|haven't|won't|can't|cannot|"
                      r"no|nothing|broken|down|the same|having|getting|charging|charged)\b", -1.8),
-    ("not working", r"\b" + _NOT + r" (?:\w+ )?(?:work|working|works|worked|fixed|resolved|solved|sorted|arrived|"
-                    r"received|turned up|come through|been sorted|been fixed|been resolved)\b", -1.8),
+    ("not working", r"\b" + _NOT + r" (?:\w+ )?(?:work|working|works|worked|help|helped|helping|fixed|resolved|solved|"
+                    r"sorted|arrived|received|turned up|come through|been sorted|been fixed|been resolved)\b", -1.8),
     ("not helpful", r"\b(?:not|isn't|wasn't|weren't|never) (?:very |really |at all |particularly |much |of any |any )?"
                     r"(?:helpful|useful|acceptable|good enough|help|use)\b", -2.0),
     ("no help", r"\b(?:no help|no use|of no use|(?:nobody|no one|no-one) (?:can|could|will|wants to|seems to) "
@@ -96,6 +98,10 @@ DOMAIN_PHRASES: tuple[tuple[str, str, float], ...] = (
     ("fixed", r"\b(?:problem|issue|it|that|everything|this)(?:'s| is| has been| was| are| have been)? "
               r"(?:now |all |finally |been )?(?:fixed|solved|resolved|sorted(?: out)?|working(?: again| now| fine)|"
               r"works(?: now| again| fine))\b", 2.2),
+    ("product name", r"\b(?:credit (?:card|limit|score|check|note)|interest (?:rate|charge)s?|customer (?:care|"
+                     r"support|service)|(?:tech|technical) support|security (?:question|code|number|check|details)|"
+                     r"direct debit|free (?:trial|phone|upgrade)|service charges?|save (?:my|the) (?:card|details))\b",
+     0.0),
     ("request", r"\b(?:i'd|i would|we'd|we would|would you|you'd|i'd just|just) like\b", 0.0),
     ("offer to help", r"\b(?:how|what) (?:can|may) i (?:help|do for) you\b|\b(?:can|may) i help you\b", 0.0),
 )
@@ -147,6 +153,10 @@ class SentimentModel:
                 return super().score_valence(sentiments + extra, text)
 
         self._analyzer = _Analyzer()
+        # VADER rates some all-digit text-speak ("143" = I love you: +3.2, "187": -3.1); in a call digits are
+        # account, card and phone numbers, so they carry no opinion.
+        for word in [w for w in self._analyzer.lexicon if w.isdigit()]:
+            del self._analyzer.lexicon[word]
         self._analyzer.lexicon.update(DOMAIN_LEXICON)
         self._phrases = [(n, re.compile(p), v) for n, p, v in DOMAIN_PHRASES]
         self._local = threading.local()
