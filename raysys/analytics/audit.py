@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import random
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,6 +129,26 @@ def sentiment_accuracy(rows: Sequence[tuple[str, str]], labels: Sequence[str]) -
     gold = [g for _, g in rows]
     return _classification(gold, list(labels), SENTIMENT_LABELS) | {"misses": [
         {"text": t, "label": g, "predicted": p} for (t, g), p in zip(rows, labels, strict=True) if g != p][:20]}
+
+
+def audit_sentiment(audit_dir: Path) -> list[dict[str, Any]]:
+    """Audit rows (accuracy and macro-F1, 3 classes) of the sentiment model on the audit set's sentiment set.
+
+    Returns ``[{"model": "sentiment", "version", "metric", "value", "rtf": 0.0, "details"}]``.
+    Raises InvalidInput for a malformed ``sentiment.csv``.
+    """
+    from raysys.analytics import sentiment  # noqa: PLC0415 - keeps VADER's lexicon load off other audits' path
+
+    path = sentiment_set_path(audit_dir)
+    rows = read_sentiment_set(path)
+    t0 = time.perf_counter()
+    labels = [sentiment.label_for(sentiment.text_sentiment(t)) for t, _ in rows]
+    elapsed = time.perf_counter() - t0
+    scores = sentiment_accuracy(rows, labels)
+    details = {**scores, "set": str(path), "seconds_per_text": elapsed / len(rows)}
+    version = sentiment.model_version()
+    return [{"model": "sentiment", "version": version, "metric": metric, "value": scores[metric], "rtf": 0.0,
+             "details": details} for metric in ("accuracy", "macro_f1")]
 
 
 def emotion_items(audit_dir: Path) -> tuple[list[tuple[Path, str]], int]:
