@@ -124,6 +124,16 @@ def test_emotion_and_sentiment_audits_are_stored_flagged_and_charted(ctx, asetti
     assert all(r["run_id"] in table for r in (first, second, third))
 
 
+def test_an_unreadable_clip_is_named_in_the_error(asettings, tmp_path):
+    from raysys.tasks.maintenance import run_audit
+
+    (tmp_path / "emotion").mkdir()
+    (tmp_path / "emotion" / "03a01Wa.wav").write_bytes(b"RIFF not really a wave file")
+    # no Ray needed: the clip is refused while it is decoded, before any actor is asked
+    with pytest.raises(InvalidInput, match="emotion audit clip .*03a01Wa.wav"):
+        run_audit(asettings, tmp_path, wh=lambda *a: None)
+
+
 def test_bad_audit_sets_fail_clearly(tmp_path):
     (tmp_path / "emotion").mkdir()
     (tmp_path / "emotion" / "labels.csv").write_text("file,emotion\nx.wav,angry\n")

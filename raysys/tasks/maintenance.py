@@ -208,7 +208,10 @@ def _emotion_rows(settings: Settings, audit_dir: Path, classify: Callable[[str],
     pairs, seconds, audio_seconds, version = [], 0.0, 0.0, ""
     for clip, label in items:
         t0 = time.perf_counter()
-        out = classify(str(clip))
+        try:
+            out = classify(str(clip))
+        except InvalidInput as exc:  # name the clip: the audit set is the operator's to fix
+            raise InvalidInput(f"emotion audit clip {clip}: {exc}") from exc
         seconds += time.perf_counter() - t0
         audio_seconds += float(out.get("duration") or 0.0)
         version = f"{out.get('backend', '')}:{out.get('model_version', '')}"
