@@ -145,7 +145,17 @@ def test_call_with_a_real_recording_maps_diarized_speakers_to_roles(ctx, intent_
     assert row["details"]["speaker_mapping"]["method"] == "turns"
     assert sorted(row["details"]["speaker_mapping"]["mapping"].values()) == ["agent", "customer"]
     assert row["details"]["timeline"]["source"] == "audio" and row["emotion"]["segments"]
-    assert set(row["model_versions"]) >= {"diarization", "emotion", "intents"}
+    assert set(row["model_versions"]) >= {"diarization", "emotion", "intents", "sentiment"}
+    # The call has text: its sentiment comes from the sentiment model on the customer's turns, not from
+    # the emotion backend's segment valence.
+    from raysys.analytics.callmetrics import sentiment_summary
+    from raysys.models.sentiment import default_model
+
+    assert row["details"]["sentiment_source"] == "text"
+    assert row["model_versions"]["sentiment"] == default_model().model_version
+    expected = sentiment_summary([{"start": t.start_s, "end": t.end_s, "role": t.speaker_role,
+                                   "valence": default_model().score(t.text)} for t in turns])
+    assert row["sentiment_mean"] == pytest.approx(expected["mean"]) and expected["mean"] != 0
     # The diarized agent speech lies mostly where the reference says the agent speaks.
     agent_hyp = [(s["start"], s["end"]) for s in row["diarization"]["segments"] if s["role"] == "agent"]
     agent_ref = [(t.start_s, t.end_s) for t in turns if t.speaker_role == "agent"]

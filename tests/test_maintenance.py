@@ -126,20 +126,23 @@ def test_audit_models_stores_accuracy_and_flags_a_regression(ctx, asettings, tmp
     good = _audit_set(tmp_path / "good", text_encoder, held_out)
     ctx.settings = asettings.replace(audit_dir=str(good))
     first = audit_models(ctx)
-    (res,) = first["results"]
-    assert res["model"] == "intents" and res["metric"] == "accuracy" and res["value"] == 1.0
-    assert first["regressions"] == []
+    (res,) = [r for r in first["results"] if r["model"] == "intents"]
+    assert res["metric"] == "accuracy" and res["value"] == 1.0
+    assert "intents:accuracy" not in first["regressions"]
+    # without a sentiment.csv the set raysys ships audits the sentiment model
+    assert {(r["model"], r["metric"]) for r in first["results"]} == {
+        ("intents", "accuracy"), ("sentiment", "accuracy"), ("sentiment", "macro_f1")}
     # A model trained on wrong labels: accuracy drops far beyond the threshold.
     wrong = [c for _, c in SMALL_CATALOGUE]
     wrong = wrong[4:] + wrong[:4]  # card_lost examples labelled delivery_status, and so on
     bad = _audit_set(tmp_path / "bad", text_encoder, held_out, labels=wrong)
     ctx.settings = asettings.replace(audit_dir=str(bad))
     second = audit_models(ctx)
-    (res,) = second["results"]
+    (res,) = [r for r in second["results"] if r["model"] == "intents"]
     assert res["value"] < 0.5 and res["baseline"] == 1.0 and res["regression"] is True
     assert second["regressions"] == ["intents:accuracy"]
-    stored = wh(asettings, "query", "SELECT value, regression, version FROM model_audits WHERE run_id = {r:String}",
-                {"r": second["run_id"]})
+    stored = wh(asettings, "query", "SELECT value, regression, version FROM model_audits WHERE run_id = {r:String} "
+                "AND model = 'intents'", {"r": second["run_id"]})
     assert stored == [{"value": res["value"], "regression": 1, "version": res["version"]}]
     ctx.settings = asettings.replace(audit_dir=str(tmp_path / "missing"))
     with pytest.raises(InvalidInput, match="no audit set"):
@@ -152,13 +155,16 @@ def test_audit_models_measures_der_and_speed_on_a_default_set_from_shared_data(c
     from raysys.analytics.audit import build_default_set
 
     shared_data("diarization", "sample.wav")
-    audit_dir = build_default_set(SHARED_DATA, tmp_path / "audit", recordings=("sample",), per_intent=1)
+    audit_dir = build_default_set(SHARED_DATA, tmp_path / "audit", recordings=("sample",), per_intent=1,
+                                  emotion_per_label=0)
     assert (audit_dir / "diarization" / "sample.rttm").is_file()
     assert len((audit_dir / "intents.csv").read_text().splitlines()) == 1 + 77
     ctx.settings = asettings.replace(audit_dir=str(audit_dir))
     out = audit_models(ctx)
-    (res,) = out["results"]  # no intent model configured: diarization only
+    # no intent model configured, no emotion clips asked for: diarization and (always) sentiment
+    (res,) = [r for r in out["results"] if r["model"] != "sentiment"]
     assert res["model"] == "diarization" and res["metric"] == "der"
     assert 0 <= res["value"] < 0.3 and 0 < res["rtf"] < 1
-    row = wh(asettings, "query", "SELECT details FROM model_audits WHERE run_id = {r:String}", {"r": out["run_id"]})
+    row = wh(asettings, "query", "SELECT details FROM model_audits WHERE run_id = {r:String} AND model = 'diarization'",
+             {"r": out["run_id"]})
     assert json.loads(row[0]["details"])["files"] == ["sample.wav"]

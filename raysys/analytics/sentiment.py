@@ -1,54 +1,39 @@
-"""Text sentiment in [-1, 1] from a small lexicon with negation and intensifiers.
+"""Call sentiment from the words, through the one sentiment model (:mod:`raysys.models.sentiment`).
 
-What it is: a transparent baseline for calls with no audio (and for blending with the emotion model's
-valence), tuned for contact-centre phrasing ("still not working", "thanks, that's great").
-What it is not: a trained model; sarcasm, domain jargon and long-range context are beyond it.
+The same model scores segment valence in the builtin emotion backend, so a call's sentiment, its
+segments' valence and the daily CSAT proxy (the mean of the calls' ``sentiment_mean``, see
+:mod:`raysys.analytics.aggregation`) can no longer disagree because two word lists did.
 """
 
 from __future__ import annotations
 
-import math
-import re
+from collections.abc import Sequence
+from typing import Any
 
-POSITIVE = {
-    "thanks": 1.0, "thank": 1.0, "great": 1.5, "good": 1.0, "perfect": 1.5, "excellent": 1.8, "appreciate": 1.2,
-    "helpful": 1.2, "happy": 1.3, "glad": 1.2, "wonderful": 1.6, "awesome": 1.5, "resolved": 1.0, "fixed": 1.0,
-    "sorted": 0.8, "works": 0.8, "working": 0.5, "love": 1.5, "pleased": 1.3, "fantastic": 1.7, "amazing": 1.6,
-    "nice": 0.9, "fine": 0.4, "brilliant": 1.5, "quick": 0.5, "easy": 0.6, "satisfied": 1.2, "welcome": 0.6,
-    "yes": 0.2, "ok": 0.2, "okay": 0.2, "solved": 1.0, "kind": 0.8,
-}
-NEGATIVE = {
-    "unhappy": -1.5, "angry": -1.8, "frustrated": -1.6, "frustrating": -1.6, "terrible": -1.9, "awful": -1.9,
-    "bad": -1.2, "worst": -2.0, "horrible": -1.9, "annoyed": -1.4, "annoying": -1.4, "disappointed": -1.5,
-    "ridiculous": -1.6, "useless": -1.7, "wrong": -1.0, "problem": -0.6, "issue": -0.5, "broken": -1.1,
-    "failed": -1.0, "fail": -1.0, "fails": -1.0, "charged": -0.4, "twice": -0.3, "lost": -0.8, "stolen": -1.1,
-    "never": -0.6, "still": -0.3, "complaint": -1.2, "cancel": -0.6, "unacceptable": -1.9, "waiting": -0.6,
-    "wait": -0.3, "hate": -1.8, "poor": -1.2, "slow": -0.8, "down": -0.4, "error": -0.8, "declined": -0.9,
-    "refund": -0.3, "escalate": -0.6, "nobody": -0.8, "unfortunately": -0.6, "sorry": -0.3, "can't": -0.5,
-    "cannot": -0.5, "won't": -0.5, "doesn't": -0.4, "didn't": -0.4, "hasn't": -0.4, "not": -0.3,
-    "fraud": -1.3, "scam": -1.6, "upset": -1.4, "worried": -1.0, "confused": -0.7,
-}
-NEGATIONS = {"not", "no", "never", "don't", "doesn't", "didn't", "isn't", "wasn't", "aren't", "can't", "won't",
-             "hasn't", "haven't", "nothing", "nobody", "hardly"}
-INTENSIFIERS = {"very": 1.4, "really": 1.3, "so": 1.2, "extremely": 1.6, "totally": 1.3, "absolutely": 1.4,
-                "quite": 1.1, "too": 1.2}
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+from raysys.models.sentiment import default_model, label_for, text_sentiment
+
+__all__ = ["label_for", "model_version", "text_sentiment", "turn_sentiments"]
 
 
-def text_sentiment(text: str) -> float:
-    """Sentiment of one utterance in [-1, 1]; 0 when no opinion words are found."""
-    words = _WORD.findall(text.lower().replace("’", "'"))
-    score = 0.0
-    for i, w in enumerate(words):
-        value = POSITIVE.get(w) or NEGATIVE.get(w)
-        if value is None:
+def model_version() -> str:
+    """The sentiment model's version string (``vader-<package version>+<domain layer version>``)."""
+    return default_model().model_version
+
+
+def turn_sentiments(turns: Sequence[Any]) -> list[dict[str, Any]]:
+    """One item per turn with text: ``{"start", "end", "valence", "label", "role"}``, valence in [-1, 1].
+
+    Args:
+        turns: objects with ``start_s``, ``end_s``, ``text`` and ``speaker_role`` (stored call turns).
+    Returns:
+        items in the turns' order; turns with blank text are left out.
+    """
+    model = default_model()
+    items = []
+    for t in turns:
+        if not (t.text or "").strip():
             continue
-        before = words[max(0, i - 3):i]
-        if any(b in NEGATIONS for b in before) and w not in NEGATIONS:
-            value = -value * 0.8
-        for b in before[-1:]:
-            value *= INTENSIFIERS.get(b, 1.0)
-        score += value
-    if "!" in text and score:
-        score *= 1.15
-    return math.tanh(score / 2.0)
+        s = model.analyze(t.text)
+        items.append({"start": t.start_s, "end": t.end_s, "valence": s.score, "label": s.label,
+                      "role": t.speaker_role})
+    return items

@@ -101,7 +101,7 @@ def _audit_set(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
         IntentModel.train(texts, cats, encode, encoder_name=enc.model_name).save(out)
 
     dest = build_default_set(Path(args.data), Path(args.out), recordings=tuple(args.recordings.split(",")),
-                             train_intents=None if args.no_train else train)
+                             train_intents=None if args.no_train else train, emotion_per_label=args.emotion_clips)
     print(json.dumps({"audit_dir": str(dest)}))
     return 0
 
@@ -136,9 +136,12 @@ def register(sub) -> None:  # noqa: ANN001
 
     a = sub.add_parser("analytics", help="analytics utilities")
     asub = a.add_subparsers(dest="analytics_command", metavar="ACTION", required=True)
-    s = asub.add_parser("audit-set", help="build a model audit set (recordings + RTTM, intents CSV) from shared data")
-    s.add_argument("--data", required=True, help="the shared data directory (diarization/, intents/banking77/)")
+    s = asub.add_parser("audit-set", help="build a model audit set (recordings + RTTM, intents CSV, "
+                                       "EmoDB clips, sentiment CSV) from shared data")
+    s.add_argument("--data", required=True, help="the shared data directory (diarization/, intents/banking77/, "
+                                           "emotion/emodb/)")
     s.add_argument("--out", required=True, help="audit set directory to write (use as AUDIT_DIR)")
     s.add_argument("--recordings", default="sample,trn00,trn01", help="comma-separated recording ids")
     s.add_argument("--no-train", action="store_true", help="do not train the audited intent model")
+    s.add_argument("--emotion-clips", type=int, default=5, help="EmoDB clips per emotion (0: none)")
     s.set_defaults(func=_guard(_audit_set))

@@ -29,13 +29,13 @@ What it is not
 from __future__ import annotations
 
 import math
-import re
 from typing import Protocol
 
 import numpy as np
 
 from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput, ModelUnavailable
+from raysys.models.sentiment import text_sentiment
 
 LABELS = ("neutral", "angry", "happy", "sad")
 BACKENDS = ("builtin", "speechbrain")
@@ -71,31 +71,10 @@ class EmotionModel(Protocol):
 
 # --- the builtin baseline --------------------------------------------------------------------------
 
-POSITIVE = set("""
-good great thanks thank appreciate excellent perfect happy glad love wonderful amazing helpful resolved
-fixed works working awesome nice pleased fantastic brilliant sure fine welcome easy quick satisfied
-""".split())
-NEGATIVE = set("""
-bad terrible awful angry upset annoyed frustrated frustrating ridiculous unacceptable worst hate broken
-problem issue wrong cancel complaint disappointed disappointing never useless slow waiting waited charged
-refund fraud error failed failing fail unhappy sad sorry confused rude lost stolen stuck impossible
-""".split())
-NEGATIONS = {"not", "no", "never", "don't", "dont", "didn't", "didnt", "isn't", "isnt", "wasn't", "wasnt",
-             "can't", "cant", "won't", "wont", "nothing", "without"}
-
-
 def text_valence(text: str) -> float:
-    """Lexicon valence of ``text`` in [-1, 1] (0 when no sentiment word is found)."""
-    words = re.findall(r"[a-z']+", text.lower())
-    score = 0.0
-    for i, w in enumerate(words):
-        polarity = 1.0 if w in POSITIVE else -1.0 if w in NEGATIVE else 0.0
-        if polarity and any(x in NEGATIONS for x in words[max(0, i - 3):i]):
-            polarity = -polarity * 0.8
-        score += polarity
-    if not words:
-        return 0.0
-    return float(np.tanh(score / math.sqrt(len(words)) * 1.5))
+    """Valence of ``text`` in [-1, 1] from the sentiment model (:mod:`raysys.models.sentiment`, the one
+    model behind call sentiment and the CSAT proxy too); 0 when it finds no opinion."""
+    return text_sentiment(text)
 
 
 def acoustic_features(wav: np.ndarray) -> dict[str, float]:

@@ -231,6 +231,13 @@ class Warehouse:
                           "ORDER BY run_at DESC LIMIT 1", {"m": model, "k": metric})
         return rows[0] if rows else None
 
+    def model_audit_history(self, runs: int = 30) -> list[dict[str, Any]]:
+        """The rows of the last ``runs`` audit runs (all models), oldest first; ``details`` left out."""
+        return self.query(
+            "SELECT run_id, model, version, metric, value, rtf, baseline, regression, run_at FROM model_audits "
+            "WHERE run_id IN (SELECT run_id FROM model_audits GROUP BY run_id ORDER BY max(run_at) DESC "
+            "LIMIT {n:UInt32}) ORDER BY run_at, model, metric", {"n": max(1, int(runs))})
+
 
 # Archived calls: one row per call removed from PostgreSQL after the retention period. The row keeps the
 # call, its turns and its analytics as JSON, and a checksum that cleanup reads back before it deletes.

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from raysys.analytics import callmetrics, intents, summary
-from raysys.analytics.sentiment import text_sentiment
+from raysys.analytics import sentiment as call_sentiment
 from raysys.config import ConfigError, Settings
 from raysys.errors import InvalidInput, NotFound
 from raysys.tasks.registry import TaskContext, task
@@ -158,10 +158,12 @@ def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Pat
         timeline["source"] = "turns"
         sentiment_items = []
         sentiment_source = "text"
-    if not any(i.get("valence") is not None for i in sentiment_items):
-        sentiment_items = [{"start": t.start_s, "end": t.end_s, "valence": text_sentiment(t.text),
-                            "role": t.speaker_role} for t in turns if t.text.strip()]
-        sentiment_source = "text"
+    # The words witness sentiment better than the voice: whenever the call has text, the sentiment model
+    # scores its turns (call sentiment and so the CSAT proxy); emotion valence stands in only without text.
+    text_items = call_sentiment.turn_sentiments(turns)
+    if text_items or not any(i.get("valence") is not None for i in sentiment_items):
+        sentiment_items, sentiment_source = text_items, "text"
+    versions["sentiment"] = call_sentiment.model_version()
     sentiment = callmetrics.sentiment_summary(sentiment_items)
     return {"diarization": diarization, "emotion": emotion, "mapping": mapping, "timeline": timeline,
             "sentiment": sentiment, "sentiment_source": sentiment_source}

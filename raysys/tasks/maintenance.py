@@ -10,9 +10,12 @@
     3. temporary files under ``<data dir>/tmp`` older than ``TEMP_MAX_AGE_HOURS``.
 
 ``workers.tasks.audit_models()``
-    diarization DER and intent accuracy (with speed) on the audit set (``AUDIT_DIR``, default
-    ``<data dir>/audit``) into ClickHouse ``model_audits``, flagging a regression beyond
-    ``AUDIT_REGRESSION_THRESHOLD`` against the previous run of the same model and metric.
+    diarization DER, intent accuracy, emotion unweighted average recall and accuracy, sentiment
+    accuracy and macro-F1 (with speed) on the audit set (``AUDIT_DIR``, default ``<data dir>/audit``;
+    layout in :mod:`raysys.analytics.audit`) into ClickHouse ``model_audits``, one row per model,
+    version and metric, flagging a regression beyond ``AUDIT_REGRESSION_THRESHOLD`` against the previous
+    run of the same model and metric; then renders the audit report (charts of every model's figures
+    over its recent runs) under ``<data dir>/reports/model-audits/<run id>/``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from raysys.analytics import audit, intents
+from raysys.analytics import audit, audit_report, intents
 from raysys.config import Settings
 from raysys.errors import InvalidInput
 from raysys.tasks.analytics import encoder, open_db, run_sync, warehouse_call
@@ -36,6 +39,7 @@ from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
 ARCHIVE_BATCH = 500
+AUDIT_REPORT_RUNS = 30  # the audit report charts each model's figures over this many recent runs
 
 WarehouseCall = Callable[..., Any]
 
@@ -186,9 +190,50 @@ def _regression(metric: str, value: float, baseline: float | None, threshold: fl
     return worse > threshold
 
 
+def _emotion_rows(settings: Settings, audit_dir: Path, classify: Callable[[str], dict] | None) -> list[dict]:
+    items, skipped = audit.emotion_items(audit_dir)
+    if not items:
+        return []
+    if classify is None:
+        from raysys.actors.emotion import analyze_file  # noqa: PLC0415 - Ray and the emotion pool only here
+        from raysys.audio import load_audio  # noqa: PLC0415
+
+        def classify(path: str) -> dict:
+            # one clip, one label: the whole clip is one segment, through the configured backend's actor
+            samples, rate = load_audio(path, max_seconds=settings.max_audio_seconds)
+            out = analyze_file(settings, path, segments=[{"start": 0.0, "end": len(samples) / rate,
+                                                          "speaker": "clip"}])
+            return {**out, "duration": len(samples) / rate}
+
+    pairs, seconds, audio_seconds, version = [], 0.0, 0.0, ""
+    for clip, label in items:
+        t0 = time.perf_counter()
+        try:
+            out = classify(str(clip))
+        except InvalidInput as exc:  # name the clip: the audit set is the operator's to fix
+            raise InvalidInput(f"emotion audit clip {clip}: {exc}") from exc
+        seconds += time.perf_counter() - t0
+        audio_seconds += float(out.get("duration") or 0.0)
+        version = f"{out.get('backend', '')}:{out.get('model_version', '')}"
+        segs = out.get("segments") or []
+        pairs.append((label, str(segs[0]["label"]) if segs else ""))  # a clip found silent counts as wrong
+    scores = audit.emotion_recall(pairs)
+    details = {**scores, "files": [c.name for c, _ in items], "skipped": skipped, "audio_seconds": audio_seconds}
+    rtf = seconds / audio_seconds if audio_seconds else 0.0
+    return [{"model": "emotion", "version": version, "metric": metric, "value": scores[metric], "rtf": rtf,
+             "details": details} for metric in ("uar", "accuracy")]
+
+
 def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = None,
-              diarize: Callable[[str], dict] | None = None) -> dict[str, Any]:
-    """The work of :func:`audit_models`; ``diarize(path)`` defaults to the diarization actor."""
+              diarize: Callable[[str], dict] | None = None,
+              classify_emotion: Callable[[str], dict] | None = None) -> dict[str, Any]:
+    """The work of :func:`audit_models`.
+
+    ``diarize(path)`` defaults to the diarization actor and ``classify_emotion(path)`` (returning
+    :func:`raysys.actors.emotion.analyze_file`'s shape plus ``duration``) to the emotion actor.
+    Returns ``{"run_id", "audit_dir", "results": [...], "regressions": [...], "report": {...}}``.
+    Raises InvalidInput for a malformed audit set.
+    """
     wh = wh or (lambda method, *args: warehouse_call(settings, method, *args))
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict[str, Any]] = []
@@ -225,9 +270,8 @@ def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = No
         rows.append({"model": "intents", "version": model.version, "metric": "accuracy", "value": acc["accuracy"],
                      "rtf": 0.0, "details": {**acc, "seconds_per_text": elapsed / max(1, acc["n"]),
                                              "model_dir": str(model_dir)}})
-    if not rows:
-        raise InvalidInput(f"audit set {audit_dir} has neither recordings with RTTM references nor an intents.csv "
-                           "with an intent model")
+    rows.extend(_emotion_rows(settings, audit_dir, classify_emotion))
+    rows.extend(audit.audit_sentiment(audit_dir))  # always: the set raysys ships stands in for a missing one
     for r in rows:
         prev = wh("last_model_audit", r["model"], r["metric"])
         r["baseline"] = float(prev["value"]) if prev else None
@@ -237,10 +281,13 @@ def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = No
                         r["metric"], r["value"], r["baseline"], settings.audit_regression_threshold)
     wh("insert_model_audits", [{**r, "run_id": run_id, "details": json.dumps(r["details"], default=str)}
                                for r in rows])
+    report = audit_report.build(wh("model_audit_history", AUDIT_REPORT_RUNS), run_id)
+    files = audit_report.save(report, settings.reports_dir / "model-audits" / run_id)
     return {"run_id": run_id, "audit_dir": str(audit_dir),
             "results": [{k: r[k] for k in ("model", "version", "metric", "value", "rtf", "baseline")}
                         | {"regression": bool(r["regression"])} for r in rows],
-            "regressions": [f"{r['model']}:{r['metric']}" for r in rows if r["regression"]]}
+            "regressions": [f"{r['model']}:{r['metric']}" for r in rows if r["regression"]],
+            "report": files}
 
 
 @task("workers.tasks.audit_models", queue="reports")
