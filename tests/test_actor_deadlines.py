@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 import ray
+from queue_fixtures import bridge_settings
 
 from raysys.constants import RAY_NAMESPACE
 from raysys.errors import ServiceTimeout
-from tests.queue_fixtures import bridge_settings
 
 pytest_plugins = ("queue_fixtures",)
 

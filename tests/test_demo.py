@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from fresh_home import fresh_home_env
 
 from raysys.stack import free_port, pids_with_arg, ray_temp_dir, tcp_open
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_demo_runs_the_whole_story_and_down_leaves_nothing(tmp_path):
-    data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CELERY_BROKER_URL", "REDIS_URL", "POSTGRES_URL", "CLICKHOUSE_URL", "RAY_ADDRESS",
-                        "RAY_AUTH_MODE")}
-    env.update(RAYSYS_DATA_DIR=str(data), RAYSYS_REDIS_PORT=str(free_port()), RAYSYS_RAY_PORT=str(free_port()),
-               RAYSYS_DASHBOARD_PORT=str(free_port()), SERVE_PORT=str(free_port()))
+def test_demo_runs_the_whole_story_on_a_fresh_home_and_down_leaves_nothing(tmp_path):
+    # A new user's machine: an empty HOME (no Ray token, data directory, caches or ~/.config) and no
+    # service URL or Ray token in the environment; the data directory is the default one under HOME.
+    env = fresh_home_env(tmp_path, SERVE_PORT=str(free_port()))
+    data = Path(env["HOME"]) / ".local" / "share" / "raysys"
     proc = subprocess.run([sys.executable, "-m", "raysys.cli", "demo", "--calls", "30", "--down"], env=env,
                           capture_output=True, text=True, timeout=840)
     out = proc.stdout
@@ -34,6 +33,7 @@ def test_demo_runs_the_whole_story_and_down_leaves_nothing(tmp_path):
     report = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("report:"))
     html = open(report).read()
     assert "<img" in html and "demo" in html
+    assert "Token authentication is enabled" not in proc.stderr and "Traceback" not in proc.stderr
     # --down stopped everything the stack started: nothing listens on its ports, no process is left.
     state = json.loads((data / "stack.json").read_text())
     assert state["pids"] == {}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fresh_home import fresh_home_env
 
 from raysys.stack import free_port, pid_alive, pids_in_session, pids_with_arg, ray_temp_dir
 
@@ -20,20 +21,6 @@ def _cli(env, *args, check=True, timeout=180):
     if check and proc.returncode != 0:
         raise AssertionError(f"raysys {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def fresh_home_env(tmp_path, **extra: str) -> dict[str, str]:
-    """The environment of a user on a machine where raysys never ran: an empty HOME (no ~/.ray token,
-    no data directory, no caches, no ~/.config), no service URL and no Ray token variables."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CELERY_BROKER_URL", "REDIS_URL", "POSTGRES_URL", "CLICKHOUSE_URL", "RAY_ADDRESS",
-                        "RAYSYS_DATA_DIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
-           and not k.startswith("RAY_AUTH")}
-    env.update(HOME=str(home), RAYSYS_REDIS_PORT=str(free_port()), RAYSYS_RAY_PORT=str(free_port()),
-               RAYSYS_DASHBOARD_PORT=str(free_port()), **extra)
-    return env
 
 
 @pytest.mark.slow
