@@ -110,6 +110,8 @@ def redact_url(url: str | None) -> str | None:
     except ValueError:
         return re.sub(r"//[^/@]*@", "//***@", url)
     netloc = parts.netloc
+    if not parts.password and not any(f"{k}=" in parts.query.lower() for k in _SECRET_QUERY_KEYS):
+        return url  # nothing to hide (and `chdb:///dir` keeps its empty host)
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         user, sep, password = userinfo.partition(":")

@@ -24,6 +24,7 @@ SECRETS = {
 def test_redaction_hides_url_passwords_and_secret_fields():
     url = f"redis://:{SECRETS['redis']}@127.0.0.1:6379/0"
     assert redact_url(url) == "redis://:***@127.0.0.1:6379/0"
+    assert redact_url("chdb:///var/lib/raysys/clickhouse") == "chdb:///var/lib/raysys/clickhouse"
     assert SECRETS["postgres"] not in redact_url(f"postgresql://u@h/db?password={SECRETS['postgres']}")
     assert redact_text(f"cannot reach {url} ({SECRETS['redis']})", url).count("***") == 2
     settings = Settings.from_env({"CELERY_BROKER_URL": url, "HF_TOKEN": SECRETS["hf"],
