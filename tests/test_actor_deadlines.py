@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import ray
-from queue_fixtures import bridge_settings
 
 from raysys.constants import RAY_NAMESPACE
 from raysys.errors import ServiceTimeout
@@ -54,6 +53,8 @@ def test_a_model_actor_that_cannot_be_placed_fails_the_call_naming_what_it_needs
 
 def test_a_hung_warehouse_fails_the_job_with_a_timeout_and_the_bridge_keeps_serving(ray_cluster, redis_url,
                                                                                     tmp_path):
+    from queue_fixtures import bridge_settings
+
     from raysys.actors.warehouse import warehouse_name
     from raysys.queue.bridge import start_bridges, stop_bridges
     from raysys.queue.client import Client

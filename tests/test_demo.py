@@ -25,7 +25,7 @@ def test_demo_runs_the_whole_story_on_a_fresh_home_and_down_leaves_nothing(tmp_p
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     # Each step of the story printed its result.
-    assert '"chunks":' in out and "-> [" in out                       # ingested, then found by search
+    assert '"document_id": "policy_cards"' in out and "-> [" in out, out[-6000:]  # ingested, then found
     assert '"num_speakers": 2' in out and '"intent": "card_lost"' in out  # analytics of the recording
     assert "aggregate_daily_metrics" in out and '"total_calls"' in out
     assert "/v1/diarize -> 200" in out
