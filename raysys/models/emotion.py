@@ -28,14 +28,16 @@ What it is not
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput, ModelUnavailable
+from raysys.models.emotion_features import FEATURE_NAMES, segment_features
 
 LABELS = ("neutral", "angry", "happy", "sad")
 BACKENDS = ("builtin", "speechbrain")
@@ -98,81 +100,89 @@ def text_valence(text: str) -> float:
     return float(np.tanh(score / math.sqrt(len(words)) * 1.5))
 
 
-def acoustic_features(wav: np.ndarray) -> dict[str, float]:
-    """Loudness (dBFS of voiced frames), pitch median/spread (Hz, semitones), rate (peaks/s)."""
-    frame, hop = 640, 320  # 40 ms / 20 ms
-    if len(wav) < frame:
-        wav = np.pad(wav, (0, frame - len(wav)))
-    n = 1 + (len(wav) - frame) // hop
-    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
-    frames = wav[idx].astype(np.float64)
-    rms = np.sqrt(np.mean(frames ** 2, axis=1) + 1e-12)
-    db = 20 * np.log10(rms + 1e-9)
-    active = db > max(db.max() - 30, -80)  # relative to the segment: level is judged separately
-    if not active.any():
-        return {"loudness_db": -100.0, "pitch_hz": 0.0, "pitch_spread_st": 0.0, "rate": 0.0, "voiced": 0.0}
-    # Pitch by normalised autocorrelation in 60-400 Hz on the louder frames.
-    f = frames[active] - frames[active].mean(axis=1, keepdims=True)
-    f *= np.hanning(frame)
-    spec = np.fft.rfft(f, 2 * frame)
-    ac = np.fft.irfft(np.abs(spec) ** 2)[:, :frame]
-    ac /= np.maximum(ac[:, :1], 1e-12)
-    lo, hi = SAMPLE_RATE // 400, SAMPLE_RATE // 60
-    lag = lo + np.argmax(ac[:, lo:hi], axis=1)
-    strength = ac[np.arange(len(ac)), lag]
-    voiced = strength > 0.45
-    f0 = SAMPLE_RATE / lag[voiced]
-    if len(f0) >= 3:
-        semis = 12 * np.log2(f0 / np.median(f0))
-        pitch, spread = float(np.median(f0)), float(np.std(np.clip(semis, -12, 12)))
-    else:
-        pitch, spread = 0.0, 0.0
-    # Syllable-rate proxy: peaks of the smoothed loudness envelope, 100 ms apart at least.
-    env = np.convolve(db, np.ones(3) / 3, mode="same")
-    peaks = (env[1:-1] > env[:-2]) & (env[1:-1] >= env[2:]) & (env[1:-1] > db.max() - 20)
-    peak_idx = np.flatnonzero(peaks)
-    if len(peak_idx):
-        kept = [peak_idx[0]]
-        for p in peak_idx[1:]:
-            if p - kept[-1] >= 5:
-                kept.append(p)
-        n_peaks = len(kept)
-    else:
-        n_peaks = 0
-    speech_seconds = max(active.sum() * hop / SAMPLE_RATE, 0.5)
-    return {"loudness_db": float(np.median(db[active])), "pitch_hz": pitch, "pitch_spread_st": spread,
-            "rate": min(n_peaks / speech_seconds, 10.0), "voiced": float(voiced.mean())}
+WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "emotion_builtin.json"
+TEXT_WEIGHT = 0.5  # share of the text's valence in a segment's valence when a transcript overlaps it
+TEXT_TEMPERATURE = 0.25  # how sharply the text's valence favours the labels near it (see classify)
+
+
+def acoustic_valence(scores: dict[str, float]) -> float:
+    """Valence heard in the voice: the label probabilities weighted by the labels' valence."""
+    return circumplex(scores)[0]
 
 
 class BuiltinEmotion:
-    """The offline baseline (see the module docstring for what it can and cannot tell)."""
+    """The trained offline model: acoustic descriptors → two logistic heads (see the module docstring).
+
+    The weights (``raysys/assets/emotion_builtin.json``, made by ``scripts/train_emotion.py`` from
+    EmoDB) are read once, here; scoring is a feature pass per segment and two matrix products per batch.
+    """
 
     name = "builtin"
-    model_version = "builtin-acoustic-lexicon 1"
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", weights: str | Path | None = None) -> None:
+        path = Path(weights) if weights else WEIGHTS
+        try:
+            data = json.loads(path.read_text())
+            self.mean = np.asarray(data["mean"], dtype=np.float64)
+            self.scale = np.asarray(data["scale"], dtype=np.float64)
+            label, arousal = data["heads"]["label"], data["heads"]["arousal"]
+            self.classes = tuple(label["classes"])
+            self.label_w = np.asarray(label["coef"], dtype=np.float64)
+            self.label_b = np.asarray(label["intercept"], dtype=np.float64)
+            self.arousal_w = np.asarray(arousal["coef"][0], dtype=np.float64)
+            self.arousal_b = float(arousal["intercept"][0])
+            names = tuple(data["feature_names"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ModelUnavailable(f"the builtin emotion weights {path} are unreadable: {exc}") from None
+        if names != FEATURE_NAMES or set(self.classes) != set(LABELS) or self.label_w.shape != (4, len(names)):
+            raise ModelUnavailable(f"the builtin emotion weights {path} do not match this version's features.")
+        self.model_version = f"builtin-emodb-logreg {data.get('version', '?')}"
         self.device = "cpu"
 
+    def acoustic(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Label probabilities ``[n, 4]`` (in :data:`LABELS` order) and P(high arousal) ``[n]`` from audio alone."""
+        feats = np.stack([segment_features(np.asarray(w, dtype=np.float32)) for w in pieces])
+        return self.score_features(feats)
+
+    def score_features(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`acoustic` from precomputed :func:`segment_features` rows ``[n, N_FEATURES]``."""
+        feats = np.asarray(feats, dtype=np.float64)
+        z = (feats - self.mean) / self.scale
+        logits = z @ self.label_w.T + self.label_b
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        order = [self.classes.index(lab) for lab in LABELS]
+        arousal = 1 / (1 + np.exp(-(z @ self.arousal_w + self.arousal_b)))
+        silent = ~np.any(feats, axis=1)  # digital silence: nothing to hear, say so with flat scores
+        p[silent] = 1 / len(LABELS)
+        arousal[silent] = 0.0
+        return p[:, order], arousal
+
     def classify(self, pieces: list[np.ndarray], transcripts: list[str | None] | None = None) -> list[dict]:
-        """Scores for each mono 16 kHz piece; ``transcripts[i]`` (or None) is its text."""
+        """Scores for each mono 16 kHz piece; ``transcripts[i]`` (or None) is the text spoken in it.
+
+        Each piece is scored on its own (no normalisation against the other pieces). With a text, its
+        valence (:func:`text_valence`) re-weights the acoustic label probabilities by how close each
+        label's valence is to it (a product of experts: the voice tells arousal and some valence, the
+        words tell valence), and the reported valence blends the two.
+        """
         if not pieces:
             return []
-        feats = [acoustic_features(np.asarray(w, dtype=np.float32)) for w in pieces]
-        loud = np.array([f["loudness_db"] for f in feats])
-        reference = float(np.median(loud[loud > -100])) if np.any(loud > -100) else -30.0
+        probs, arousal = self.acoustic(pieces)
         out = []
-        for i, f in enumerate(feats):
-            if f["loudness_db"] <= -100:
-                arousal = 0.0
-            else:
-                z = (0.35 * (f["loudness_db"] - reference) / 6 + 0.2 * (f["loudness_db"] + 30) / 12
-                     + 0.25 * (f["pitch_spread_st"] - 2.5) / 1.5 + 0.2 * (f["rate"] - 4.0) / 1.5)
-                arousal = 1 / (1 + math.exp(-z))
+        for i, p in enumerate(probs):
+            scores = dict(zip(LABELS, p.tolist(), strict=True))
+            valence = acoustic_valence(scores)
             text = transcripts[i] if transcripts and i < len(transcripts) else None
-            valence = text_valence(text) if text else 0.0
-            scores = scores_from_point(valence, arousal)
+            if text:
+                tv = text_valence(text)
+                prior = {lab: math.exp(-((tv - PROTOTYPES[lab][0]) ** 2) / TEXT_TEMPERATURE) for lab in LABELS}
+                z = sum(scores[lab] * prior[lab] for lab in LABELS) or 1.0
+                scores = {lab: scores[lab] * prior[lab] / z for lab in LABELS}
+                valence = TEXT_WEIGHT * tv + (1 - TEXT_WEIGHT) * acoustic_valence(scores)
             out.append({"label": max(scores, key=scores.get), "scores": {k: round(v, 4) for k, v in scores.items()},
-                        "valence": round(valence, 4), "arousal": round(arousal, 4)})
+                        "valence": round(max(-1.0, min(1.0, valence)), 4), "arousal": round(float(arousal[i]), 4)})
         return out
 
 
