@@ -6,24 +6,30 @@ and arousal in [0, 1].
 
 - ``speechbrain``: :class:`~raysys.models.speechbrain_backend.SpeechBrainEmotion`, a trained
   classifier; valence and arousal are read off its label probabilities (:func:`circumplex`).
-- ``builtin`` (default, offline): :class:`BuiltinEmotion`, a transparent baseline, described below.
+- ``builtin`` (default, offline): :class:`BuiltinEmotion`, a small trained model, described below.
 
-What the builtin baseline is
-    *Arousal* (how activated the voice is) from acoustics: loudness of the segment against the rest
-    of the call and against typical speech level, pitch variability (semitone spread of F0 from an
-    autocorrelation tracker) and speaking rate (energy-envelope peaks per second, a syllable-rate
-    proxy). *Valence* (how positive) only from words: when a transcript is given, a small sentiment
-    lexicon with negation handling scores the text that overlaps the segment. Labels are the
-    nearest prototypes in the valence/arousal plane (neutral, happy, angry, sad), softened into scores.
+What the builtin model is
+    Per segment, 60 acoustic descriptors that do not depend on the recording level or on the rest of
+    the call (:mod:`raysys.models.emotion_features`: energy dynamics, pitch level/spread/movement,
+    voicing, spectral tilt and shape, a syllable-rate proxy, all from the 300-3400 Hz telephone band)
+    go through two logistic heads trained on Berlin EmoDB (CC0; ``scripts/train_emotion.py``
+    rebuilds the weights bit for bit): a four-way *label* head (neutral, angry, happy, sad) and an
+    *arousal* head (P(high): anger, joy, fear vs neutral, boredom, sadness). Valence from the voice is
+    the label probabilities' circumplex valence. When a transcript overlaps the segment, its text
+    valence (:func:`text_valence`, the one hook to the text side) re-weights the label
+    probabilities and is blended into the valence. Each segment is scored on its own, so a single
+    clip and a segment of a long call are treated alike. Speaker-independent cross-validation on
+    EmoDB (bench/emotion.py): arousal ROC AUC about 0.99 and four-class UAR about 0.68, full band and
+    8 kHz telephone alike.
 
 What it is not
-    It cannot hear valence: from audio alone, an angry and an elated voice look alike (both loud,
-    fast, varied), so without a transcript valence is 0 and the label is ``neutral`` unless arousal
-    is extreme — then it reports high arousal but cannot say which. It knows no sarcasm, no context
-    beyond the segment's words, no language but English for the lexicon, and its arousal depends on
-    microphone gain and distance as much as on the speaker. Use it for trends across many calls
-    (an agitated stretch, a calm one), never for a verdict on a single utterance; use the
-    speechbrain backend (or better) for labels that matter.
+    It was trained on 10 German actors' 2-second acted clips: expect lower figures on spontaneous
+    speech, and treat single-utterance labels as indications. From the voice, anger and joy are
+    easily confused (both loud, fast and high); sadness and a flat, bored or tired voice too. It does
+    not hear sarcasm, knows no context beyond the segment, does not handle overlapped speakers, very
+    short segments (under half a second) or heavy noise well, and it is not calibrated on any
+    population of callers: use it for trends across calls and for flagging agitated stretches, and
+    the speechbrain backend (or better) for labels that matter.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
+from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput, ModelUnavailable
 from raysys.models.emotion_features import FEATURE_NAMES, segment_features
 
@@ -100,9 +107,12 @@ def text_valence(text: str) -> float:
     return float(np.tanh(score / math.sqrt(len(words)) * 1.5))
 
 
+# --- the builtin trained model ----------------------------------------------------------------------
+
 WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "emotion_builtin.json"
 TEXT_WEIGHT = 0.5  # share of the text's valence in a segment's valence when a transcript overlaps it
 TEXT_TEMPERATURE = 0.25  # how sharply the text's valence favours the labels near it (see classify)
+RELIABLE_SECONDS = 0.5  # shorter segments hold too few frames for pitch and rhythm statistics
 
 
 def acoustic_valence(scores: dict[str, float]) -> float:
@@ -142,19 +152,25 @@ class BuiltinEmotion:
     def acoustic(self, pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Label probabilities ``[n, 4]`` (in :data:`LABELS` order) and P(high arousal) ``[n]`` from audio alone."""
         feats = np.stack([segment_features(np.asarray(w, dtype=np.float32)) for w in pieces])
-        return self.score_features(feats)
+        return self.score_features(feats, np.array([len(w) / SAMPLE_RATE for w in pieces]))
 
-    def score_features(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`acoustic` from precomputed :func:`segment_features` rows ``[n, N_FEATURES]``."""
+    def score_features(self, feats: np.ndarray, seconds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`acoustic` from precomputed :func:`segment_features` rows ``[n, N_FEATURES]``.
+
+        ``seconds`` (the segments' durations) tempers the scores of segments shorter than
+        :data:`RELIABLE_SECONDS` towards "cannot tell"; all-zero rows (digital silence) get flat
+        label scores and arousal 0.
+        """
         feats = np.asarray(feats, dtype=np.float64)
         z = (feats - self.mean) / self.scale
-        logits = z @ self.label_w.T + self.label_b
+        trust = np.ones(len(z)) if seconds is None else np.clip(np.asarray(seconds) / RELIABLE_SECONDS, 0.0, 1.0)
+        logits = (z @ self.label_w.T + self.label_b) * trust[:, None]
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
         order = [self.classes.index(lab) for lab in LABELS]
-        arousal = 1 / (1 + np.exp(-(z @ self.arousal_w + self.arousal_b)))
-        silent = ~np.any(feats, axis=1)  # digital silence: nothing to hear, say so with flat scores
+        arousal = 1 / (1 + np.exp(-(z @ self.arousal_w + self.arousal_b) * trust))
+        silent = ~np.any(feats, axis=1)
         p[silent] = 1 / len(LABELS)
         arousal[silent] = 0.0
         return p[:, order], arousal
@@ -173,7 +189,7 @@ class BuiltinEmotion:
         out = []
         for i, p in enumerate(probs):
             scores = dict(zip(LABELS, p.tolist(), strict=True))
-            valence = acoustic_valence(scores)
+            valence = acoustic_valence(scores) if max(p) - min(p) > 1e-6 else 0.0  # flat: nothing heard
             text = transcripts[i] if transcripts and i < len(transcripts) else None
             if text:
                 tv = text_valence(text)

@@ -35,7 +35,8 @@ BAND = (300.0, 3400.0)  # the telephone band: the only part of the spectrum look
 N_MELS = 20
 F0_RANGE = (60.0, 500.0)
 VOICED = 0.45  # normalised autocorrelation peak above which a frame counts as voiced
-ACTIVE_DB = 35.0  # frames within this many dB of the segment's loud frames are "active" (speech)
+ACTIVE_DB = 35.0  # frames within this many dB of the segment's loud frames are "active" (speech)...
+FLOOR_DB = 10.0  # ...and this far above the segment's noise floor (its quietest frames)
 MIN_SAMPLES = FRAME + 4 * HOP
 
 _SCALAR_NAMES = (
@@ -111,7 +112,9 @@ def segment_features(wav: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
     bp = power[:, t["band"]]
     energy = 10 * np.log10(bp.sum(axis=1) + 1e-10)
     loud = np.percentile(energy, 95)
-    active = energy > loud - ACTIVE_DB
+    # A clip padded with room noise must not read as "quiet, flat speech": frames near the floor are not speech.
+    floor = np.percentile(energy, 5)
+    active = energy > max(loud - ACTIVE_DB, floor + FLOOR_DB)
     if active.sum() < 3:
         active = energy >= np.sort(energy)[-min(3, len(energy))]
     e = energy[active] - loud
