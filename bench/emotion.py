@@ -86,7 +86,7 @@ def main() -> int:
     clips = recipe.emodb_clips(EMODB)
     t0 = time.perf_counter()
     feats = recipe.featurize(clips)
-    print(f"EmoDB: {len(clips)} clips, {len({c.speaker for c in clips})} speakers; features for both conditions "
+    print(f"EmoDB: {len(clips)} clips, {len({c.speaker for c in clips})} speakers; features for every training condition "
           f"in {time.perf_counter() - t0:.0f} s")
     speakers = sorted({c.speaker for c in clips})
     folds = [speakers[i:i + 2] for i in range(0, len(speakers), 2)]
