@@ -4,7 +4,8 @@
   stereo channel split; :mod:`.builtin_diarization` (silero-vad + resemblyzer, offline) and
   :mod:`.pyannote_backend` (``pyannote.audio`` pipelines).
 - :mod:`raysys.models.emotion` — the :class:`EmotionModel` interface, the backend factory, the
-  builtin acoustic/lexical baseline; :mod:`.speechbrain_backend` (wav2vec2-IEMOCAP recipe interface).
+  builtin trained model (descriptors in :mod:`.emotion_features`, training recipe in
+  :mod:`.emotion_training`) and text valence; :mod:`.speechbrain_backend` (wav2vec2-IEMOCAP recipe interface).
 - :mod:`raysys.models.sentiment` — the one text sentiment model (VADER + a contact-centre phrase layer)
   behind call sentiment, segment valence from a transcript and the CSAT proxy.
 - :mod:`raysys.models.random_checkpoints` — small random-weight pyannote and speechbrain checkpoints
