@@ -59,7 +59,7 @@ def confine(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]
         raise InvalidInput(f"invalid path {raw!r}")
     real_roots = [_real(Path(r).expanduser()) for r in roots]
     if not real_roots:
-        raise Forbidden(f"path {raw!r} is outside the allowed roots (none are configured)")
+        raise Forbidden(f"path {raw!r} is not allowed: no allowed roots are configured (RAYSYS_ALLOWED_ROOTS)")
     given = Path(raw).expanduser()
     if given.is_absolute():
         candidates = [_real(given)]

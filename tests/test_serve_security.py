@@ -344,9 +344,32 @@ def _ten_hour_silent_flac() -> bytes:
     return buf.getvalue()
 
 
+def _replica_peak_rss() -> int:
+    """Peak resident memory (VmHWM, bytes) of this session's API replica processes.
+
+    Ray's processes are descendants of this test process (``ray.init`` started them), so other
+    sessions' Serve replicas on the machine are not counted.
+    """
+    import psutil
+
+    peak = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "ServeReplica:raysys:raysys-api" not in " ".join(proc.cmdline()):
+                continue
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except (psutil.Error, OSError):
+            continue
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        peak = max(peak, kb * 1024)
+    return peak
+
+
 def test_ten_hour_silent_flac_is_refused_while_the_api_keeps_answering(api):
     flac = _ten_hour_silent_flac()
     assert len(flac) < UPLOAD_LIMIT
+    before = _replica_peak_rss()
+    assert before > 0, "the API replica's process was not found"
     for route in ("/v1/diarize", "/v1/emotion"):
         result: dict = {}
 
@@ -363,6 +386,9 @@ def test_ten_hour_silent_flac_is_refused_while_the_api_keeps_answering(api):
         r = result["r"]
         assert r.status_code == 413 and r.json()["error"] == "TooLarge", r.text
         assert "MAX_AUDIO_SECONDS" in r.json()["detail"]
+    # Refused from the header: the samples (1.15 GB as float32) were never decoded in the replica.
+    grown = _replica_peak_rss() - before
+    assert grown < 300 * 1024 * 1024, f"the replica's peak memory grew by {grown / 2**20:.0f} MiB"
 
 
 # --- 5. rate limits and concurrency caps ---------------------------------------------------------------
