@@ -16,6 +16,7 @@ Keys (prefix ``settings.key_prefix`` + :data:`raysys.constants.API_LIMIT_PREFIX`
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import uuid
 from contextlib import asynccontextmanager
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from raysys.config import Settings
+
+log = logging.getLogger("raysys.serve")
 
 
 class Limited(RaysysError):
@@ -116,9 +119,13 @@ class Limits:
         return holder
 
     async def release(self, kind: str, tenant_id: str, holder: str | None) -> None:
-        """Give back a slot :meth:`acquire` returned (None: nothing to give back)."""
-        if holder is not None:
+        """Give back a slot :meth:`acquire` returned (None: nothing to give back). Never raises."""
+        if holder is None:
+            return
+        try:
             await self.redis.zrem(self._slots_key(kind, tenant_id), holder)
+        except Exception:  # noqa: BLE001 - Redis unreachable: the slot's lease ends it instead
+            log.warning("could not give back a %s slot of tenant %s; its lease will", kind, tenant_id, exc_info=True)
 
     @asynccontextmanager
     async def slot(self, kind: str, tenant_id: str, capacity: int, what: str) -> AsyncIterator[None]:
