@@ -94,9 +94,8 @@ class Edge:
                 if int(length) > limit:
                     raise TooLarge(f"the request body is larger than the {limit}-byte limit")
             if protected:
-                await self.service.limits.check_rate(key)
-                holder = await self.service.limits.acquire("requests", tenant, settings.api_tenant_concurrency,
-                                                           "requests")
+                holder = await self.service.limits.admit(key, "requests", tenant, settings.api_tenant_concurrency,
+                                                         "requests")
                 scope[TENANT_SCOPE_KEY] = tenant
         except (Unauthorized, TooLarge, Limited) as exc:
             await self._refuse(send, scope, exc)

@@ -46,32 +46,36 @@ class Limited(RaysysError):
         self.retry_after = max(1, math.ceil(retry_after))
 
 
-# KEYS[1] the key's arrival time; ARGV[1] seconds per request, ARGV[2] burst.
-# Returns "0" when admitted, else the seconds to wait (a string: Lua numbers would be truncated).
-RATE_SCRIPT = """
+# One round trip per request for both limits. KEYS[1] the API key's arrival time (GCRA), KEYS[2] the
+# tenant's holders (zset). ARGV: [1] seconds per request (0: no rate limit), [2] burst, [3] slots
+# (0: no cap), [4] holder id, [5] lease seconds. Nothing is written unless both admit the request.
+# Returns "ok", "slots" (all taken) or "rate:<seconds to wait>" (a string: Lua numbers are truncated).
+# Both keys are named by raysys' prefix; on a Redis Cluster they would need one hash tag.
+ADMIT_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - now - (burst - 1) * interval
-if wait > 0 then return tostring(wait) end
-local new = tat + interval
-redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now) * 1000) + 1000)
-return '0'
-"""
-
-# KEYS[1] the holders' zset; ARGV[1] capacity, ARGV[2] holder, ARGV[3] lease seconds.
-# Returns 1 when the slot is taken, else 0. Expired leases are dropped first.
-ACQUIRE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
-return 1
+local new_tat = nil
+if interval > 0 then
+  local burst = tonumber(ARGV[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat < now then tat = now end
+  local wait = tat - now - (burst - 1) * interval
+  if wait > 0 then return 'rate:' .. tostring(wait) end
+  new_tat = tat + interval
+end
+local capacity = tonumber(ARGV[3])
+if capacity > 0 then
+  local lease = tonumber(ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= capacity then return 'slots' end
+  redis.call('ZADD', KEYS[2], now + lease, ARGV[4])
+  redis.call('EXPIRE', KEYS[2], math.ceil(lease) + 1)
+end
+if new_tat then
+  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+end
+return 'ok'
 """
 
 
@@ -87,36 +91,40 @@ class Limits:
         self.settings = settings
         self.redis = redis
         self._prefix = f"{settings.key_prefix}{API_LIMIT_PREFIX}"
-        self._rate = redis.register_script(RATE_SCRIPT)
-        self._acquire = redis.register_script(ACQUIRE_SCRIPT)
+        self._admit = redis.register_script(ADMIT_SCRIPT)
         # A slot outlives its request only if the replica died: then it ends with the longest request.
         self.lease_seconds = settings.task_time_limit + 60.0
-
-    async def check_rate(self, api_key: str) -> None:
-        """Count one request of ``api_key``. Raises :class:`Limited` past ``API_RATE_LIMIT`` (0: no limit)."""
-        rate = self.settings.api_rate_limit
-        if rate <= 0:
-            return
-        wait = float(await self._rate(keys=[f"{self._prefix}rate:{key_digest(api_key)}"],
-                                      args=[1.0 / rate, self.settings.api_rate_burst]))
-        if wait > 0:
-            raise Limited(f"more than {rate:g} requests per second for this API key; retry later", wait)
 
     def _slots_key(self, kind: str, tenant_id: str) -> str:
         return f"{self._prefix}slots:{kind}:{tenant_id}"
 
-    async def acquire(self, kind: str, tenant_id: str, capacity: int, what: str) -> str | None:
-        """Take one of ``capacity`` slots of ``kind`` for ``tenant_id``; the holder id (None: no cap).
+    async def admit(self, api_key: str | None, kind: str, tenant_id: str, capacity: int, what: str) -> str | None:
+        """Count a request of ``api_key`` against ``API_RATE_LIMIT`` (None: no rate) and take one of
+        ``capacity`` slots of ``kind`` for ``tenant_id`` (0: no cap), atomically, in one round trip.
 
-        Raises :class:`Limited` when all are taken (``what`` names them in the message).
+        Returns the slot's holder id for :meth:`release` (None when no slot was taken).
+        Raises :class:`Limited` (``what`` names the slots in its message); then nothing is counted.
         """
-        if capacity <= 0:
+        rate = self.settings.api_rate_limit if api_key is not None else 0.0
+        if rate <= 0 and capacity <= 0:
             return None
-        holder = uuid.uuid4().hex
-        if not int(await self._acquire(keys=[self._slots_key(kind, tenant_id)],
-                                       args=[capacity, holder, self.lease_seconds])):
+        holder = uuid.uuid4().hex if capacity > 0 else None
+        slots = self._slots_key(kind, tenant_id)
+        rate_key = f"{self._prefix}rate:{key_digest(api_key)}" if api_key is not None else slots
+        answer = await self._admit(keys=[rate_key, slots],
+                                   args=[1.0 / rate if rate > 0 else 0, self.settings.api_rate_burst,
+                                         max(0, capacity), holder or "", self.lease_seconds])
+        answer = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if answer.startswith("rate:"):
+            raise Limited(f"more than {rate:g} requests per second for this API key; retry later",
+                          float(answer[5:]))
+        if answer == "slots":
             raise Limited(f"this tenant already has {capacity} {what} in progress; retry later", 1)
         return holder
+
+    async def acquire(self, kind: str, tenant_id: str, capacity: int, what: str) -> str | None:
+        """Take one of ``capacity`` slots of ``kind`` for ``tenant_id`` (no rate counted); see :meth:`admit`."""
+        return await self.admit(None, kind, tenant_id, capacity, what)
 
     async def release(self, kind: str, tenant_id: str, holder: str | None) -> None:
         """Give back a slot :meth:`acquire` returned (None: nothing to give back). Never raises."""
