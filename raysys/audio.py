@@ -77,9 +77,9 @@ def _decode(source: str | Path | bytes, max_seconds: float | None = None) -> tup
     """(samples as (n, channels) float32, native rate), checked from the header before any sample is decoded.
 
     A small compressed file can announce (or hold) hours of audio: the header's rate, channel count and
-    length are checked first, and the samples are then read block by block and the read stops as soon
-    as it passes ``max_seconds``, so a header that lies (or says "length unknown") cannot make the
-    decoder expand the file without bound.
+    length are checked first (a header without a length is refused), and the samples are then read
+    block by block and the read stops as soon as it passes ``max_seconds``, so a header that
+    understates the length cannot make the decoder expand the file without bound either.
     """
     import soundfile as sf  # noqa: PLC0415
 
@@ -96,7 +96,7 @@ def _decode(source: str | Path | bytes, max_seconds: float | None = None) -> tup
             total = 0
             for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
                 total += block.shape[0]
-                if cap is not None and total > cap:
+                if cap is not None and total > cap:  # more samples than the header announced
                     raise TooLarge(f"{_name(source)} lasts more than the {max_seconds:.0f} s allowed "
                                    "(MAX_AUDIO_SECONDS).")
                 blocks.append(block)
@@ -120,18 +120,23 @@ def _decode(source: str | Path | bytes, max_seconds: float | None = None) -> tup
 def check_header(name: str, rate: int, channels: int, frames: int, max_seconds: float | None) -> None:
     """Refuse what a header announces before decoding: rate, channel count and length.
 
-    ``frames`` of :data:`UNKNOWN_FRAMES` or more means the header does not know the length (a stream);
-    the blockwise read then enforces ``max_seconds``.
+    ``frames`` of :data:`UNKNOWN_FRAMES` or more means the header leaves the length open (a FLAC
+    written as a live stream): refused, since its length could only be learnt by decoding it (and
+    libsndfile cannot read such a file to its end anyway).
 
     Raises:
-        InvalidInput: a rate outside [4 kHz, 384 kHz] or no channels / more than :data:`MAX_CHANNELS`.
+        InvalidInput: a rate outside [4 kHz, 384 kHz], no channels or more than :data:`MAX_CHANNELS`,
+            or a length the header does not state.
         TooLarge: the announced length is over ``max_seconds``.
     """
     if not MIN_RATE <= rate <= MAX_RATE:
         raise InvalidInput(f"{name} has a sample rate of {rate} Hz; between {MIN_RATE} and {MAX_RATE} Hz is needed.")
     if not 1 <= channels <= MAX_CHANNELS:
         raise InvalidInput(f"{name} has {channels} channels; 1 to {MAX_CHANNELS} are accepted.")
-    if max_seconds is not None and 0 < frames < UNKNOWN_FRAMES and frames / rate > max_seconds:
+    if frames >= UNKNOWN_FRAMES:
+        raise InvalidInput(f"{name} does not state its length in its header (a stream); save it as a file "
+                           "(WAV, FLAC or Ogg) and send it again.")
+    if max_seconds is not None and frames / rate > max_seconds:
         raise TooLarge(f"{name} lasts {frames / rate:.0f} s, more than the {max_seconds:.0f} s allowed "
                        "(MAX_AUDIO_SECONDS).")
 
