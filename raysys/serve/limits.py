@@ -6,8 +6,8 @@
   ``wait=true`` analytics: ``API_TENANT_WAIT_SLOTS``). A sorted set holds one member per holder,
   scored by its lease's end, so a replica that dies holding slots frees them when the lease ends.
 
-Both scripts take the time from Redis (``TIME``), never from the replica: replicas on different hosts
-share one clock. A refusal is :class:`Limited` (HTTP 429) with the seconds to wait (``Retry-After``).
+One Lua script admits a request against both in one round trip (:meth:`Limits.admit`); it takes the
+time from Redis (``TIME``), never from the replica, so replicas on different hosts share one clock. A refusal is :class:`Limited` (HTTP 429) with the seconds to wait (``Retry-After``).
 
 Keys (prefix ``settings.key_prefix`` + :data:`raysys.constants.API_LIMIT_PREFIX`):
 ``rate:<sha256 of the API key>`` (string, expires when idle) and ``slots:<kind>:<tenant>`` (zset).
