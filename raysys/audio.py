@@ -4,6 +4,9 @@
 - MP3, M4A/AAC and anything else libsndfile cannot read are decoded with the system ``ffmpeg`` when it
   is on ``PATH``; without it they are refused with :class:`~raysys.errors.UnsupportedMedia`.
 - Any sample rate is resampled to 16 kHz (soxr, high quality). Rates below 4 kHz are refused.
+- Rate, channels and length are checked from the header before any sample is decoded, and decoding
+  is blockwise with a cap (``max_seconds``): a few hundred KB of FLAC that holds ten hours of silence
+  is refused at once instead of expanding to gigabytes.
 - Corrupt, empty or over-long audio raises :class:`~raysys.errors.InvalidInput` (or
   :class:`~raysys.errors.TooLarge`) with one sentence that says what is wrong; silent audio is valid
   and decodes to zeros (the models then return an empty result).
@@ -26,6 +29,10 @@ from raysys.errors import InvalidInput, TooLarge, UnsupportedMedia
 
 FFMPEG_ONLY = {".mp3", ".m4a", ".aac", ".mp4", ".wma", ".webm", ".amr"}
 MIN_RATE = 4000
+MAX_RATE = 384_000
+MAX_CHANNELS = 16  # a contact-centre recording has one or two; multitrack conference recorders a few more
+BLOCK_FRAMES = 1 << 16
+UNKNOWN_FRAMES = 1 << 62  # libsndfile reports SF_COUNT_MAX frames when the header leaves the length open
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,14 @@ def _ffmpeg_decode(source: str | Path | bytes, max_seconds: float | None) -> tup
     return data.copy(), SAMPLE_RATE
 
 
-def _decode(source: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """(samples as (n, channels) float32, native rate)."""
+def _decode(source: str | Path | bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """(samples as (n, channels) float32, native rate), checked from the header before any sample is decoded.
+
+    A small compressed file can announce (or hold) hours of audio: the header's rate, channel count and
+    length are checked first (a header without a length is refused), and the samples are then read
+    block by block and the read stops as soon as it passes ``max_seconds``, so a header that
+    understates the length cannot make the decoder expand the file without bound either.
+    """
     import soundfile as sf  # noqa: PLC0415
 
     if isinstance(source, bytes | bytearray | memoryview):
@@ -75,7 +88,20 @@ def _decode(source: str | Path | bytes) -> tuple[np.ndarray, int]:
     else:
         handle = str(source)
     try:
-        data, rate = sf.read(handle, dtype="float32", always_2d=True)
+        with sf.SoundFile(handle) as f:
+            rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+            check_header(_name(source), rate, channels, frames, max_seconds)
+            cap = None if max_seconds is None else int(max_seconds * rate) + 1
+            blocks: list[np.ndarray] = []
+            total = 0
+            for block in f.blocks(blocksize=BLOCK_FRAMES, dtype="float32", always_2d=True):
+                total += block.shape[0]
+                if cap is not None and total > cap:  # more samples than the header announced
+                    raise TooLarge(f"{_name(source)} lasts more than the {max_seconds:.0f} s allowed "
+                                   "(MAX_AUDIO_SECONDS).")
+                blocks.append(block)
+    except (TooLarge, InvalidInput):
+        raise
     except sf.LibsndfileError as exc:
         suffix = "" if isinstance(source, bytes | bytearray | memoryview) else Path(source).suffix.lower()
         unrecognised = "format not recognised" in str(exc).lower()
@@ -87,7 +113,32 @@ def _decode(source: str | Path | bytes) -> tuple[np.ndarray, int]:
         raise InvalidInput(f"{_name(source)} is not readable audio ({exc}).") from None
     except (RuntimeError, ValueError, EOFError) as exc:  # truncated frames inside an otherwise valid file
         raise InvalidInput(f"{_name(source)} is corrupt ({exc}).") from None
-    return data, int(rate)
+    data = np.concatenate(blocks) if blocks else np.zeros((0, channels), dtype=np.float32)
+    return data, rate
+
+
+def check_header(name: str, rate: int, channels: int, frames: int, max_seconds: float | None) -> None:
+    """Refuse what a header announces before decoding: rate, channel count and length.
+
+    ``frames`` of :data:`UNKNOWN_FRAMES` or more means the header leaves the length open (a FLAC
+    written as a live stream): refused, since its length could only be learnt by decoding it (and
+    libsndfile cannot read such a file to its end anyway).
+
+    Raises:
+        InvalidInput: a rate outside [4 kHz, 384 kHz], no channels or more than :data:`MAX_CHANNELS`,
+            or a length the header does not state.
+        TooLarge: the announced length is over ``max_seconds``.
+    """
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise InvalidInput(f"{name} has a sample rate of {rate} Hz; between {MIN_RATE} and {MAX_RATE} Hz is needed.")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise InvalidInput(f"{name} has {channels} channels; 1 to {MAX_CHANNELS} are accepted.")
+    if frames >= UNKNOWN_FRAMES:
+        raise InvalidInput(f"{name} does not state its length in its header (a stream); save it as a file "
+                           "(WAV, FLAC or Ogg) and send it again.")
+    if max_seconds is not None and frames / rate > max_seconds:
+        raise TooLarge(f"{name} lasts {frames / rate:.0f} s, more than the {max_seconds:.0f} s allowed "
+                       "(MAX_AUDIO_SECONDS).")
 
 
 class _NeedFFmpeg(Exception):
@@ -118,8 +169,10 @@ def load_audio(source: str | Path | bytes, *, mono: bool = True, max_seconds: fl
     ``(channels, n)``. Silent audio is returned as it is (zeros).
 
     Raises:
-        InvalidInput: missing, empty, corrupt or undecodable audio, or a rate below 4 kHz.
-        TooLarge: longer than ``max_seconds``.
+        InvalidInput: missing, empty, corrupt or undecodable audio, a rate outside [4 kHz, 384 kHz] or
+            more than :data:`MAX_CHANNELS` channels (checked from the header, before decoding).
+        TooLarge: longer than ``max_seconds``: refused from the header when it says so, else the
+            decoding stops as soon as it passes the limit (it never holds more than that in memory).
         UnsupportedMedia: MP3/M4A (or another non-libsndfile format) with no FFmpeg on ``PATH``.
     """
     if isinstance(source, str | Path):
@@ -136,7 +189,7 @@ def load_audio(source: str | Path | bytes, *, mono: bool = True, max_seconds: fl
         raise InvalidInput(f"audio must be a path or bytes, got {type(source).__name__}.")
 
     try:
-        data, rate = _decode(source)
+        data, rate = _decode(source, max_seconds)
     except _NeedFFmpeg:
         data, rate = _ffmpeg_decode(source, max_seconds)
 

@@ -257,6 +257,12 @@ class Settings:
     max_document_pages: int = _env("MAX_DOCUMENT_PAGES", _int(1), 2_000)
     max_audio_seconds: float = _env("MAX_AUDIO_SECONDS", _float(1.0), 4 * 3600.0)
     max_upload_bytes: int = _env("MAX_UPLOAD_BYTES", _int(1), 200 * 1024 * 1024)
+    max_request_bytes: int = _env("MAX_REQUEST_BYTES", _int(1024), 1_048_576)  # an HTTP body that is not an upload
+    # HTTP API limits, kept in Redis so every replica shares them; 0 turns one off.
+    api_rate_limit: float = _env("API_RATE_LIMIT", _float(0.0), 20.0)  # requests per second per API key ...
+    api_rate_burst: int = _env("API_RATE_BURST", _int(1), 40)  # ... with bursts of this many
+    api_tenant_concurrency: int = _env("API_TENANT_CONCURRENCY", _int(0), 32)  # requests in progress per tenant
+    api_tenant_wait_slots: int = _env("API_TENANT_WAIT_SLOTS", _int(0), 4)  # wait=true analytics per tenant
 
     embedding_model: str | None = _env("EMBEDDING_MODEL", _opt_str, None)
     diarization_backend: str = _env("DIARIZATION_BACKEND", _choice("builtin", "pyannote"), "builtin")

@@ -40,6 +40,7 @@ APPLIED_PREFIX = "raysys:applied:"
 REVOKED_KEY = "raysys:revoked"
 SCHED_PREFIX = "raysys:sched:"
 JOB_TENANT_PREFIX = "raysys:job-tenant:"
+API_LIMIT_PREFIX = "raysys:api-limit:"  # HTTP API rate limits and per-tenant slots (raysys.serve.limits)
 
 # Ray names (namespace and named actors).
 RAY_NAMESPACE = "raysys"

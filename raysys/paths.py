@@ -8,17 +8,27 @@ that stays inside a root, or a symlink from one allowed place to another, is fin
 Relative paths are taken relative to the roots (the first root under which the file exists, else the
 first root), never to the worker's current directory, which differs from process to process.
 
+Tenants: a tenant's files live in its own folder under each root, ``<root>/<tenant_id>/``
+(:func:`tenant_roots`). Whatever a tenant names over HTTP is confined to those folders
+(:func:`confine_to_tenant`), so one tenant can name neither another's folder nor a whole root.
+
+Errors name the path as it was given, never its resolved location or the roots: a caller learns
+nothing about the server's layout from a refusal.
+
 Limit: the check happens before the file is opened; a process that can rewrite the roots' contents
 between the check and the open can still race it. Open the returned path at once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from raysys.errors import Forbidden, InvalidInput
+
+log = logging.getLogger(__name__)
 
 
 def _real(path: Path) -> Path:
@@ -58,6 +68,33 @@ def confine(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]
         candidates = [c for c in joined if c.exists()] or joined[:1]
     real = candidates[0]
     if not any(_inside(real, root) for root in real_roots):
-        raise Forbidden(f"path {raw!r} resolves to {str(real)!r}, outside the allowed roots "
-                        f"({', '.join(str(r) for r in real_roots)})")
+        # The resolved location and the roots stay in the server log (the caller's view is the raw path).
+        log.info("path %r refused: it resolves to %s, outside %s", raw, real, [str(r) for r in real_roots])
+        raise Forbidden(f"path {raw!r} is outside the allowed roots")
     return real
+
+
+def tenant_roots(roots: Iterable[str | os.PathLike[str]], tenant_id: str) -> tuple[Path, ...]:
+    """Each root's folder for ``tenant_id``: ``<root>/<tenant_id>`` (they need not exist).
+
+    Raises:
+        InvalidInput: ``tenant_id`` cannot be one folder name (empty, ``.``/``..``, a separator or NUL).
+    """
+    if (not isinstance(tenant_id, str) or not tenant_id or tenant_id in (".", "..") or "/" in tenant_id
+            or "\\" in tenant_id or "\x00" in tenant_id or len(tenant_id) > 200):
+        raise InvalidInput("the tenant id cannot name a folder")
+    return tuple(Path(r).expanduser() / tenant_id for r in roots)
+
+
+def confine_to_tenant(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]], tenant_id: str) -> Path:
+    """:func:`confine` to the tenant's folders ``<root>/<tenant_id>/``; relative paths are taken from them.
+
+    Raises InvalidInput (bad path or tenant id) or Forbidden (outside the tenant's folders).
+    """
+    return confine(path, tenant_roots(roots, tenant_id))
+
+
+def inside_any(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]]) -> bool:
+    """Whether the real location of ``path`` lies inside one of ``roots`` (resolved the same way)."""
+    real = _real(Path(os.fspath(path)).expanduser())
+    return any(_inside(real, _real(Path(r).expanduser())) for r in roots)

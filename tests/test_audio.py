@@ -106,3 +106,71 @@ def test_stereo_call_detection():
     assert not is_stereo_call(np.stack([a, a * 0.9]))  # mono saved as stereo
     assert not is_stereo_call(np.stack([a, np.zeros_like(a)]))  # one dead channel
     assert not is_stereo_call(a[None])
+
+
+def _silent_flac(path, seconds: int, rate: int = 8000, unknown_length: bool = False):
+    """``seconds`` of digital silence as FLAC (a few KB per minute); optionally with "length unknown"."""
+    with sf.SoundFile(path, "w", samplerate=rate, channels=1, format="FLAC", subtype="PCM_16") as f:
+        minute = np.zeros(rate * 60, dtype="int16")
+        for _ in range(seconds // 60):
+            f.write(minute)
+    if unknown_length:  # STREAMINFO's 36-bit total-samples field set to 0, as a live stream writes it
+        raw = bytearray(path.read_bytes())
+        at = 8 + 10
+        bits = int.from_bytes(raw[at:at + 8], "big") & ~((1 << 36) - 1)
+        raw[at:at + 8] = bits.to_bytes(8, "big")
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def _peak_bytes(fn):
+    """Peak Python/numpy allocation while ``fn`` runs (numpy reports its buffers to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_long_compressed_audio_is_refused_from_its_header_without_decoding_it(tmp_path):
+    """An hour of silence is ~100 KB of FLAC but 115 MB of samples: refused before a sample is decoded."""
+    path = _silent_flac(tmp_path / "hour.flac", 3600)
+    assert path.stat().st_size < 200_000
+
+    def load():
+        for source in (path, path.read_bytes()):  # uploads are decoded from memory too
+            with pytest.raises(TooLarge, match="3600 s, more than the 60 s allowed"):
+                load_audio(source, max_seconds=60)
+
+    assert _peak_bytes(load) < 4 * 1024 * 1024  # the whole hour would be 115 MB of float32
+
+
+def test_audio_whose_header_leaves_the_length_open_is_refused_before_decoding(tmp_path):
+    """A FLAC written as a stream (length 0 = unknown) could only be measured by decoding it: refused."""
+    path = _silent_flac(tmp_path / "stream.flac", 3600, unknown_length=True)
+    assert sf.info(str(path)).frames > 10**15  # libsndfile reports "unknown" as a huge count
+
+    def load():
+        with pytest.raises(InvalidInput, match="does not state its length"):
+            load_audio(path, max_seconds=60)
+
+    assert _peak_bytes(load) < 4 * 1024 * 1024
+
+
+def test_channels_and_rate_are_checked_from_the_header(tmp_path):
+    many = tmp_path / "many.wav"
+    sf.write(many, np.zeros((800, 17), dtype="float32"), 8000, format="WAV")
+    with pytest.raises(InvalidInput, match="17 channels"):
+        load_audio(many)
+    fast = tmp_path / "fast.wav"
+    sf.write(fast, np.zeros(1000, dtype="float32"), 768_000, format="WAV")
+    with pytest.raises(InvalidInput, match="768000 Hz"):
+        load_audio(fast)
+    ok = tmp_path / "ok.flac"
+    sf.write(ok, tone(2.0, 8000, channels=2), 8000, format="FLAC")
+    stereo, _ = load_audio(ok, mono=False, max_seconds=2.5)  # within the limit: decoded whole, blocks joined
+    assert stereo.shape == (2, 32000)

@@ -106,3 +106,21 @@ def test_report_without_smtp_unknown_tenant_and_smtp_down(ctx, asettings, tenant
     ctx.settings = asettings.replace(smtp_url=f"smtp://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(Retry):
         generate_daily_report(ctx, tenant_id, DAY.isoformat())
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_guarded():
+    """Customer ids, agent ids and intents come from producers and callers: a spreadsheet must not run them."""
+    calls = _calls(6)
+    hostile = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\r=1"]
+    for call, text in zip(calls, hostile, strict=True):
+        call["customer_id"] = text
+    calls[0]["agent_id"], calls[0]["intent"] = "=cmd|' /C calc'!A0", "@intent"
+    calls[1]["sentiment_mean"] = -0.5  # a number stays a number
+    report = build_report("acme", DAY, [_daily(DAY, 6)], calls)
+    rows = list(csv.DictReader(io.StringIO(report.csv_files["calls.csv"].decode(), newline="")))
+    assert sorted(r["customer_id"] for r in rows) == sorted("'" + t for t in hostile)
+    first = next(r for r in rows if r["call_id"] == "c0")
+    assert first["agent_id"] == "'=cmd|' /C calc'!A0" and first["intent"] == "'@intent"
+    assert next(r for r in rows if r["call_id"] == "c1")["sentiment_mean"] == "-0.5"
+    assert all(not v.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for k, v in r.items()
+               if k != "sentiment_mean")

@@ -137,14 +137,24 @@ def _charts(metrics: dict[str, Any], trend: list[dict[str, Any]], calls: Sequenc
 
 def _csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> bytes:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    # CRLF (RFC 4180): Python 3.11's writer quotes a field holding a character of the line terminator,
+    # so with CRLF a stray carriage return inside a cell is quoted instead of breaking the row.
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: _cell(r.get(k)) for k in fields})
     return buf.getvalue().encode()
 
 
+# A spreadsheet runs a text cell that starts with one of these as a formula (CSV injection: a customer
+# or agent name "=HYPERLINK(...)" would become a link); OWASP's advice is a leading apostrophe.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(v: Any) -> Any:
+    """One CSV cell: numbers formatted, dates in ISO form, text that a spreadsheet would run guarded."""
+    if isinstance(v, str):
+        return "'" + v if v.startswith(FORMULA_START) else v
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
     if hasattr(v, "isoformat"):

@@ -23,7 +23,7 @@ from typing import Any
 
 from raysys.config import Settings
 from raysys.errors import Forbidden, InvalidInput, NotFound, RaysysError, TooLarge
-from raysys.paths import confine
+from raysys.paths import confine, inside_any, tenant_roots
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,13 @@ def error_result(source_path: str, exc: BaseException, document_id: str | None =
                       "retryable": bool(getattr(exc, "retryable", not isinstance(exc, RaysysError)))}}
 
 
-def expand_paths(settings: Settings, paths: Iterable[str | os.PathLike[str]],
-                 limit: int = MAX_BATCH_FILES) -> tuple[list[tuple[str, Path]], list[dict[str, Any]]]:
-    """Confine and expand ``paths``: ([(as given, real file path)], [failed entries])."""
+def expand_paths(settings: Settings, paths: Iterable[str | os.PathLike[str]], limit: int = MAX_BATCH_FILES,
+                 tenant_id: str | None = None) -> tuple[list[tuple[str, Path]], list[dict[str, Any]]]:
+    """Confine and expand ``paths``: ([(as given, real file path)], [failed entries]).
+
+    A folder inside ``tenant_id``'s own folders (``<root>/<tenant_id>/``, see :mod:`raysys.paths`) never
+    leads out of them: a symlink in it to another tenant's file is refused like a path outside the roots.
+    """
     files: list[tuple[str, Path]] = []
     failed: list[dict[str, Any]] = []
     seen: set[Path] = set()
@@ -54,6 +58,13 @@ def expand_paths(settings: Settings, paths: Iterable[str | os.PathLike[str]],
         if len(files) > limit:
             raise TooLarge(f"the batch holds more than {limit:,} files; split it")
 
+    own: tuple[Path, ...] = ()
+    if tenant_id is not None:
+        try:
+            own = tenant_roots(settings.allowed_roots, tenant_id)
+        except InvalidInput:  # an id that cannot be a folder name has no folder of its own
+            own = ()
+
     for raw in paths:
         given = os.fspath(raw) if isinstance(raw, (str, os.PathLike)) else repr(raw)
         try:
@@ -63,6 +74,7 @@ def expand_paths(settings: Settings, paths: Iterable[str | os.PathLike[str]],
             if not real.is_dir():
                 add(given, real)
                 continue
+            inner_roots: Iterable[Any] = own if own and inside_any(real, own) else settings.allowed_roots
             for folder, dirs, names in os.walk(real):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
@@ -70,7 +82,7 @@ def expand_paths(settings: Settings, paths: Iterable[str | os.PathLike[str]],
                         continue
                     inner = os.path.join(folder, name)
                     try:
-                        add(inner, confine(inner, settings.allowed_roots))
+                        add(inner, confine(inner, inner_roots))
                     except TooLarge:
                         raise
                     except (Forbidden, InvalidInput) as exc:
@@ -149,7 +161,7 @@ def ingest_many(settings: Settings, tenant_id: str, paths: Iterable[str | os.Pat
     """
     import ray  # noqa: PLC0415
 
-    files, failed = expand_paths(settings, paths)
+    files, failed = expand_paths(settings, paths, tenant_id=tenant_id)
     if on_total:
         on_total(len(files) + len(failed))
     yield from failed

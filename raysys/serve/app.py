@@ -13,6 +13,11 @@ Routes (all under ``/v1`` need an API key — ``Authorization: Bearer <key>`` or
 - ``GET  /healthz`` (process up), ``GET /readyz`` (dependencies and models ready, else 503), ``/docs``.
 
 Every route is tenant-scoped: another tenant's call or job answers 404, exactly as a missing one.
+The key, the body size, the key's request rate and the tenant's requests in progress are checked
+by :class:`raysys.serve.edge.Edge` before any body byte is read (401, 413, 429 with ``Retry-After``).
+A tenant is bound once, there: every task parameter named ``tenant_id`` is the caller's tenant, and
+paths are confined to the caller's own folders ``<root>/<tenant_id>/`` (a call's audio to the call's
+stored recording).
 Errors are JSON ``{"error": <type>, "detail": <one sentence>}`` with the status of the
 :mod:`raysys.errors` class; tracebacks stay in the server log.
 
@@ -45,7 +50,9 @@ from raysys.config import ConfigError, Settings
 from raysys.jobs import runner
 from raysys.serve import uploads
 from raysys.serve.auth import Unauthorized, key_from_headers
+from raysys.serve.edge import Edge, scope_tenant
 from raysys.serve.jobstore import JobStore
+from raysys.serve.limits import Limited, Limits
 from raysys.storage import postgres
 
 log = logging.getLogger("raysys.serve")
@@ -56,6 +63,8 @@ PUBLIC_TASKS = frozenset({"raysys.ping"})
 # Multipart framing and form fields around the file; the file itself is held to max_upload_bytes.
 MULTIPART_SLACK = 64 * 1024
 MAX_METRICS_DAYS = 366
+MODELS_LOADING = "models are loading"
+MAX_DELAY_SECONDS = 30 * 86_400  # the furthest a job may be put off (countdown or eta)
 
 
 class GatewayTimeout(errors.RaysysError):
@@ -72,8 +81,8 @@ class TaskRequest(BaseModel):
 
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    countdown: float | None = Field(None, ge=0, le=30 * 86_400, description="run after this many seconds")
-    eta: datetime | None = Field(None, description="run at this time (ISO 8601)")
+    countdown: float | None = Field(None, ge=0, le=MAX_DELAY_SECONDS, description="run after this many seconds")
+    eta: datetime | None = Field(None, description="run at this time (ISO 8601, at most 30 days ahead)")
     expires: float | None = Field(None, gt=0, description="revoke if not started within this many seconds")
     priority: int | None = Field(None, ge=0, le=9, description="Celery priority, 0 runs first")
 
@@ -96,6 +105,7 @@ class Service:
         self.settings = settings
         self.db: postgres.Database | None = None
         self.jobs: JobStore | None = None
+        self.limits: Limits | None = None
         self._client = None
         self._models_ready = False
         self._models_task: asyncio.Future | None = None
@@ -104,6 +114,7 @@ class Service:
         check_settings(self.settings)
         self.db = await postgres.Database.open(self.settings.postgres_url, max_size=8)
         self.jobs = JobStore(self.settings)
+        self.limits = Limits(self.settings, self.jobs.broker)
         runner.resolve("raysys.ping")  # import every task module now, not on the first request
 
     async def stop(self) -> None:
@@ -122,21 +133,39 @@ class Service:
 
     # auth ---------------------------------------------------------------------------------------------
 
-    async def tenant_for(self, request: Request) -> str:
-        key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    async def tenant_for_key(self, key: str) -> str:
+        """The tenant of API key ``key``. Raises :class:`Unauthorized` when it is unknown or revoked."""
         tenant = await self.db.tenant_for_key(key)
         if tenant is None:
             raise Unauthorized("the API key is unknown or revoked")
         return tenant
 
+    async def tenant_for(self, request: Request) -> str:
+        """The request's tenant: the one the edge authenticated (else the key is looked up here)."""
+        tenant = scope_tenant(request.scope)
+        if tenant is not None:
+            return tenant
+        key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        return await self.tenant_for_key(key)
+
     # jobs ---------------------------------------------------------------------------------------------
 
     async def enqueue(self, tenant_id: str, name: str, args: list, kwargs: dict, **options: Any) -> JobAccepted:
-        """Check and scope a job for ``tenant_id``, record its owner, send it to its queue."""
+        """Check and scope a job for ``tenant_id``, record its owner, send it to its queue.
+
+        Raises InvalidInput when ``eta`` is more than 30 days ahead (besides :meth:`scope_arguments`' errors).
+        """
         spec = runner.resolve(name)
+        delay = float(options.get("countdown") or 0.0)
+        eta = options.get("eta")
+        if eta is not None:
+            eta = eta if eta.tzinfo else eta.replace(tzinfo=UTC)
+            delay = max(delay, (eta - datetime.now(UTC)).total_seconds())
+            if delay > MAX_DELAY_SECONDS:
+                raise errors.InvalidInput(f"eta is more than {MAX_DELAY_SECONDS // 86_400} days ahead")
         args, kwargs = await self.scope_arguments(tenant_id, spec, args, kwargs)
         job_id = str(uuid.uuid4())
-        await self.jobs.record(tenant_id, job_id)
+        await self.jobs.record(tenant_id, job_id, delay=delay)
         options = {k: v for k, v in options.items() if v is not None}
         await asyncio.to_thread(self.client.send_task, spec.name, args=args, kwargs=kwargs, task_id=job_id,
                                 **options)
@@ -147,40 +176,72 @@ class Service:
     async def scope_arguments(self, tenant_id: str, spec, args: list, kwargs: dict) -> tuple[list, dict]:  # noqa: ANN001
         """Bind the job's arguments to the task and hold them to the caller's tenant.
 
-        A ``tenant_id`` parameter is set to the caller's tenant (another tenant's id: 404); a ``call_id``
-        must be one of the tenant's calls (404); ``*_path``/``*_paths`` must lie inside the allowed
-        roots (403); a task with none of these is refused unless it is public (``raysys.ping``).
+        - ``tenant_id`` (positional or keyword, null or absent; also into a task's ``**kwargs``) is set
+          to the caller's tenant; another tenant's id answers 404 as if it did not exist.
+        - ``call_id`` must be one of the tenant's calls (404).
+        - ``*_path``/``*_paths``: a call's task (one with ``call_id``) reads only that call's stored
+          recording; any other task only paths under the tenant's folders ``<root>/<tenant_id>/``
+          (relative paths are taken from there). Else 403. Each is passed on as its real path.
+        - A task with neither a tenant nor a call is refused unless it is public (``raysys.ping``).
+
+        Returns the ``(args, kwargs)`` to send. Raises NotFound, Forbidden or InvalidInput.
         """
-        params = list(inspect.signature(spec.fn).parameters)[1:]  # drop the TaskContext
-        kwargs = dict(kwargs)
-        if "tenant_id" in params:
-            position = params.index("tenant_id")
-            given = args[position] if position < len(args) else kwargs.get("tenant_id")
+        sig = inspect.signature(spec.fn)
+        params = list(sig.parameters.values())[1:]  # drop the TaskContext
+        names = [p.name for p in params]
+        args, kwargs = list(args), dict(kwargs)
+
+        def own(given: Any) -> None:
             if given is not None and given != tenant_id:
                 raise errors.NotFound(f"tenant {given!r} not found")
-            if position >= len(args):
+
+        if "tenant_id" in names:
+            param = params[names.index("tenant_id")]
+            position = names.index("tenant_id")
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD) and position < len(args):
+                own(args[position])
+                args[position] = tenant_id
+            else:
+                own(kwargs.get("tenant_id"))
                 kwargs["tenant_id"] = tenant_id
+        elif "tenant_id" in kwargs and any(p.kind is p.VAR_KEYWORD for p in params):
+            own(kwargs["tenant_id"])
+            kwargs["tenant_id"] = tenant_id
         try:
             spec.check_arguments(args, kwargs)
+            bound = sig.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise errors.InvalidInput(f"arguments do not fit task {spec.name}: {exc}") from None
-        bound = inspect.signature(spec.fn).bind(None, *args, **kwargs).arguments
-        if "call_id" in bound:
-            await self.db.get_call(str(bound["call_id"]), tenant_id)
-        for name, value in bound.items():
-            if name.endswith("_path") or name.endswith("_paths"):
-                for path in value if isinstance(value, list | tuple) else [value]:
-                    self.confine(path)
-        if "tenant_id" not in params and "call_id" not in params and spec.name not in PUBLIC_TASKS:
+        call = None
+        if "call_id" in bound.arguments:
+            call = await self.db.get_call(str(bound.arguments["call_id"]), tenant_id)
+        for name, value in list(bound.arguments.items()):
+            if not (name.endswith("_path") or name.endswith("_paths")):
+                continue
+            many = isinstance(value, list | tuple)
+            confined = [self.confine(tenant_id, path, call) for path in (value if many else [value])]
+            bound.arguments[name] = confined if many else confined[0]
+        if "tenant_id" not in names and "call_id" not in names and spec.name not in PUBLIC_TASKS:
             raise errors.Forbidden(f"task {spec.name} is not tenant-scoped; an operator runs it with `raysys submit`")
-        return list(args), kwargs
+        return list(bound.args[1:]), dict(bound.kwargs)
 
-    def confine(self, path: Any) -> None:
-        from raysys.paths import confine  # noqa: PLC0415 - ingestion engineer's module
+    def confine(self, tenant_id: str, path: Any, call: Any = None) -> str:
+        """The real path of ``path`` if ``tenant_id`` may have a task read it (see :meth:`scope_arguments`).
+
+        Raises InvalidInput (not a non-empty string) or Forbidden; the message names the path as given.
+        """
+        from raysys.paths import confine, confine_to_tenant  # noqa: PLC0415
 
         if not isinstance(path, str) or not path:
             raise errors.InvalidInput("a path argument must be a non-empty string")
-        confine(path, self.settings.allowed_roots)
+        if call is None:
+            return str(confine_to_tenant(path, self.settings.allowed_roots, tenant_id))
+        # A call's recording is where the platform stored it, whatever folder that is; nothing else.
+        stored = confine(call.audio_path, self.settings.allowed_roots) if call.audio_path else None
+        given = confine(path, self.settings.allowed_roots)
+        if stored is None or given != stored:
+            raise errors.Forbidden(f"path {path!r} is not the recording of call {call.id!r}")
+        return str(given)
 
     async def job(self, tenant_id: str, job_id: str) -> dict[str, Any]:
         state = await self.jobs.owned_state(tenant_id, job_id)
@@ -191,7 +252,16 @@ class Service:
     # on-demand analytics ---------------------------------------------------------------------------
 
     async def analytics_now(self, tenant_id: str, call_id: str, timeout: float) -> dict[str, Any]:
+        """Run the call's analytics and wait for them, in one of the tenant's ``API_TENANT_WAIT_SLOTS``.
+
+        Raises NotFound (not the tenant's call), Limited (no slot free), GatewayTimeout.
+        """
         await self.db.get_call(call_id, tenant_id)
+        async with self.limits.slot("wait", tenant_id, self.settings.api_tenant_wait_slots,
+                                    "wait=true analytics requests"):
+            return await self._analytics_now(tenant_id, call_id, timeout)
+
+    async def _analytics_now(self, tenant_id: str, call_id: str, timeout: float) -> dict[str, Any]:
         job_id = str(uuid.uuid4())
         started = time.perf_counter()
         ref = runner.submit(self.settings, ANALYTICS_TASK, [call_id], task_id=job_id)
@@ -213,7 +283,11 @@ class Service:
     # readiness ------------------------------------------------------------------------------------
 
     async def readiness(self) -> dict[str, str]:
-        """Each dependency -> "ok" or the reason it is not ready."""
+        """Each dependency -> "ok", "loading" (models still loading) or "unavailable".
+
+        The reason a dependency is not ready goes to the server log only: /readyz answers anyone, and
+        error texts carry hosts, ports and paths.
+        """
         checks: dict[str, str] = {}
 
         async def check(name: str, probe) -> None:  # noqa: ANN001
@@ -222,7 +296,10 @@ class Service:
                 checks[name] = "ok"
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
                 exc = runner.unwrap(exc)
-                checks[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+                loading = isinstance(exc, errors.ModelUnavailable) and str(exc) == MODELS_LOADING
+                checks[name] = "loading" if loading else "unavailable"
+                if not loading:
+                    log.warning("readiness: %s is not ready: %s: %s", name, type(exc).__name__, exc)
 
         async def pg() -> None:
             await self.db.pool.fetchval("SELECT 1")
@@ -249,7 +326,7 @@ class Service:
         if self._models_task is None:
             self._models_task = asyncio.ensure_future(asyncio.to_thread(models_ready, self.settings))
         if not self._models_task.done():
-            raise errors.ModelUnavailable("models are loading")
+            raise errors.ModelUnavailable(MODELS_LOADING)
         task, self._models_task = self._models_task, None
         task.result()  # raises the load's error
         self._models_ready = True
@@ -291,6 +368,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, errors.UnknownTask):
             status = 404
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, Limited):
+            headers = {"Retry-After": str(exc.retry_after)}
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if status >= 500 and not isinstance(exc, errors.ModelUnavailable | GatewayTimeout):
             log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
@@ -350,7 +429,8 @@ def create_app(service: Service) -> FastAPI:
                   description="On-demand call analytics, recordings, jobs and metrics of a contact centre. "
                               "Every /v1 route needs an API key (`raysys apikey create --tenant T`).")
     install_error_handlers(app)
-    app.add_middleware(uploads.DeclaredSizeLimit, limit=upload_limit, paths=("/v1/diarize", "/v1/emotion"))
+    # Outermost: nothing of the body is read before the key, size and limits are checked.
+    app.add_middleware(Edge, service=service, upload_limit=upload_limit, body_limit=settings.max_request_bytes)
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <api key>")
     header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <api key>")
 
@@ -390,7 +470,7 @@ def create_app(service: Service) -> FastAPI:
 
     # --- recordings ---------------------------------------------------------------------------------
 
-    @app.post("/v1/diarize", tags=["recordings"], max_body_size=upload_limit,
+    @app.post("/v1/diarize", tags=["recordings"],
               summary="who spoke when in an uploaded recording (WAV, FLAC, Ogg, AIFF or MP3)",
               responses={413: {"description": "larger than MAX_UPLOAD_BYTES"},
                          415: {"description": "not an audio format raysys decodes"}})
@@ -409,7 +489,7 @@ def create_app(service: Service) -> FastAPI:
         finally:
             uploads.remove(path)
 
-    @app.post("/v1/emotion", tags=["recordings"], max_body_size=upload_limit,
+    @app.post("/v1/emotion", tags=["recordings"],
               summary="emotion per speaker segment of an uploaded recording",
               responses={413: {"description": "larger than MAX_UPLOAD_BYTES"},
                          415: {"description": "not an audio format raysys decodes"}})

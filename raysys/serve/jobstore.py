@@ -1,7 +1,7 @@
 """Which tenant owns which job, and a job's state as the Celery result backend holds it.
 
 Jobs enqueued over HTTP are recorded under ``{p}raysys:job-tenant:<id>`` (see raysys.constants) before
-they are sent, with the result's lifetime, so a status read can refuse another tenant's job (404, as
+they are sent, for as long as the job can be pending or running plus its result's lifetime, so a status read can refuse another tenant's job (404, as
 if it did not exist). States and results are read straight from ``celery-task-meta-<id>``, the value
 the bridge writes for Celery clients; tracebacks stay on the server.
 """
@@ -9,6 +9,7 @@ the bridge writes for Celery clients; tracebacks stay on the server.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,9 +30,17 @@ class JobStore:
     def _owner_key(self, job_id: str) -> str:
         return f"{self.settings.key_prefix}{JOB_TENANT_PREFIX}{job_id}"
 
-    async def record(self, tenant_id: str, job_id: str) -> None:
-        """Remember that ``tenant_id`` enqueued ``job_id`` (kept as long as its result)."""
-        await self.broker.set(self._owner_key(job_id), tenant_id, ex=self.settings.result_expires)
+    def owner_ttl(self, delay: float = 0.0) -> int:
+        """Seconds to keep a job's owner: its delay, every try at the longest time limit and backoff,
+        then its result's lifetime. Shorter, and a job put off for days would lose its owner (404)
+        before it ran."""
+        s = self.settings
+        tries = s.max_retries + 1
+        return math.ceil(max(0.0, delay) + tries * (s.task_time_limit + s.retry_backoff_max) + s.result_expires)
+
+    async def record(self, tenant_id: str, job_id: str, delay: float = 0.0) -> None:
+        """Remember that ``tenant_id`` enqueued ``job_id``, due in ``delay`` seconds (see :meth:`owner_ttl`)."""
+        await self.broker.set(self._owner_key(job_id), tenant_id, ex=self.owner_ttl(delay))
 
     async def owner(self, job_id: str) -> str | None:
         value = await self.broker.get(self._owner_key(job_id))

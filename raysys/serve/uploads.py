@@ -12,7 +12,6 @@ them itself and sends the samples to the model actors, so they need no shared vo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import uuid
@@ -85,28 +84,3 @@ def remove(path: Path | None) -> None:
     if path is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-class DeclaredSizeLimit:
-    """ASGI middleware: a request to ``paths`` whose Content-Length is over ``limit`` gets a JSON 413 at once.
-
-    The routes' own ``max_body_size`` still counts bytes as they stream (chunked bodies); this only
-    answers the common case early, before anything is read, with raysys' JSON error body.
-    """
-
-    def __init__(self, app, limit: int, paths: tuple[str, ...]) -> None:  # noqa: ANN001
-        self.app, self.limit, self.paths = app, limit, paths
-
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] == "http" and scope["path"] in self.paths:
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    body = json.dumps({"error": "TooLarge",
-                                       "detail": f"the request body is larger than the {self.limit}-byte limit"}).encode()
-                    await send({"type": "http.response.start", "status": 413,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode()),
-                                            (b"connection", b"close")]})
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self.app(scope, receive, send)
