@@ -11,7 +11,7 @@ import pytest
 
 from raysys.analytics import sentiment as call_sentiment
 from raysys.errors import InvalidInput
-from raysys.models.emotion import BuiltinEmotion, text_valence
+from raysys.models.emotion import TEXT_WEIGHT, BuiltinEmotion, acoustic_valence, text_valence
 from raysys.models.sentiment import DOMAIN_VERSION, SentimentModel, default_model, label_for
 
 
@@ -81,11 +81,13 @@ def test_one_model_behind_call_sentiment_segment_valence_and_version(model):
     texts = ["I've been waiting forty minutes", "Thanks, that's great.", "the account number", "not helpful"]
     for t in texts:
         assert text_valence(t) == call_sentiment.text_sentiment(t) == model.score(t)
-    # the builtin emotion backend's valence for a segment with a transcript is the model's score
+    # the builtin emotion backend blends the model's score of a segment's transcript into its valence
+    # (TEXT_WEIGHT of it, the rest from the label probabilities the voice and the text give together)
     rng = np.random.default_rng(0)
     pieces = [(0.05 * rng.standard_normal(16000)).astype(np.float32) for _ in texts]
-    out = BuiltinEmotion().classify(pieces, texts)
-    assert [o["valence"] for o in out] == [round(model.score(t), 4) for t in texts]
+    for t, heard in zip(texts, BuiltinEmotion().classify(pieces, texts), strict=True):
+        blended = TEXT_WEIGHT * model.score(t) + (1 - TEXT_WEIGHT) * acoustic_valence(heard["scores"])
+        assert heard["valence"] == pytest.approx(blended, abs=2e-3), (t, heard)
     turns = [SimpleNamespace(start_s=float(i), end_s=i + 1.0, text=t, speaker_role="customer")
              for i, t in enumerate([*texts, "  "])]
     items = call_sentiment.turn_sentiments(turns)
