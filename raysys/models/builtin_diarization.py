@@ -90,7 +90,7 @@ class BuiltinParams:
     method: str = "ahc"  # "ahc" (average-linkage, cosine threshold) or "spectral" (eigen-gap)
     ahc_threshold: float = 0.70  # clusters whose mean similarity stays above this merge
     level_dbfs: float | None = -24.0  # speech brought to this RMS level before the speaker encoder (None: as is)
-    min_cluster_share: float = 0.2  # a smaller cluster is merged unless it is a distinct voice
+    min_cluster_share: float = 0.1  # a smaller cluster is merged unless it is a distinct voice
     min_cluster_seconds: float = 1.5  # a cluster with less speech than this is always merged
     distinct_sim: float = 0.65  # a small cluster whose centroid is below this to all others is kept
     eig_threshold: float = 1.5  # eigen-gap ratio needed to prefer more than one speaker
