@@ -9,25 +9,39 @@ Both models ship their weights inside their wheels, so this runs on any machine 
    detections shorter than ``vad_min_speech`` (0.15 s, under
    a syllable; silero's own default is 0.25 s) are dropped as clicks and breaths before short gaps
    are filled and regions padded — otherwise one 0.1 s blip grows, by padding and gap filling, into
-   half a second of false speech glued to the next word.
+   half a second of false speech glued to the next word. When that finds nothing but a frame
+   reaches ``vad_fallback_onset`` (0.2), a second pass at that onset keeps the confident peaks: far-
+   field laughter and murmurs (AMI trn01) score 0.2-0.35 where noise, hum and clicks stay under 0.05,
+   and a recording with speech must not come back with no speaker.
 2. **Speaker embeddings.** the audio is scaled so that its speech (the VAD's regions) has an RMS of
    ``level_dbfs`` (-24 dBFS): resemblyzer's input is linear mel power, so without this its similarities,
    and with them the speaker count, followed the recording level (the sample 6 dB quieter was one
-   speaker). Then resemblyzer's LSTM speaker encoder on sliding windows over the speech
-   frames only (silence is cut out first, so each window holds speech), batched 64 windows at a
-   time, under bfloat16 autocast where the CPU has AMX / AVX512-BF16 (half the CPU time; embeddings
-   within cosine 0.996 of float32, identical DER on the shared files); the log-free mel spectrogram
-   resemblyzer expects is computed with ``torch.stft`` in 10-minute pieces (no librosa warm-up per
-   call, flat memory on long audio).
-3. **Clustering.** average-linkage agglomerative clustering of the window embeddings (cosine),
-   cut where clusters stop being more similar than ``ahc_threshold``. Clusters holding less than
-   ``min_cluster_share`` of the windows are merged into their nearest, smallest first (noise,
-   laughter, a split of one voice), until the count is within ``min_speakers``..``max_speakers``
-   (``num_speakers`` fixes both); a count above the natural one is reached by k-means instead.
-   Centroids are then refined by a few k-means steps. Beyond ``max_cluster_windows`` windows
-   (12.5 min of speech) an evenly spaced subsample is clustered and every window takes the nearest
-   centroid, so hours of audio need no n² matrix. (``method="spectral"``: eigen-gap spectral
-   clustering instead.)
+   speaker). Then resemblyzer's LSTM speaker encoder on 1.5 s windows every 0.75 s over the speech
+   frames only (silence is cut out first, so each window holds speech) — resemblyzer's own rate (1.6 s
+   partials, 1.3 per second): every frame is seen by two windows. A 0.25 s hop (six windows per frame)
+   cost three times the encoder work for the same DER on the shared files (trn00-09 mean 37.4 % vs
+   37.0 % with the previous clustering, sample 8.6 % vs 8.8 %); the encoder is the diarizer's cost
+   (float32 on CPUs without AMX / AVX512-BF16: ~97 % of it). Batched 64 windows at a time, under
+   bfloat16 autocast where the CPU has AMX / AVX512-BF16 (half the CPU time; embeddings within cosine
+   0.996 of float32, identical DER on the shared files); int8 dynamic quantisation of the LSTM was
+   tried and was neither faster on AVX2 nor faithful. The log-free mel spectrogram resemblyzer expects
+   is computed with ``torch.stft`` in 10-minute pieces (no librosa warm-up per call, flat memory).
+3. **Clustering and the speaker count.** average-linkage agglomerative clustering of the window
+   embeddings (cosine), cut where clusters stop being more similar than ``ahc_threshold`` (0.70).
+   Then, smallest first, a cluster is merged into its nearest when it holds under
+   ``min_cluster_seconds`` (1.5 s) of speech, or under ``min_cluster_share`` (10 %) of the windows while
+   its centroid is within ``distinct_sim`` (0.65) of another (a split of a far-field voice: those sit
+   at 0.73-0.85, distinct voices at 0.55-0.65). Last, two clusters whose centroids are more similar
+   than the windows are, on average, to their own centroid are merged: one voice split in two halves
+   (a within-versus-between test that needs no fixed level). The count stays within
+   ``min_speakers``..``max_speakers`` (``num_speakers`` fixes both); a count above the natural one is
+   reached by k-means instead. Centroids are then refined by a few k-means steps. Beyond
+   ``max_cluster_windows`` windows an evenly spaced subsample is clustered and every window takes the
+   nearest centroid, so hours of audio need no n² matrix. (``method="spectral"``: eigen-gap spectral
+   clustering instead.) Tried and not kept: a share alone (20 %: every minor voice lost, a third
+   party's 11 s in a 70 s call included), a length alone (kept the 2-4 s splits AMI excerpts are full
+   of), auto-tuned spectral clustering (NME-SC, Park et al. 2019: 7-8 speakers on the sample and on
+   trn04/05/08 at small p, 1 on trn06/09 at large p).
 4. **Frame labels.** every 20 ms speech frame scores each speaker by the mean cosine similarity of
    the windows that cover it; the best speaker wins, runs shorter than ``min_turn`` are absorbed.
 5. **Overlapped speech.** three heuristic cues can mark a second active speaker: a short turn (up
@@ -42,15 +56,18 @@ Both models ship their weights inside their wheels, so this runs on any machine 
    Overlapped speech is therefore scored as missed speech.
 
 Limits: resemblyzer embeddings need about a second of speech, so turns shorter than ~0.5 s are
-often merged into a neighbour, and a speaker with under ``min_cluster_share`` (20 %) of the speech
-is merged into the nearest voice — on short meeting excerpts these minor speakers mostly talk over
-others, so naming them would not lower the DER, but a long recording's minor speakers are lost too.
+often merged into a neighbour, and a voice with under 1.5 s of speech, or under 10 % of it and close
+to another voice, is merged into the nearest one. On far-field meeting audio resemblyzer's
+similarities between different voices (0.75-0.86 between centroids) overlap those between halves of
+one voice, so the count there is right on 8 of the 10 AMI excerpts but the DER is not lower; two of
+five LibriSpeech single-voice recordings are still split in two (bench/diarization.py prints both).
 Far-field, noisy or music-laden audio lowers both the VAD and the embedding quality; silero-vad
 does not count laughter or murmurs as speech (AMI references do). The level and the clustering
-threshold were chosen together on the shared files (sample.wav 8.6 %, AMI trn00-09 mean 35.9 % at
--24 dBFS and 0.68; from -27 to -23 dBFS and 0.66 to 0.69 the figures stay within 2 points), and
-the result no longer depends on the recording's own level (bench/diarization.py prints the sample
-at -12 and +6 dB).
+thresholds were chosen on a grid over the shared files and 20 synthetic 1-4 voice calls
+(raysys.models.mixtures): over thresholds 0.68-0.72, shares 0.10-0.20 and distinct levels 0.65-0.70
+the trn00-09 count stays at 6-8 of 10 (8 at 0.70-0.72 with shares 0.10 or 0.20) and the synthetic
+count at 18-19 of 20, falling to 16-17 at distinct levels 0.60 or 0.75; the result does not depend on the recording's own level (the bench prints the
+sample at -12 and +6 dB).
 """
 
 from __future__ import annotations
