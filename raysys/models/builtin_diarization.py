@@ -286,9 +286,10 @@ class BuiltinDiarizer:
 
     # --- clustering ---------------------------------------------------------------------------------
 
-    def cluster(self, emb: np.ndarray, num_speakers: int | None, min_speakers: int, max_speakers: int
-                ) -> np.ndarray:
-        """Cluster labels per window."""
+    def cluster(self, emb: np.ndarray, num_speakers: int | None, min_speakers: int, max_speakers: int,
+                seconds_per_window: float | None = None) -> np.ndarray:
+        """Cluster labels (0..k-1) per window of ``emb`` (unit-norm rows); ``seconds_per_window``: speech
+        each window stands for (default the hop; more for a subsample)."""
         p = self.params
         n = len(emb)
         max_speakers = max(1, min(max_speakers, n))
@@ -301,14 +302,15 @@ class BuiltinDiarizer:
             # Long audio: the pairwise matrices grow with n² (4 h of speech = 57,600 windows = 13 GB), so
             # cluster evenly spaced windows and give every window the nearest resulting centroid.
             stride = int(np.ceil(n / p.max_cluster_windows))
-            sub = self.cluster(emb[::stride], num_speakers, min_speakers, max_speakers)
+            sub = self.cluster(emb[::stride], num_speakers, min_speakers, max_speakers,
+                               (seconds_per_window or p.hop) * stride)
             k = int(sub.max()) + 1
             labels = np.argmax(emb @ self._centroids(emb[::stride], sub).T, axis=1)
             labels = self._refine_centroids(emb, labels, k)
             _, labels = np.unique(labels, return_inverse=True)
             return labels
         if p.method == "ahc":
-            return self._ahc(emb, num_speakers, min_speakers, max_speakers)
+            return self._ahc(emb, num_speakers, min_speakers, max_speakers, seconds_per_window or p.hop)
         sim = emb @ emb.T
         aff = self._refine(sim)
         lap_vals, lap_vecs = self._spectral(aff)
@@ -338,7 +340,8 @@ class BuiltinDiarizer:
         _, labels = np.unique(labels, return_inverse=True)
         return labels
 
-    def _ahc(self, emb: np.ndarray, num_speakers, min_speakers: int, max_speakers: int) -> np.ndarray:
+    def _ahc(self, emb: np.ndarray, num_speakers, min_speakers: int, max_speakers: int,
+             seconds_per_window: float) -> np.ndarray:
         from scipy.cluster.hierarchy import fcluster, linkage  # noqa: PLC0415
 
         p = self.params
@@ -354,7 +357,7 @@ class BuiltinDiarizer:
         # A share alone lost every minor voice (a third party speaking 4 s of a 40 s call); a length
         # alone kept the 2-4 s splits of one far-field voice that AMI meetings are full of, whose
         # centroids stay at 0.73-0.85 of their speaker's while distinct voices sit at 0.55-0.65.
-        floor = p.min_cluster_seconds / p.hop
+        floor = p.min_cluster_seconds / seconds_per_window
         while labels.max() + 1 > min_speakers:
             counts = np.bincount(labels)
             cents = self._centroids(emb, labels)
