@@ -76,6 +76,24 @@ def build_call(seconds: float, out_dir: Path) -> tuple[Path, Path, list]:
     return mono, stereo, turns
 
 
+def cpu_description() -> str:
+    """The CPU the figures come from: model name, logical CPUs and the flags that decide the encoders' speed
+    (bfloat16 autocast needs AMX or AVX512-BF16; without them the speaker encoder runs in float32)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
+    have = " ".join(f"{f}{'+' if f in flags else '-'}" for f in wanted)
+    return f"{model}, {os.cpu_count()} logical CPUs, {have}"
+
+
 def bench_call(settings, ctx_cls, seconds: float) -> dict[str, float]:
     from raysys.storage.postgres import Call, Database
     from raysys.tasks.analytics import process_call_analytics
@@ -213,6 +231,7 @@ def main() -> int:
     ray.init(num_cpus=max(4, os.cpu_count() or 2), namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     results: dict[str, str] = {}
+    print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     try:
         if not args.skip_call:
             print(f"call analytics, {args.seconds:.0f} s two-speaker call:", flush=True)
@@ -229,6 +248,7 @@ def main() -> int:
         ray.shutdown()
         stop_postgres(pid)
     print()
+    print(f"CPU: {cpu_description()}; load average {os.getloadavg()[0]:.1f} at the end")
     print("| Task | seed (Celery) | raysys (this machine, CPU) | target |")
     print("|---|---|---|---|")
     if "call" in results:
