@@ -38,7 +38,7 @@ class TranscriptionActor(ModelServer):
         from raysys.models.transcription import make_transcriber  # noqa: PLC0415
 
         return make_transcriber(spec["backend"], model=spec.get("model"), token=spec.get("token"), device=device,
-                                compute_type=spec.get("compute_type"))
+                                compute_type=spec.get("compute_type"), config=spec.get("options"))
 
     def run_batch(self, items: list[dict]) -> list[Any]:
         # Pieces differ in length and the decoders keep state per utterance: one at a time, and one
@@ -79,12 +79,15 @@ def transcription_pool(settings: Settings, backend: str | None = None) -> ModelP
 
 def transcribe_audio(settings: Settings, audio_path: str | Path | bytes, *, layout: str = "auto",
                      backend: str | None = None, language: str | None = None,
-                     progress: Callable[[float, str], None] | None = None, chunk_seconds: float = 20.0) -> dict:
+                     progress: Callable[[float, str], None] | None = None, chunk_seconds: float | None = None,
+                     pool: ModelPool | None = None) -> dict:
     """Words of ``audio_path`` (a path or the file's bytes). Ray must be initialised.
 
     ``layout`` is ``auto``/``mono``/``stereo`` as for diarization: stereo calls are transcribed per
     channel (words carry ``channel`` 0 = agent, 1 = customer); mono ones as one mix (``channel`` None).
-    ``language`` None uses ``TRANSCRIPTION_LANGUAGE`` (empty: the backend detects it).
+    ``chunk_seconds`` is the piece length (default per backend, :data:`~raysys.models.transcription.CHUNK_SECONDS`).
+    ``language`` None uses ``TRANSCRIPTION_LANGUAGE`` (empty: the backend detects it). ``pool`` replaces the
+    cluster's pool for ``backend`` (a pool made with its own spec, e.g. decoder options).
 
     Returns ``{"words": [{"word", "start", "end", "confidence", "channel"}], "language", "duration",
     "layout", "backend", "model_version", "chunks", "rtf", "elapsed"}``.
@@ -94,7 +97,7 @@ def transcribe_audio(settings: Settings, audio_path: str | Path | bytes, *, layo
         ModelUnavailable: the backend's model cannot be loaded.
     """
     from raysys.actors.diarization import choose_layout  # noqa: PLC0415
-    from raysys.models.transcription import split_at_silences  # noqa: PLC0415
+    from raysys.models.transcription import CHUNK_SECONDS, split_at_silences  # noqa: PLC0415
 
     t0 = time.perf_counter()
     audio, _ = load_audio(audio_path, mono=False, max_seconds=settings.max_audio_seconds)
@@ -102,13 +105,15 @@ def transcribe_audio(settings: Settings, audio_path: str | Path | bytes, *, layo
     channels = [(0, audio[0]), (1, audio[1])] if chosen == "stereo" else [(None, audio.mean(axis=0))]
     duration = audio.shape[1] / SAMPLE_RATE
     language = language or settings.transcription_language
+    spec = pool.spec if pool is not None else backend_spec(settings, backend)
+    chunk_seconds = chunk_seconds or CHUNK_SECONDS.get(spec["backend"], 20.0)
     items: list[tuple[int | None, dict]] = []
     for channel, wav in channels:
         for a, b in split_at_silences(wav, target_s=chunk_seconds, max_s=max(chunk_seconds * 1.5, 5.0),
                                       min_s=min(5.0, chunk_seconds / 2)):
             piece = np.ascontiguousarray(wav[a:b], dtype=np.float32)
             items.append((channel, {"audio": piece, "offset": a / SAMPLE_RATE, "language": language}))
-    pool = transcription_pool(settings, backend)
+    pool = pool or transcription_pool(settings, backend)
     facts = pool.ready()[0]
     results = _run_parallel(pool, [item for _, item in items], progress)
     words: list[dict] = []

@@ -23,10 +23,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from raysys.audio import is_silent
 from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput, ModelUnavailable
 
 BACKENDS = ("pocketsphinx", "faster-whisper")
+# Piece length a long recording is cut to (at silences): PocketSphinx's search slows down and drifts on long
+# utterances; Whisper works on 30 s windows.
+CHUNK_SECONDS = {"pocketsphinx": 12.0, "faster-whisper": 25.0}
 
 # PocketSphinx decoder settings over the wheel's defaults (bench/asr.py measured the alternatives on
 # ../shared/data/asr/read; the README has the figures).
@@ -70,18 +74,23 @@ class PocketsphinxTranscriber:
             raise InvalidInput(f"the pocketsphinx backend transcribes English only, not {language!r}.")
         pcm = (np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0) * 32767).astype(np.int16)
         words: list[dict] = []
-        if len(pcm) >= SAMPLE_RATE // 10:
+        # Digital silence makes the decoder guess a word; there is nothing to hear in it.
+        if len(pcm) >= SAMPLE_RATE // 10 and not is_silent(np.asarray(wav, dtype=np.float32)):
             dec = self.decoder
             dec.start_utt()
             dec.process_raw(pcm.tobytes(), full_utt=True)
             dec.end_utt()
-            logmath = dec.get_logmath()
-            for seg in dec.seg() if dec.hyp() is not None else ():
+            # get_prob() runs the lattice's forward-backward pass; after it each segment's ``prob`` is the
+            # word's posterior probability (before it, 0 for every word).
+            has_hyp = dec.hyp() is not None
+            if has_hyp:
+                dec.get_prob()
+            for seg in dec.seg() if has_hyp else ():
                 token = seg.word
                 if token in _NOT_WORDS or token.startswith("++"):
                     continue
                 word = token.split("(", 1)[0]  # "read(2)" is the dictionary's second pronunciation
-                confidence = float(min(1.0, max(0.0, logmath.exp(seg.prob))))
+                confidence = float(min(1.0, max(0.0, seg.prob)))
                 words.append({"word": word, "start": round(seg.start_frame / self.frate, 3),
                               "end": round((seg.end_frame + 1) / self.frate, 3), "confidence": round(confidence, 4)})
         return {"words": words, "language": "en", "text": " ".join(w["word"] for w in words)}
@@ -96,14 +105,15 @@ class FasterWhisperTranscriber:
     name = "faster-whisper"
 
     def __init__(self, model: str, *, token: str | None = None, device: str = "cpu", compute_type: str | None = None,
-                 cpu_threads: int = 0, beam_size: int = 5) -> None:
+                 cpu_threads: int = 0, options: dict[str, Any] | None = None) -> None:
         try:
             from faster_whisper import WhisperModel  # noqa: PLC0415 - optional heavy dependency
         except ImportError as exc:
             raise ModelUnavailable(f"faster-whisper is not installed: {exc}") from exc
         self.device = "cuda" if device.startswith("cuda") else "cpu"
         self.compute_type = compute_type or ("float16" if self.device == "cuda" else "int8")
-        self.beam_size = beam_size
+        # Extra WhisperModel.transcribe arguments (beam_size, temperature, ...); the defaults are faster-whisper's.
+        self.options = {"beam_size": 5, **(options or {})}
         local = Path(model).expanduser()
         try:
             self.model = WhisperModel(str(local) if local.is_dir() else model, device=self.device,
@@ -117,11 +127,11 @@ class FasterWhisperTranscriber:
     def transcribe(self, wav: np.ndarray, *, language: str | None = None) -> dict:
         """Words of ``wav`` (16 kHz mono float32); ``language`` None detects it."""
         audio = np.ascontiguousarray(wav, dtype=np.float32)
-        if len(audio) < SAMPLE_RATE // 10:
+        if len(audio) < SAMPLE_RATE // 10 or is_silent(audio):
             return {"words": [], "language": language or "", "text": ""}
-        segments, info = self.model.transcribe(audio, language=language or None, word_timestamps=True,
-                                               beam_size=self.beam_size, condition_on_previous_text=False,
-                                               vad_filter=False)
+        # Pieces arrive cut at silences and decoded independently: no text carried over between them.
+        kwargs = {"condition_on_previous_text": False, "vad_filter": False, **self.options}
+        segments, info = self.model.transcribe(audio, language=language or None, word_timestamps=True, **kwargs)
         words = []
         for seg in segments:
             for w in seg.words or ():
@@ -136,7 +146,8 @@ def make_transcriber(backend: str, *, model: str | None = None, token: str | Non
                      compute_type: str | None = None, config: dict[str, Any] | None = None) -> Transcriber:
     """Load a transcription backend.
 
-    ``model`` is the faster-whisper folder or hub id; ``config`` overrides PocketSphinx settings.
+    ``model`` is the faster-whisper folder or hub id; ``config`` overrides PocketSphinx decoder settings or
+    adds faster-whisper ``transcribe`` arguments (``beam_size``, ``temperature``, ...).
     Raises InvalidInput (unknown backend) or ModelUnavailable (the model cannot be loaded).
     """
     if backend == "pocketsphinx":
@@ -149,7 +160,7 @@ def make_transcriber(backend: str, *, model: str | None = None, token: str | Non
     if backend == "faster-whisper":
         if not model:
             raise ModelUnavailable("the faster-whisper backend needs TRANSCRIPTION_MODEL (a local folder or hub id).")
-        return FasterWhisperTranscriber(model, token=token, device=device, compute_type=compute_type)
+        return FasterWhisperTranscriber(model, token=token, device=device, compute_type=compute_type, options=config)
     raise InvalidInput(f"unknown transcription backend {backend!r} (choose {', '.join(BACKENDS)}).")
 
 
