@@ -34,7 +34,7 @@ CHUNK_SECONDS = {"pocketsphinx": 12.0, "faster-whisper": 25.0}
 
 # PocketSphinx decoder settings over the wheel's defaults (bench/asr.py measured the alternatives on
 # ../shared/data/asr/read; the README has the figures).
-POCKETSPHINX_CONFIG: dict[str, Any] = {}
+POCKETSPHINX_CONFIG: dict[str, Any] = {"maxhmmpf": 3000}  # at most 3,000 active HMMs a frame (default 30,000)
 # Filler and silence tokens PocketSphinx puts in its segmentation; they are not words.
 _NOT_WORDS = {"<s>", "</s>", "<sil>", "[NOISE]", "[BREATH]", "[COUGH]", "[SMACK]", "[UH]", "[UM]", "<unk>"}
 
