@@ -136,3 +136,44 @@ def test_platform_turns_are_never_replaced_by_transcripts(ctx, asettings, tenant
 
     assert run(with_db(asettings, platform_writes)) is False
     assert [t.source for t in turns_of(asettings, tenant_id, call2)] == ["platform", "platform"]
+
+
+def test_post_transcribe_needs_a_key_refuses_non_audio_and_returns_turns(asettings, ray_cluster, tenant_id,
+                                                                          short_audio):
+    """The route in-process (FastAPI's TestClient) over the session's PostgreSQL, Redis and Ray."""
+    from fastapi.testclient import TestClient
+
+    from raysys.serve.app import Service, create_app
+
+    async def key(db):
+        return (await db.create_api_key(tenant_id, "asr"))[1]
+
+    secret = run(with_db(asettings, key))
+    with TestClient(create_app(Service(asettings))) as client:
+        audio = short_audio.read_bytes()
+        assert client.post("/v1/transcribe", files={"file": ("a.wav", audio, "audio/wav")}).status_code == 401
+        auth = {"Authorization": f"Bearer {secret}"}
+        bad = client.post("/v1/transcribe", files={"file": ("notes.wav", b"not audio at all", "audio/wav")},
+                          headers=auth)
+        assert 400 <= bad.status_code < 500 and "Traceback" not in bad.text
+        assert client.post("/v1/transcribe", files={"file": ("a.wav", audio, "audio/wav")}, data={"layout": "diagonal"},
+                           headers=auth).status_code == 422
+        r = client.post("/v1/transcribe", files={"file": ("a.wav", audio, "audio/wav")}, headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["backend"] == "pocketsphinx" and body["duration"] == pytest.approx(5.5, abs=0.01)
+    heard = " ".join(t["text"] for t in body["turns"]).split()
+    assert {"imprisonment", "entirely"} & set(heard), heard  # "and imprisonment for debt has almost entirely ..."
+    assert all(w["start"] < w["end"] for t in body["turns"] for w in t["words"]) and "diarization" not in body
+
+
+def test_transcripts_render_as_text_srt_and_webvtt():
+    from raysys.commands.transcribe import render
+
+    result = {"turns": [{"role": "agent", "start": 0.5, "end": 2.25, "text": "hello there"},
+                        {"role": "customer", "start": 3661.0, "end": 3662.5, "text": "hi"}], "diarization": {}}
+    assert render(result, "txt") == "[00:00.500] agent: hello there\n[01:01.000] customer: hi\n"
+    assert render(result, "srt") == ("1\n00:00:00,500 --> 00:00:02,250\nagent: hello there\n\n"
+                                     "2\n01:01:01,000 --> 01:01:02,500\ncustomer: hi\n")
+    assert render(result, "vtt").startswith("WEBVTT\n\n00:00:00.500 --> 00:00:02.250\nagent: hello there\n")
+    assert json.loads(render(result, "json")) == {"turns": result["turns"]}
