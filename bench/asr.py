@@ -16,6 +16,12 @@ Targets for the offline default: WER <= 30 % on the read set, RTF <= 0.3 on 2 co
     .venv/bin/python bench/asr.py                         # pocketsphinx on both sets, random whisper speed
     .venv/bin/python bench/asr.py --limit 20 --ps maxhmmpf=30000 --ps beam=1e-60   # try settings
     .venv/bin/python bench/asr.py --whisper-model ~/models/faster-whisper-small
+    .venv/bin/python bench/asr.py --call 300   # process_call_analytics, 5-min call: no turns vs platform turns
+
+``--call SECONDS`` builds bench/analytics.py's two-speaker call (real utterances of ../shared/data/speech)
+and times ``process_call_analytics`` on it (local Ray, embedded PostgreSQL and chDB, the default
+backends) twice with the call's turns removed before each run (it transcribes) and twice with the
+platform's turns (it does not), after one warm-up run that loads the models.
 """
 
 from __future__ import annotations
@@ -77,13 +83,78 @@ def groups(rows: list[dict]) -> dict[str, list[dict]]:
     return {"all": rows, **dict(sorted(g.items()))}
 
 
+def bench_call(seconds: float) -> int:
+    import asyncio
+    import statistics
+    import tempfile as tf
+    from datetime import UTC, datetime, timedelta
+
+    import ray
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from analytics import build_call  # bench/analytics.py: the same 5-minute call as its analytics figure
+
+    from raysys.config import Settings
+    from raysys.constants import RAY_NAMESPACE
+    from raysys.stack import start_postgres, stop_postgres
+    from raysys.storage.postgres import Call, Database
+    from raysys.tasks.analytics import process_call_analytics
+    from raysys.tasks.registry import TaskContext
+
+    work = Path(tf.mkdtemp(prefix="raysys-bench-asr-"))
+    pid, pg_url = start_postgres(work / "pg")
+    settings = Settings.from_env({}, data_dir=str(work / "data"), postgres_url=pg_url,
+                                 clickhouse_url=f"chdb://{work / 'chdb'}", allowed_roots=(str(work / "audio"),))
+    ray.init(num_cpus=max(4, os.cpu_count() or 2), namespace=RAY_NAMESPACE, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        mono, _, turns = build_call(seconds, work / "audio" / "bench")
+        start = datetime(2025, 3, 10, 9, tzinfo=UTC)
+
+        async def set_turns(with_turns: bool) -> None:
+            db = await Database.open(settings.postgres_url)
+            await db.upsert_tenant("bench")
+            await db.upsert_calls([Call(id="bench_call", tenant_id="bench", customer_id="c1", started_at=start,
+                                        answered_at=start, ended_at=start + timedelta(seconds=seconds),
+                                        audio_path=str(mono), audio_layout="mono")])
+            await db.replace_turns("bench", "bench_call", turns if with_turns else [])
+            await db.close()
+
+        ctx = TaskContext(settings=settings, task_id="bench")
+        asyncio.run(set_turns(True))
+        process_call_analytics(ctx, "bench_call")  # loads the models
+        figures = {}
+        for label, with_turns in (("no turns (transcribed)", False), ("platform turns", True)):
+            times = []
+            for _ in range(2):
+                asyncio.run(set_turns(with_turns))
+                t0 = time.perf_counter()
+                res = process_call_analytics(ctx, "bench_call")
+                times.append(time.perf_counter() - t0)
+                print(f"  {label}: {times[-1]:.1f} s, intent {res['intent']}, stages {res['timings']}", flush=True)
+            figures[label] = statistics.median(times)
+    finally:
+        ray.shutdown()
+        stop_postgres(pid)
+    load = os.getloadavg()
+    print(f"\nprocess_call_analytics, {seconds:.0f} s two-speaker mono call (median of 2; load {load[0]:.1f} on "
+          f"{os.cpu_count()} CPUs):")
+    for label, value in figures.items():
+        print(f"  {label:<24} {value:7.1f} s")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=0, help="every k-th utterance so that about this many run")
     ap.add_argument("--ps", action="append", default=[], help="PocketSphinx setting KEY=VALUE (repeatable)")
     ap.add_argument("--whisper-model", default=None, help="a faster-whisper model folder (default: random tiny)")
     ap.add_argument("--skip-whisper", action="store_true")
+    ap.add_argument("--call", type=float, default=0.0, metavar="SECONDS",
+                    help="instead: process_call_analytics on a call of SECONDS, without and with platform turns")
     args = ap.parse_args()
+    if args.call:
+        return bench_call(args.call)
     if not DATA.exists():
         print(f"skipped: {DATA} is not present on this machine")
         return 0
