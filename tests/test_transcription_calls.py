@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from analytics_fixtures import analytics_chdb, asettings, ctx, run, text_encoder, utc, with_db  # noqa: F401
+from models_fixtures import model_actors  # noqa: F401
 
 from raysys.analytics.intents import UNKNOWN, IntentModel
 from raysys.storage.postgres import Call, Turn
@@ -25,6 +26,11 @@ from raysys.tasks.transcription import transcribe_call
 START = utc(2025, 3, 10, 9, 30)
 PLATFORM = [Turn(0, "agent", 0.0, 3.0, "Thank you for calling, how can I help you today?"),
             Turn(1, "customer", 3.5, 8.0, "I can't log in to my account")]
+
+
+@pytest.fixture(autouse=True)
+def _free_model_actors(model_actors):
+    """The model pools this module starts are killed at its end (they hold CPUs of the shared cluster)."""
 
 
 @pytest.fixture
