@@ -150,6 +150,7 @@ def main() -> int:
     ap.add_argument("--ps", action="append", default=[], help="PocketSphinx setting KEY=VALUE (repeatable)")
     ap.add_argument("--whisper-model", default=None, help="a faster-whisper model folder (default: random tiny)")
     ap.add_argument("--skip-whisper", action="store_true")
+    ap.add_argument("--only", choices=("read", "telephone_sim"), default=None, help="one set only")
     ap.add_argument("--call", type=float, default=0.0, metavar="SECONDS",
                     help="instead: process_call_analytics on a call of SECONDS, without and with platform turns")
     args = ap.parse_args()
@@ -164,6 +165,8 @@ def main() -> int:
     from raysys.models.transcription import POCKETSPHINX_CONFIG, make_transcriber
 
     sets = {"read": load_set("read"), "telephone_sim": load_set("telephone_sim")}
+    if args.only:
+        sets = {args.only: sets[args.only]}
     if args.limit:
         sets = {k: v[:: max(1, len(v) // args.limit)] for k, v in sets.items()}
     overrides = {}
