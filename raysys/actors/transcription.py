@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from raysys.actors.pool import ModelPool, ModelServer, get_pool
+from raysys.actors.pool import CPUS, ModelPool, ModelServer, get_pool, pool_settings, resolve_num_cpus
 from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.constants import SAMPLE_RATE
@@ -73,8 +73,21 @@ def backend_spec(settings: Settings, backend: str | None = None) -> dict:
 
 
 def transcription_pool(settings: Settings, backend: str | None = None) -> ModelPool:
-    """The cluster's transcription pool for ``backend`` (default ``TRANSCRIPTION_BACKEND``)."""
-    return get_pool(settings, "transcription", TranscriptionActor, backend_spec(settings, backend))
+    """The cluster's transcription pool for ``backend`` (default ``TRANSCRIPTION_BACKEND``).
+
+    On a small CPU-only cluster the replicas share one model's CPU reservation
+    (:func:`~raysys.actors.pool.resolve_num_cpus`) instead of reserving one each: two always-on actors
+    at a quarter CPU each left a 2-CPU cluster without the whole CPU a report task needs (the demo's
+    ``generate_daily_report`` waited forever). The reservation is for placement only; each actor still
+    decodes on a thread of its own.
+    """
+    replicas, num_gpus = pool_settings(settings, "transcription")
+
+    def cpus() -> float:
+        share = resolve_num_cpus("transcription", num_gpus)
+        return share if num_gpus > 0 or share >= CPUS["transcription"] else share / max(1, replicas)
+
+    return get_pool(settings, "transcription", TranscriptionActor, backend_spec(settings, backend), cpus)
 
 
 def transcribe_audio(settings: Settings, audio_path: str | Path | bytes, *, layout: str = "auto",
