@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "scheduler",  # beat, schedule
     "serve",      # serve, apikey
     "demo",       # demo
+    "transcribe",  # transcribe
 )
 
 

@@ -280,6 +280,15 @@ class Settings:
     actor_start_timeout: float = _env("ACTOR_START_TIMEOUT", _float(1.0), 300.0)
     model_call_timeout: float = _env("MODEL_CALL_TIMEOUT", _float(1.0), 1800.0)
     warehouse_call_timeout: float = _env("WAREHOUSE_CALL_TIMEOUT", _float(1.0), 300.0)
+    # Speech to text (issue 15): backend, faster-whisper model (folder or hub id), language (empty: detect),
+    # CTranslate2 compute type (empty: int8 on CPU, float16 on GPU), pool size and GPUs per actor.
+    transcription_backend: str = _env("TRANSCRIPTION_BACKEND", _choice("pocketsphinx", "faster-whisper"),
+                                      "pocketsphinx")
+    transcription_model: str = _env("TRANSCRIPTION_MODEL", _str, "Systran/faster-whisper-small")
+    transcription_language: str | None = _env("TRANSCRIPTION_LANGUAGE", _opt_str, None)
+    transcription_compute_type: str | None = _env("TRANSCRIPTION_COMPUTE_TYPE", _opt_str, None)
+    transcription_num_gpus: float | None = _env("TRANSCRIPTION_NUM_GPUS", _gpus, None)
+    transcription_replicas: int = _env("TRANSCRIPTION_REPLICAS", _int(1), 2)
 
     smtp_url: str | None = _env("SMTP_URL", _url("smtp", "smtps"), None)
     report_sender: str = _env("REPORT_SENDER", _str, "raysys-reports@localhost")

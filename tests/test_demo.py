@@ -26,7 +26,14 @@ def test_demo_runs_the_whole_story_on_a_fresh_home_and_down_leaves_nothing(tmp_p
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     # Each step of the story printed its result.
     assert '"document_id": "policy_cards"' in out and "-> [" in out, out[-6000:]  # ingested, then found
-    assert '"num_speakers": 2' in out and '"intent": "card_lost"' in out  # analytics of the recording
+    # Analytics of the recording: transcribed from its own audio (no platform turns), a known intent, the
+    # derived transcript printed next to the reference words.
+    assert '"num_speakers": 2' in out and "transcribed: True, turn source: asr" in out
+    intent = next(line.rsplit("intent:", 1)[1].strip() for line in out.splitlines() if "turn source:" in line)
+    assert intent not in ("", "unknown", "None")
+    heard = " ".join(line.split("heard:", 1)[1] for line in out.splitlines() if "heard:" in line).split()
+    assert {"money", "bank", "imprisonment"} <= set(heard)
+    assert "/v1/transcribe -> 200" in out
     assert "aggregate_daily_metrics" in out and '"total_calls"' in out
     assert "/v1/diarize -> 200" in out
     assert "Ray dashboard:  http://127.0.0.1:" in out

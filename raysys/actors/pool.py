@@ -44,9 +44,10 @@ from raysys.errors import ModelUnavailable, RaysysError, ServiceTimeout
 
 log = logging.getLogger(__name__)
 
-# GPU share per actor when the cluster has GPUs and *_NUM_GPUS is auto: all three fit on one card.
-AUTO_GPU_SHARE = {"diarization": 0.5, "emotion": 0.25, "embedding": 0.25}
-CPUS = {"diarization": 1.0, "emotion": 1.0, "embedding": 1.0}
+# GPU share per actor when the cluster has GPUs and *_NUM_GPUS is auto: every model's default pool fits on
+# one card (transcription runs TRANSCRIPTION_REPLICAS=2 actors by default: 2 × 0.1).
+AUTO_GPU_SHARE = {"diarization": 0.4, "emotion": 0.2, "embedding": 0.2, "transcription": 0.1}
+CPUS = {"diarization": 1.0, "emotion": 1.0, "embedding": 1.0, "transcription": 1.0}
 MAX_RESTARTS = 5
 READY_TIMEOUT_S = 600.0
 
@@ -309,7 +310,7 @@ def get_pool(settings: Settings, kind: str, actor_cls: type, spec: dict) -> Mode
                      start_timeout=settings.actor_start_timeout, call_timeout=settings.model_call_timeout)
 
 
-MODEL_KINDS = ("diarization", "emotion", "embedding")
+MODEL_KINDS = ("diarization", "emotion", "embedding", "transcription")
 
 
 def shutdown_pools(kinds: tuple[str, ...] = MODEL_KINDS) -> list[str]:

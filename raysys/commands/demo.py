@@ -3,10 +3,12 @@
 1. `raysys up` (Redis, PostgreSQL + pgvector, chDB, a Ray head with the dashboard)
 2. an intent catalogue for the demo tenant, trained into a classifier
 3. QueueBridge actors on the three queues
-4. a demo tenant with a week of synthetic calls, one of them with a real two-speaker recording
+4. a demo tenant with a week of synthetic calls, and one recorded call with no transcript: a real
+   two-speaker recording (read utterances, raysys/assets/SOURCES.md) whose words are its own
 5. a policy document pushed through the `ingest` queue, then searched
-6. call analytics pushed through the `analytics` queue (the recording: diarization, emotion, intent,
-   summary, metrics), the day aggregated, the daily report produced on the `reports` queue
+6. call analytics pushed through the `analytics` queue (the recording: transcription, diarization,
+   emotion, intent, summary, metrics), the transcript printed next to the recording's reference, the
+   day aggregated, the daily report produced on the `reports` queue
 7. one on-demand request over HTTP (Ray Serve) with an API key
 8. the results and the dashboard address printed
 """
@@ -44,7 +46,7 @@ def cmd_demo(args, settings: Settings) -> int:
     from raysys.queue.client import Client  # noqa: PLC0415
     from raysys.runtime import init_ray  # noqa: PLC0415
     from raysys.stack import LocalStack  # noqa: PLC0415
-    from raysys.storage.postgres import Call, Database, Turn  # noqa: PLC0415
+    from raysys.storage.postgres import Call, Database  # noqa: PLC0415
 
     t_start = time.monotonic()
     _step(1, "embedded stack")
@@ -82,16 +84,11 @@ def cmd_demo(args, settings: Settings) -> int:
         sc.call.id = sc.call.id.replace("_x_001_", "_demo_")
         calls.append(sc)
     started = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    # The recorded call arrives as audio only (no platform transcript): analytics transcribes it.
     recorded = Call(id="call_demo_recorded", tenant_id=TENANT, customer_id="cust_demo", agent_id="agent_007",
-                    started_at=started, answered_at=started + timedelta(seconds=4),
-                    ended_at=started + timedelta(seconds=34), hold_seconds=0.0, acw_seconds=20.0,
+                    started_at=started, answered_at=started + timedelta(seconds=1),
+                    ended_at=started + timedelta(seconds=32), hold_seconds=0.0, acw_seconds=20.0,
                     audio_path=str(audio), resolved=True)
-    recorded_turns = [
-        Turn(0, "agent", 0.0, 6.0, "Thank you for calling, how can I help you today?"),
-        Turn(1, "customer", 6.5, 14.0, "Hi, I lost my card yesterday and I think someone used it."),
-        Turn(2, "agent", 14.5, 22.0, "I'm sorry to hear that. I have blocked the card and ordered a new one."),
-        Turn(3, "customer", 22.5, 30.0, "Thanks, that's great."),
-    ]
 
     async def seed() -> None:
         db = await Database.open(settings.postgres_url)
@@ -100,7 +97,7 @@ def cmd_demo(args, settings: Settings) -> int:
             await db.upsert_calls([sc.call for sc in calls] + [recorded])
             for sc in calls:
                 await db.replace_turns(TENANT, sc.call.id, sc.turns)
-            await db.replace_turns(TENANT, recorded.id, recorded_turns)
+            await db.replace_turns(TENANT, recorded.id, [])  # a re-run starts from the audio again
         finally:
             await db.close()
 
@@ -127,6 +124,9 @@ def cmd_demo(args, settings: Settings) -> int:
     res = client.send_task("workers.tasks.process_call_analytics", args=[recorded.id])
     analytics = res.get(timeout=900)
     print(f"   recorded call ({time.monotonic() - t0:.1f} s):", _short(analytics, 900))
+    print(f"   transcribed: {analytics.get('transcribed')}, turn source: {analytics.get('turn_source')}, "
+          f"intent: {analytics.get('intent')}")
+    _print_transcript(settings, recorded.id)
     today_ids = [sc.call.id for sc in calls if sc.call.started_at.date() == today]
     pending = [client.send_task("workers.tasks.process_call_analytics", args=[cid]) for cid in today_ids]
     done = sum(1 for r in pending if r.get(timeout=900) is not None)
@@ -161,6 +161,29 @@ def cmd_demo(args, settings: Settings) -> int:
         ray.shutdown()
         print("   the stack, the bridges and the HTTP API keep running; stop them with: ./dev raysys down")
     return 0
+
+
+def _print_transcript(settings: Settings, call_id: str) -> None:
+    """The turns analytics derived from the recording, each next to the reference words spoken there."""
+    from raysys.storage.postgres import Database  # noqa: PLC0415
+
+    reference = json.loads((resources.files("raysys") / "assets" / "demo_call_reference.json").read_text())
+
+    async def turns() -> list:
+        db = await Database.open(settings.postgres_url)
+        try:
+            return await db.get_turns(TENANT, call_id)
+        finally:
+            await db.close()
+
+    derived = asyncio.run(turns())
+    print(f"   transcript derived from the audio ({len(derived)} turns, {derived[0].model_version if derived else '-'})"
+          " next to the reference:")
+    for t in derived:
+        ref = [r for r in reference["turns"] if min(r["end"], t.end_s) - max(r["start"], t.start_s) > 0]
+        print(f"     {t.start_s:5.1f}-{t.end_s:5.1f} {t.speaker_role:<8} heard: {t.text}")
+        for r in ref:
+            print(f"     {'':11} {r['role']:<8} said:  {r['text'].lower()}")
 
 
 def _train_intents(settings: Settings) -> str:
@@ -203,6 +226,17 @@ def _http_demo(settings: Settings, audio: Path) -> dict:
             r = http.post("/v1/diarize", files={"file": (audio.name, f, "audio/wav")})
         print(f"   POST {base}/v1/diarize -> {r.status_code}")
         body = r.json()
+        # The recording's first utterance (5.5 s) through POST /v1/transcribe.
+        import io  # noqa: PLC0415
+
+        import soundfile as sf  # noqa: PLC0415
+
+        wav, rate = sf.read(audio, dtype="float32")
+        clip = io.BytesIO()
+        sf.write(clip, wav[: int(5.5 * rate)], rate, format="WAV")
+        t = http.post("/v1/transcribe", files={"file": ("first_turn.wav", clip.getvalue(), "audio/wav")})
+        heard = " | ".join(f"{x['role']}: {x['text']}" for x in t.json().get("turns", [])) if t.is_success else t.text
+        print(f"   POST {base}/v1/transcribe -> {t.status_code}: {heard}")
     return {"num_speakers": body.get("num_speakers"), "segments": len(body.get("segments", [])),
             "openapi": f"{base}/docs"}
 

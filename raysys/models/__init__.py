@@ -10,4 +10,7 @@
   behind call sentiment, segment valence from a transcript and the CSAT proxy.
 - :mod:`raysys.models.random_checkpoints` — small random-weight pyannote and speechbrain checkpoints
   built offline, for tests, benchmarks and the GPU check (never for real use: their output is noise).
+- :mod:`raysys.models.transcription` — the :class:`Transcriber` interface (words with times and
+  confidence), PocketSphinx and faster-whisper backends, chunking at pauses, words → speaker turns;
+  :mod:`.random_whisper` builds a random-weight Whisper folder offline for tests and benchmarks.
 """

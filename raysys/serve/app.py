@@ -6,6 +6,7 @@ Routes (all under ``/v1`` need an API key — ``Authorization: Bearer <key>`` or
   result in the response) or enqueue it (``wait=false``: 202 and a job id)
 - ``GET  /v1/calls/{call_id}/analytics``  the stored analytics of a call
 - ``POST /v1/diarize``, ``POST /v1/emotion`` diarization / emotion of an uploaded recording (multipart)
+- ``POST /v1/transcribe``                 speaker turns with words of an uploaded recording (multipart)
 - ``GET  /v1/tasks``, ``POST /v1/tasks/{name}`` list the tasks a tenant may enqueue / enqueue one
 - ``GET  /v1/jobs/{job_id}``              state and result of a job this tenant enqueued
 - ``GET  /v1/metrics/daily``              the tenant's daily metrics (warehouse)
@@ -501,6 +502,28 @@ def create_app(service: Service) -> FastAPI:
             segments = None if diarize else [{"start": 0.0, "end": 1e9, "speaker": "SPEAKER_00"}]
             analyze_file = model_function("emotion", "analyze_file")
             return await asyncio.to_thread(analyze_file, settings, str(path), segments=segments)
+        except Exception as exc:
+            raise runner.unwrap(exc) from None
+        finally:
+            uploads.remove(path)
+
+    # --- transcription (issue 15): same upload, auth and tenancy as /v1/diarize -------------------
+
+    @app.post("/v1/transcribe", tags=["recordings"], max_body_size=upload_limit,
+              summary="speaker turns with words from an uploaded recording (nothing is stored)",
+              responses={413: {"description": "larger than MAX_UPLOAD_BYTES"},
+                         415: {"description": "not an audio format raysys decodes"}})
+    async def transcribe(file: UploadFile = File(...), tenant_id: str = Depends(tenant),
+                         layout: str = Form("auto", pattern="^(auto|mono|stereo)$"),
+                         language: str | None = Form(None, pattern="^[a-z]{2,3}$")) -> dict:
+        path = await uploads.save_upload(file, settings, tenant_id)
+        try:
+            from raysys.tasks.transcription import transcribe_recording  # noqa: PLC0415
+
+            result = await asyncio.to_thread(transcribe_recording, settings, str(path), layout=layout,
+                                             language=language)
+            return {**{k: v for k, v in result.items() if k != "diarization"},
+                    "num_speakers": result["diarization"]["num_speakers"]}
         except Exception as exc:
             raise runner.unwrap(exc) from None
         finally:

@@ -140,10 +140,23 @@ class Turn:
     start_s: float
     end_s: float
     text: str = ""
+    source: str = "platform"  # 'platform' (the call platform wrote it) or 'asr' (transcribed here)
+    model_version: str | None = None
+    confidence: float | None = None
+    words: list[dict] | None = None
 
 
 CALL_COLUMNS = ("id", "tenant_id", "customer_id", "agent_id", "channel", "started_at", "answered_at", "ended_at",
                 "hold_seconds", "acw_seconds", "audio_path", "audio_layout", "intent", "resolved")
+
+
+async def _insert_turns(conn: asyncpg.Connection, tenant_id: str, call_id: str, turns: Sequence[Turn]) -> None:
+    await conn.executemany(
+        "INSERT INTO call_turns (call_id, tenant_id, turn_index, speaker_role, start_s, end_s, text, source, "
+        "model_version, confidence, words) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        [(call_id, tenant_id, t.turn_index, t.speaker_role, t.start_s, t.end_s, t.text, t.source, t.model_version,
+          t.confidence, t.words) for t in turns],
+    )
 
 
 # --- repository -------------------------------------------------------------------------------------------------
@@ -228,13 +241,33 @@ class Database:
         )
 
     async def replace_turns(self, tenant_id: str, call_id: str, turns: Sequence[Turn]) -> None:
+        """Store the platform's turns for the call, replacing any it had (transcribed ones included)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM call_turns WHERE tenant_id = $1 AND call_id = $2", tenant_id, call_id)
-            await conn.executemany(
-                "INSERT INTO call_turns (call_id, tenant_id, turn_index, speaker_role, start_s, end_s, text) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                [(call_id, tenant_id, t.turn_index, t.speaker_role, t.start_s, t.end_s, t.text) for t in turns],
-            )
+            await _insert_turns(conn, tenant_id, call_id, turns)
+
+    async def save_asr_turns(self, tenant_id: str, call_id: str, turns: Sequence[Turn]) -> bool:
+        """Store transcribed turns (``source='asr'``) unless the platform wrote turns for the call.
+
+        Platform turns win: when the call has any, nothing changes and this returns False. Earlier
+        transcribed turns are replaced. The call's row is locked for the check, so a platform write
+        racing with it either lands first (and wins) or replaces these afterwards.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            locked = await conn.fetchval("SELECT 1 FROM calls WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                                         call_id, tenant_id)
+            if locked is None:
+                raise NotFound(f"call {call_id!r} does not exist")
+            platform = await conn.fetchval(
+                "SELECT count(*) FROM call_turns WHERE tenant_id = $1 AND call_id = $2 AND source <> 'asr'",
+                tenant_id, call_id)
+            if platform:
+                return False
+            await conn.execute("DELETE FROM call_turns WHERE tenant_id = $1 AND call_id = $2", tenant_id, call_id)
+            await _insert_turns(conn, tenant_id, call_id, [
+                Turn(t.turn_index, t.speaker_role, t.start_s, t.end_s, t.text, "asr", t.model_version,
+                     t.confidence, t.words) for t in turns])
+            return True
 
     async def get_call(self, call_id: str, tenant_id: str | None = None) -> Call:
         """The call; with ``tenant_id``, only if it belongs to that tenant. Raises NotFound."""
@@ -251,7 +284,8 @@ class Database:
 
     async def get_turns(self, tenant_id: str, call_id: str) -> list[Turn]:
         rows = await self.pool.fetch(
-            "SELECT turn_index, speaker_role, start_s, end_s, text FROM call_turns "
+            "SELECT turn_index, speaker_role, start_s, end_s, text, source, model_version, confidence, words "
+            "FROM call_turns "
             "WHERE tenant_id = $1 AND call_id = $2 ORDER BY turn_index", tenant_id, call_id)
         return [Turn(**dict(r)) for r in rows]
 

@@ -103,15 +103,18 @@ def _turn_dicts(turns: list[Any]) -> list[dict[str, Any]]:
 
 
 def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path | None,
-                 progress=lambda f, m: None) -> dict[str, Any]:  # noqa: ANN001
-    """Everything ``process_call_analytics`` computes, without storing it. Needs Ray for the models."""
+                 progress=lambda f, m: None, diarization: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ANN001
+    """Everything ``process_call_analytics`` computes, without storing it. Needs Ray for the models.
+
+    ``diarization``: the recording's diarization when the caller already has it (transcription ran it).
+    """
     timings: dict[str, float] = {}
     versions: dict[str, str] = {}
     t0 = time.perf_counter()
     # Intent and summary need only the turns: they run beside the audio models, not after them.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         text_stage = pool.submit(_text_analytics, settings, call, turns)
-        result = _audio_analytics(settings, call, turns, audio, progress, timings, versions)
+        result = _audio_analytics(settings, call, turns, audio, progress, timings, versions, diarization)
         progress(0.7, "intent and summary")
         intent, summ, text_versions, timings["text"] = text_stage.result()
     versions.update(text_versions)
@@ -122,19 +125,20 @@ def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path
 
 
 def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Path | None, progress,  # noqa: ANN001
-                     timings: dict[str, float], versions: dict[str, str]) -> dict[str, Any]:
+                     timings: dict[str, float], versions: dict[str, str],
+                     diarization: dict[str, Any] | None = None) -> dict[str, Any]:
     """Diarization, emotion, speaker roles, timeline and sentiment (from the turns when there is no audio)."""
     t0 = time.perf_counter()
-    diarization: dict[str, Any] | None = None
     emotion: dict[str, Any] | None = None
     mapping: dict[str, Any] = {"mapping": {}, "method": "none"}
     if audio is not None:
         from raysys.actors.diarization import diarize_file  # noqa: PLC0415
         from raysys.actors.emotion import analyze_file  # noqa: PLC0415
 
-        progress(0.1, "diarization")
-        diarization = diarize_file(settings, str(audio), layout=call.audio_layout or "auto")
-        timings["diarization"] = time.perf_counter() - t0
+        if diarization is None:
+            progress(0.1, "diarization")
+            diarization = diarize_file(settings, str(audio), layout=call.audio_layout or "auto")
+            timings["diarization"] = time.perf_counter() - t0
         versions["diarization"] = f"{diarization.get('backend', '')}:{diarization.get('model_version', '')}"
         mapping = callmetrics.map_speakers(diarization["segments"], turns, diarization.get("layout"))
         progress(0.4, "emotion")
@@ -256,8 +260,21 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
 
     call, turns = run_sync(load())
     audio = confined_audio(settings, call.audio_path) if call.audio_path else None
-    result = analyse_call(settings, call, turns, audio=audio, progress=ctx.progress)
+    # A recording without turns is transcribed first (stored as source='asr'; platform turns win).
+    from raysys.tasks.transcription import ensure_turns  # noqa: PLC0415 - it imports this module's helpers
+
+    t_asr = time.perf_counter()
+    turns, diarization, transcribed = ensure_turns(
+        settings, call, turns, audio, progress=lambda f, m: ctx.progress(0.05 + 0.45 * f, m))
+    result = analyse_call(settings, call, turns, audio=audio, diarization=diarization,
+                          progress=ctx.progress if transcribed is None else lambda f, m: ctx.progress(0.5 + f / 2, m))
+    if transcribed is not None:
+        result["timings"]["transcription"] = round(time.perf_counter() - t_asr - result["timings"]["total"], 3)
+        result["timings"]["total"] = round(time.perf_counter() - t_asr, 3)
+        result["versions"]["transcription"] = f"{transcribed['backend']}:{transcribed['model_version']}"
     values = _values(result, call)
+    if transcribed is not None:
+        values["details"]["transcription"] = transcribed
     ctx.progress(0.9, "storing")
 
     async def store():
@@ -275,6 +292,7 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
         "overlap_seconds": values["overlap_seconds"], "interruptions": values["interruptions"],
         "aht_seconds": values["aht_seconds"], "sentiment": result["sentiment"], "summary": values["summary"],
         "has_audio": audio is not None, "timings": result["timings"],
+        "transcribed": transcribed is not None, "turn_source": turns[0].source if turns else None,
     }
 
 

@@ -25,6 +25,7 @@ TASK_MODULES = (
     "raysys.tasks.builtin",
     "raysys.tasks.ingest",
     "raysys.tasks.analytics",
+    "raysys.tasks.transcription",
     "raysys.tasks.metrics",
     "raysys.tasks.reports",
     "raysys.tasks.maintenance",
