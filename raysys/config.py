@@ -269,6 +269,9 @@ class Settings:
                 f"TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit:g}) must not exceed "
                 f"TASK_TIME_LIMIT ({self.task_time_limit:g})."
             )
+        if not self.session_key_prefix:
+            raise ConfigError("SESSION_KEY_PREFIX must not be empty (cleanup would delete any Redis key a "
+                              "sessions row names).")
         if not self.allowed_roots:
             roots = (str(Path(self.data_dir) / "uploads"), str(Path(self.data_dir) / "documents"))
             object.__setattr__(self, "allowed_roots", roots)
