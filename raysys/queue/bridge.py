@@ -941,7 +941,7 @@ class BridgeCore:
                     reason = (f"callback {s['task']!r} of {parent.task} {parent.id} not published: task_id "
                               f"{task_id!r} belongs to another job")
                     entry = dead_entry(reason, parent.queue, raw, task_id=task_id, task=s["task"],
-                                       consumer=self.name)
+                                       consumer=self.name, source=list_name)
                     if not self.buf.publish_new(task_id, list_name, raw, parent.queue, entry):
                         raise ValueError(f"task_id {task_id!r} is used twice by the callbacks of {parent.id}")
                 ids.append(task_id)
