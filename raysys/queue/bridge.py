@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 
 from raysys.config import Settings
 from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
@@ -208,6 +208,7 @@ class BridgeCore:
         self.stopping = False
         self.ready = asyncio.Event()
         self.redis_ok = True
+        self.memory_full = False  # Redis refused a claim's first write (maxmemory)
         self.tasks: list[asyncio.Task] = []
         self.stats: dict[str, int] = defaultdict(int)
         self.by_task: Counter[str] = Counter()  # runs per task name (Celery's ``inspect stats`` "total")
@@ -326,12 +327,15 @@ class BridgeCore:
             if light > 0 or any(v > 0 for v in heavy.values()):
                 try:
                     got = await self.broker.claim(light, heavy, self.light_names)
-                    self._redis_back()
+                    self._writes_back()
                     if got:
                         self.claims_idle.clear()
                     else:
                         self.claims_idle.set()
                 except (RedisError, OSError) as exc:
+                    if _write_refused(exc):  # the script's first LMOVE was refused: it moved nothing
+                        await self._memory_full(exc)
+                        continue
                     self.need_reconcile = True  # the script may have run and its reply been lost
                     await self._redis_down(exc)
                     continue
@@ -366,8 +370,11 @@ class BridgeCore:
                     raw = await self.broker.block_claim(queue, BLOCK_SECONDS, conn)
                 except (RedisError, OSError) as exc:
                     raw = None
-                    self.need_reconcile = True  # BLMOVE may have moved a message whose reply was lost
-                    await self._redis_down(exc)
+                    if _write_refused(exc):  # refused before it moved anything
+                        await self._memory_full(exc)
+                    else:
+                        self.need_reconcile = True  # BLMOVE may have moved a message whose reply was lost
+                        await self._redis_down(exc)
                 finally:
                     self.claims_active -= 1
                 if raw is not None:
@@ -442,6 +449,22 @@ class BridgeCore:
         if not self.redis_ok:
             log.warning("bridge %s reconnected to Redis", self.name)
             self.redis_ok = True
+
+    def _writes_back(self) -> None:
+        self._redis_back()
+        if self.memory_full:
+            log.warning("bridge %s: Redis takes writes again", self.name)
+            self.memory_full = False
+
+    async def _memory_full(self, exc: Exception) -> None:
+        """Redis refuses writes (``maxmemory`` reached, or read-only): claim nothing until it takes them again;
+        the jobs running finish and wait in memory, in flight in Redis (see the flush loop)."""
+        if not self.memory_full:
+            log.error("bridge %s: Redis refuses writes (%s); claiming nothing until it takes them again", self.name,
+                      str(exc)[:200])
+        self.memory_full = True
+        self.stats["claims_refused"] += 1
+        await asyncio.sleep(0.25)
 
     # --- admitting --------------------------------------------------------------------------------------
 
@@ -988,7 +1011,7 @@ class BridgeCore:
                 while True:
                     try:
                         done = await self.broker.apply(ops)
-                        self._redis_back()
+                        self._writes_back()
                         self.last_token = ops.token
                         break
                     except NotApplied as exc:
@@ -1039,7 +1062,7 @@ class BridgeCore:
                 moved, nxt = await self.broker.move_due()
                 self._redis_back()
             except (RedisError, OSError) as exc:
-                await self._redis_down(exc)
+                await (self._memory_full(exc) if _write_refused(exc) else self._redis_down(exc))
                 continue
             if moved:
                 self.wake.set()
@@ -1062,7 +1085,7 @@ class BridgeCore:
                 depths = await self.broker.depths()
                 self._redis_back()
             except (RedisError, OSError) as exc:
-                await self._redis_down(exc)
+                await (self._memory_full(exc) if _write_refused(exc) else self._redis_down(exc))
             in_flight = dict.fromkeys(self.queues, 0)
             for job in self.jobs.values():
                 in_flight[job.msg.queue] = in_flight.get(job.msg.queue, 0) + 1
@@ -1226,6 +1249,14 @@ def _registry() -> dict[str, TaskSpec]:
     from raysys.tasks.registry import REGISTRY  # noqa: PLC0415
 
     return REGISTRY
+
+
+def _write_refused(exc: BaseException) -> bool:
+    """Whether Redis refused a command or script at its first write (out of memory under ``maxmemory``, a
+    read-only replica): such a call changed nothing, so there is nothing to reconcile."""
+    text = str(exc)
+    return isinstance(exc, (OutOfMemoryError, ReadOnlyError)) or "OOM command not allowed" in text or (
+        "READONLY" in text)
 
 
 def _task_name(raw: bytes) -> str | None:
