@@ -116,6 +116,15 @@ def test_raw_native_callback_onto_a_result_key_and_a_foreign_id(hbridge, r, wait
     wait_for(lambda: (meta(r, parent) or {}).get("status") == "SUCCESS", what="the parent")
     wait_for(lambda: len(dead(r, "ingest")) == 2, what="two refused callbacks")
     assert r.get(protocol.result_key(victim)) == value.encode()
+    # A chord part is refused with a ChordError for its body's id: only where no job has that id.
+    fresh = str(uuid.uuid4())
+    for body_id in (victim, fresh):
+        chord = protocol.signature("tests.add", [1], task_id=body_id)
+        r.lpush("ingest", protocol.encode_celery("tests.add", [1, 1], task_id=str(uuid.uuid4()), chord=chord))
+    wait_for(lambda: (meta(r, fresh) or {}).get("status") == "FAILURE", what="the fresh chord body's FAILURE")
+    assert meta(r, fresh)["result"]["exc_type"] == "ChordError"
+    wait_for(lambda: len(dead(r, "ingest")) == 4, what="both chord parts refused")
+    assert r.get(protocol.result_key(victim)) == value.encode()
 
 
 # --- item 12: bounded dead letters and time limits ----------------------------------------------------------
