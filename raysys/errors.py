@@ -88,6 +88,7 @@ OUTAGE_CLASSES = frozenset({
     "redis.exceptions.ConnectionError",               # BusyLoadingError (a restarting Redis) is one too
     "redis.exceptions.TimeoutError",
     "clickhouse_connect.driver.exceptions.OperationalError",
+    "ray.exceptions.ActorUnavailableError",            # an actor (the warehouse's) restarting or unreachable
 })
 # Modules whose OSErrors (a refused socket, a Unix socket file gone while PostgreSQL restarts) are outages: a
 # FileNotFoundError from a task's own file access is not.

@@ -390,3 +390,35 @@ def test_inspect_replies_go_only_to_kombu_reply_queues(hbridge, r):
     assert reply is not None, "no reply to the ping"
     assert json.loads(base64.b64decode(json.loads(reply[1])["body"])).popitem()[1] == {"ok": "pong"}
     assert not r.exists("-victim")
+
+
+def test_outage_classification_from_real_client_errors(tmp_path):
+    """What the outage policy retries: real connection failures of asyncpg, redis-py and clickhouse-connect;
+    never a task's own file error or a deliberate raysys error."""
+    import asyncpg
+    import clickhouse_connect
+
+    from raysys.errors import InvalidInput, ServiceUnavailable, is_outage
+    from raysys.stack import free_port
+
+    def caught(fn):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - the point is which exception it is
+            return exc
+        raise AssertionError("no error")
+
+    port = free_port()  # nothing listens there
+    pg = caught(lambda: asyncio.run(asyncpg.connect(f"postgresql://u@127.0.0.1:{port}/db", timeout=5)))
+    pg_socket = caught(lambda: asyncio.run(asyncpg.connect(f"postgresql://u@/db?host={tmp_path}", timeout=5)))
+    rd = caught(lambda: redis.Redis(port=port, socket_connect_timeout=2).ping())
+    ch = caught(lambda: clickhouse_connect.get_client(host="127.0.0.1", port=port, connect_timeout=2))
+    assert all(is_outage(e) for e in (pg, pg_socket, rd, ch, ServiceUnavailable("warehouse down"))), \
+        [type(e) for e in (pg, pg_socket, rd, ch)]
+    missing = caught(lambda: open(tmp_path / "no-such-recording.wav", "rb"))  # noqa: SIM115
+    wrapped = caught(lambda: _raise_from(InvalidInput("bad call id"), rd))
+    assert not is_outage(missing) and not is_outage(wrapped) and not is_outage(ValueError("x"))
+
+
+def _raise_from(exc: BaseException, cause: BaseException) -> None:
+    raise exc from cause
