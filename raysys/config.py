@@ -174,6 +174,10 @@ def _queues(raw: str, name: str) -> tuple[str, ...]:
     return names
 
 
+def _opt_queues(raw: str, name: str) -> tuple[str, ...]:
+    return _queues(raw, name) if raw.strip() else ()
+
+
 def _opt_queue(raw: str, name: str) -> str:
     raw = raw.strip()
     return _queues(raw, name)[0] if raw else ""
@@ -243,6 +247,20 @@ class Settings:
     max_retries: int = _env("TASK_MAX_RETRIES", _int(0), 3)
     retry_backoff_max: float = _env("RETRY_BACKOFF_MAX", _float(0.0), 600.0)
     max_message_bytes: int = _env("MAX_MESSAGE_BYTES", _int(1024), 1_048_576)
+    # Infrastructure outages (PostgreSQL, ClickHouse, Redis or another service unreachable: the error classes
+    # in raysys.errors.is_outage) retry on their own policy, apart from TASK_MAX_RETRIES: a database restart
+    # must dead-letter nothing. Backoff doubles from OUTAGE_RETRY_BACKOFF up to OUTAGE_RETRY_BACKOFF_MAX
+    # (with jitter), at most OUTAGE_MAX_RETRIES times (defaults: about 20-35 minutes in all).
+    outage_max_retries: int = _env("OUTAGE_MAX_RETRIES", _int(0), 12)
+    outage_retry_backoff: float = _env("OUTAGE_RETRY_BACKOFF", _float(0.0), 5.0)
+    outage_retry_backoff_max: float = _env("OUTAGE_RETRY_BACKOFF_MAX", _float(0.0), 300.0)
+    dead_letter_max: int = _env("DEAD_LETTER_MAX", _int(0), 10_000)  # newest kept per queue; 0: unbounded
+    # A message's own ``timelimit`` [hard, soft] is capped at this many seconds (producers cannot pin a slot
+    # for ever); the settings' and the tasks' own limits are not capped.
+    max_message_time_limit: float = _env("MAX_MESSAGE_TIME_LIMIT", _float(1.0), 6 * 3600.0)
+    # Queues callbacks, errbacks and chain steps may be published to besides RAYSYS_QUEUES and the default
+    # queue (for instance a queue of a Celery worker that runs next to raysys); any other is refused.
+    callback_queues: tuple[str, ...] = _env("RAYSYS_CALLBACK_QUEUES", _opt_queues, ())
     heartbeat_seconds: float = _env("HEARTBEAT_SECONDS", _float(0.1), 5.0)
     consumer_timeout_seconds: float = _env("CONSUMER_TIMEOUT_SECONDS", _float(0.5), 30.0)
     task_modules: tuple[str, ...] = _env("RAYSYS_TASK_MODULES", _modules, ())  # extra modules that register tasks
@@ -295,6 +313,8 @@ class Settings:
     fcr_window_days: int = _env("FCR_WINDOW_DAYS", _int(1), 7)
     call_retention_days: int = _env("CALL_RETENTION_DAYS", _int(1), 365)
     temp_max_age_hours: float = _env("TEMP_MAX_AGE_HOURS", _float(0.0), 24.0)
+    # Cleanup deletes a session's Redis key only under this prefix (a row naming any other key is refused).
+    session_key_prefix: str = _env("SESSION_KEY_PREFIX", _str, "session:")
     summary_llm_url: str | None = _env("SUMMARY_LLM_URL", _url("http", "https"), None)
     summary_llm_model: str = _env("SUMMARY_LLM_MODEL", _str, "gpt-4o-mini")
     summary_llm_api_key: str | None = _env("SUMMARY_LLM_API_KEY", _opt_str, None)
@@ -329,6 +349,9 @@ class Settings:
                 f"TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit:g}) must not exceed "
                 f"TASK_TIME_LIMIT ({self.task_time_limit:g})."
             )
+        if not self.session_key_prefix:
+            raise ConfigError("SESSION_KEY_PREFIX must not be empty (cleanup would delete any Redis key a "
+                              "sessions row names).")
         if not self.allowed_roots:
             roots = (str(Path(self.data_dir) / "uploads"), str(Path(self.data_dir) / "documents"))
             object.__setattr__(self, "allowed_roots", roots)
@@ -375,6 +398,13 @@ class Settings:
         return out
 
     # --- derived ----------------------------------------------------------------------------------
+
+    @property
+    def callback_targets(self) -> frozenset[str]:
+        """Queues a callback, errback or chain step may name: RAYSYS_QUEUES, the default queue and
+        RAYSYS_CALLBACK_QUEUES (each with its Celery priority lists)."""
+        return frozenset((*self.queues, *((self.default_queue,) if self.default_queue else ()),
+                          *self.callback_queues))
 
     @property
     def stack_file(self) -> Path:

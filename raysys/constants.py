@@ -7,16 +7,22 @@ Redis keys (``{p}`` is the key prefix, empty by default so Celery producers and 
 - ``<queue>\\x06\\x16<step>``           Celery priority list for priority step 3, 6 or 9.
 - ``{p}raysys:inflight:<consumer>:<list>`` raw messages a consumer took from ``<list>`` and has not
                                       acked yet (one in-flight list per source list).
-- ``{p}raysys:consumers``             hash consumer id -> last heartbeat (unix seconds).
+- ``{p}raysys:consumers``             hash consumer id -> last heartbeat (unix seconds; shown, never compared).
+- ``{p}raysys:alive:<consumer>``      a consumer's liveness: set by its heartbeat with a TTL of
+                                      CONSUMER_TIMEOUT_SECONDS; once Redis expires it, survivors requeue
+                                      the consumer's in-flight messages.
 - ``{p}raysys:consumer-queues``       hash consumer id -> JSON list of the lists it consumes.
 - ``{p}raysys:delayed``               sorted set of ``<queue>\\x00<raw message>`` scored by due time.
 - ``{p}raysys:applied:<token>``       a bridge's batch of transitions was applied (makes a batch re-sent after
                                       a lost reply a no-op; deleted by the bridge's next batch, else 1 hour).
 - ``{p}raysys:revoked``               sorted set of revoked job ids (Celery ``revoke``) by revoke time.
-- ``<queue>.dead``                    list of dead-letter entries (JSON with the reason and the message).
+- ``<queue>.dead``                    list of dead-letter entries (JSON with the reason and the message),
+                                      newest first, the newest DEAD_LETTER_MAX kept.
 - ``celery-task-meta-<id>``           Celery result-backend value (SETEX) and pub/sub channel.
 - ``{p}raysys:sched:*``               scheduler lease, slot claims and schedule state.
 - ``{p}raysys:job-tenant:<id>``       tenant that enqueued job ``<id>`` over HTTP (string, expires with the result).
+- ``{p}raysys:report-mailed:<tenant>:<day>`` a daily report's e-mail was sent (a retry or re-run of the job
+                                      does not send it again); expires after REPORT_MAILED_TTL seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ DEAD_SUFFIX = ".dead"
 
 INFLIGHT_PREFIX = "raysys:inflight:"
 CONSUMERS_KEY = "raysys:consumers"
+ALIVE_PREFIX = "raysys:alive:"
 CONSUMER_QUEUES_KEY = "raysys:consumer-queues"
 DELAYED_KEY = "raysys:delayed"
 APPLIED_PREFIX = "raysys:applied:"
@@ -41,6 +48,8 @@ REVOKED_KEY = "raysys:revoked"
 SCHED_PREFIX = "raysys:sched:"
 JOB_TENANT_PREFIX = "raysys:job-tenant:"
 API_LIMIT_PREFIX = "raysys:api-limit:"  # HTTP API rate limits and per-tenant slots (raysys.serve.limits)
+REPORT_MAILED_PREFIX = "raysys:report-mailed:"
+REPORT_MAILED_TTL = 8 * 86_400  # a week of reruns and retries, then the marker goes
 
 # Ray names (namespace and named actors).
 RAY_NAMESPACE = "raysys"

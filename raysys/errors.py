@@ -6,6 +6,8 @@
 - :class:`Retry`          control flow: run the job again after ``countdown`` seconds.
 - :class:`ModelUnavailable` a model cannot load or run: FAILURE, HTTP 503; readiness fails.
 - :class:`ServiceTimeout` an actor did not start or answer within its deadline: retried, HTTP 504.
+- :class:`ServiceUnavailable` a service the job needs (PostgreSQL, ClickHouse, Redis) cannot be reached:
+  retried on the infrastructure-outage policy (:func:`is_outage`), HTTP 503.
 """
 
 from __future__ import annotations
@@ -77,3 +79,60 @@ class Retry(RaysysError):  # noqa: N818 - named like Celery's Retry, which it st
         self.exc = exc
         self.countdown = countdown
         self.max_retries = max_retries
+
+
+class ServiceUnavailable(RaysysError):
+    """A service a job needs (PostgreSQL, ClickHouse, Redis, ...) cannot be reached. The bridge retries it
+    on its own policy (OUTAGE_* settings: minutes of backoff), not on the task's ``max_retries``."""
+
+    retryable = True
+    http_status = 503
+
+
+# Client libraries' exceptions that mean "the service is not there right now", by module and class name (no
+# import: this module sits below every client). Matched anywhere in an exception's class hierarchy, so a
+# Ray task error that wraps one (Ray's error classes inherit from the cause's class) matches too.
+OUTAGE_CLASSES = frozenset({
+    "asyncpg.exceptions.PostgresConnectionError",     # connection refused, lost, does not exist
+    "asyncpg.exceptions.OperatorInterventionError",   # the server is shutting down / starting (57P)
+    "asyncpg.exceptions.TooManyConnectionsError",
+    "redis.exceptions.ConnectionError",               # BusyLoadingError (a restarting Redis) is one too
+    "redis.exceptions.TimeoutError",
+    "clickhouse_connect.driver.exceptions.OperationalError",
+    "ray.exceptions.ActorUnavailableError",            # an actor (the warehouse's) restarting or unreachable
+})
+# Modules whose OSErrors (a refused socket, a Unix socket file gone while PostgreSQL restarts) are outages: a
+# FileNotFoundError from a task's own file access is not.
+OUTAGE_CLIENT_MODULES = ("asyncpg", "redis", "clickhouse_connect", "urllib3", "httpx", "httpcore", "aiohttp")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says a service the job needs is unreachable: a
+    :class:`ServiceUnavailable`, a client library's connection error (:data:`OUTAGE_CLASSES`), or an OSError
+    raised inside one of :data:`OUTAGE_CLIENT_MODULES`. Another :class:`RaysysError` is never an outage (the
+    task decided what it is)."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, ServiceUnavailable):
+            return True
+        if isinstance(current, RaysysError):
+            return False
+        names = {f"{k.__module__}.{k.__qualname__}" for k in type(current).__mro__}
+        if names & OUTAGE_CLASSES:
+            return True
+        if isinstance(current, OSError) and _raised_in_client(current):
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def _raised_in_client(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.split(".", 1)[0] in OUTAGE_CLIENT_MODULES:
+            return True
+        tb = tb.tb_next
+    return False

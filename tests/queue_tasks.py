@@ -171,3 +171,32 @@ def block(ctx: TaskContext, seconds: float) -> str:
     """Blocks in one C call for ``seconds``: a light job nothing can interrupt (only its hard limit ends it)."""
     threading.Event().wait(seconds)
     return "unblocked"
+
+
+@task("tests.suicide", queue="analytics", num_cpus=0.1)
+def suicide(ctx: TaskContext, key: str) -> None:
+    """Counts its runs in the hash ``key`` (by job id), then SIGKILLs its own worker process, every time."""
+    import signal  # noqa: PLC0415
+
+    _r(ctx).hincrby(key, ctx.task_id, 1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task("tests.pg_touch", queue="analytics", num_cpus=0.1)
+def pg_touch(ctx: TaskContext, key: str) -> int:
+    """Needs PostgreSQL: one query on ``ctx.settings.postgres_url`` (a connection error while it is down is
+    an infrastructure outage); counts its runs in the hash ``key``."""
+    import asyncio  # noqa: PLC0415
+
+    from raysys.storage.postgres import connect  # noqa: PLC0415
+
+    _r(ctx).hincrby(key, ctx.task_id, 1)
+
+    async def query() -> int:
+        conn = await connect(ctx.settings.postgres_url)
+        try:
+            return int(await conn.fetchval("SELECT 1"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())

@@ -2,10 +2,16 @@
 
 ``SMTP_URL`` is ``smtp://[user:password@]host[:port][?starttls=true]`` or ``smtps://...`` (TLS from the
 first byte). Standard library only (``smtplib``/``email``).
+
+Credentials never travel in clear: with a user name, the connection is ``smtps://`` or upgraded with
+STARTTLS (``?starttls=true``, certificate verified) before ``AUTH``; a server that does not offer
+STARTTLS gets no login. ``?insecure_auth=true`` allows a login without TLS to a loopback host only (a
+local relay or a test server).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import smtplib
 import ssl
 import urllib.parse
@@ -43,18 +49,48 @@ def build_message(report: Report, sender: str, recipients: Sequence[str]) -> Ema
     return msg
 
 
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    return query.get(name, ["false"])[0].strip().lower() in ("1", "true", "yes", "on")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def send(smtp_url: str, msg: EmailMessage, timeout: float = 30.0) -> None:
-    """Deliver ``msg`` through the SMTP server at ``smtp_url``. Raises smtplib/OSError errors."""
+    """Deliver ``msg`` through the SMTP server at ``smtp_url``.
+
+    Raises:
+        InvalidInput: the URL would send credentials without TLS (no ``smtps://``, no ``starttls=true``,
+            and not ``insecure_auth=true`` on a loopback host), or the server offers no STARTTLS.
+        smtplib.SMTPException, OSError: delivery failed (worth a retry).
+    """
     url = urllib.parse.urlparse(smtp_url)
     query = urllib.parse.parse_qs(url.query)
     host = url.hostname or "localhost"
+    tls = url.scheme == "smtps"
+    starttls = url.scheme == "smtp" and _flag(query, "starttls")
+    insecure = _flag(query, "insecure_auth")
+    if insecure and not _loopback(host):
+        raise InvalidInput(f"SMTP_URL: insecure_auth=true is only allowed for a loopback host, not {host!r}.")
+    if url.username and not (tls or starttls or insecure):
+        raise InvalidInput("SMTP_URL has credentials but no TLS: use smtps:// or ?starttls=true (a password is "
+                           "never sent in clear; insecure_auth=true allows it to a loopback host only).")
     if url.scheme == "smtps":
         client: smtplib.SMTP = smtplib.SMTP_SSL(host, url.port or 465, timeout=timeout,
                                                 context=ssl.create_default_context())
     else:
         client = smtplib.SMTP(host, url.port or 25, timeout=timeout)
     with client:
-        if url.scheme == "smtp" and query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes"):
+        if starttls:
+            client.ehlo()
+            if not client.has_extn("starttls"):
+                raise InvalidInput(f"SMTP server {host!r} does not offer STARTTLS, which SMTP_URL requires.")
             client.starttls(context=ssl.create_default_context())
         if url.username:
             client.login(urllib.parse.unquote(url.username), urllib.parse.unquote(url.password or ""))

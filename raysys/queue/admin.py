@@ -118,6 +118,8 @@ def requeue_dead(settings: Settings, queue: str, ids: list[str] | None = None, *
             continue
         message = entry.get("message", "")
         target = entry.get("list") or queue
+        if not isinstance(target, str) or target.split(PRIORITY_SEP)[0] != queue:
+            target = queue  # an entry names the queue's own lists only: never another key
         try:
             msg = protocol.decode(message, queue)
             message = protocol.reencode(msg, retries=0, clear_eta=True)

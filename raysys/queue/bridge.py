@@ -65,13 +65,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 
 from raysys.config import Settings
 from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
 from raysys.errors import Refused, UnknownTask
 from raysys.queue import control, protocol
-from raysys.queue.redis import Broker, Ops, dead_entry
+from raysys.queue.redis import Broker, NotApplied, Ops, dead_entry
 from raysys.queue.worker import LightExecutor, ThreadRunner, prepare, run_heavy
 from raysys.tasks.registry import TaskSpec, lookup, names_of
 
@@ -189,7 +189,7 @@ class BridgeCore:
         self.light_ready: deque[Job] = deque()
         self.n_detached = 0  # light jobs finishing alone on a thread of their own
         self.executors: list[_Executor] = []
-        self.buf = Ops(settings.key_prefix)
+        self.buf = self._new_ops()
         self.buf_release: list[tuple[str, str]] = []
         # (in-flight list, raw) -> copies this bridge claimed and has not seen acked in Redis yet; whatever
         # else sits in its in-flight lists was claimed by a call whose reply a dropped connection lost.
@@ -208,12 +208,18 @@ class BridgeCore:
         self.stopping = False
         self.ready = asyncio.Event()
         self.redis_ok = True
+        self.memory_full = False  # Redis refused a claim's first write (maxmemory)
         self.tasks: list[asyncio.Task] = []
         self.stats: dict[str, int] = defaultdict(int)
         self.by_task: Counter[str] = Counter()  # runs per task name (Celery's ``inspect stats`` "total")
         self.started_at = time.time()
         self.settings_ref = None
         self.light_names: list[str] = []
+        # Queues callbacks may go to: the configured ones and this bridge's own (with their priority lists).
+        self.callback_targets = settings.callback_targets | frozenset(queues)
+
+    def _new_ops(self) -> Ops:
+        return Ops(self.settings.key_prefix, self.settings.dead_letter_max)
 
     # --- life cycle -----------------------------------------------------------------------------------
 
@@ -321,12 +327,15 @@ class BridgeCore:
             if light > 0 or any(v > 0 for v in heavy.values()):
                 try:
                     got = await self.broker.claim(light, heavy, self.light_names)
-                    self._redis_back()
+                    self._writes_back()
                     if got:
                         self.claims_idle.clear()
                     else:
                         self.claims_idle.set()
                 except (RedisError, OSError) as exc:
+                    if _write_refused(exc):  # the script's first LMOVE was refused: it moved nothing
+                        await self._memory_full(exc)
+                        continue
                     self.need_reconcile = True  # the script may have run and its reply been lost
                     await self._redis_down(exc)
                     continue
@@ -361,8 +370,11 @@ class BridgeCore:
                     raw = await self.broker.block_claim(queue, BLOCK_SECONDS, conn)
                 except (RedisError, OSError) as exc:
                     raw = None
-                    self.need_reconcile = True  # BLMOVE may have moved a message whose reply was lost
-                    await self._redis_down(exc)
+                    if _write_refused(exc):  # refused before it moved anything
+                        await self._memory_full(exc)
+                    else:
+                        self.need_reconcile = True  # BLMOVE may have moved a message whose reply was lost
+                        await self._redis_down(exc)
                 finally:
                     self.claims_active -= 1
                 if raw is not None:
@@ -437,6 +449,22 @@ class BridgeCore:
         if not self.redis_ok:
             log.warning("bridge %s reconnected to Redis", self.name)
             self.redis_ok = True
+
+    def _writes_back(self) -> None:
+        self._redis_back()
+        if self.memory_full:
+            log.warning("bridge %s: Redis takes writes again", self.name)
+            self.memory_full = False
+
+    async def _memory_full(self, exc: Exception) -> None:
+        """Redis refuses writes (``maxmemory`` reached, or read-only): claim nothing until it takes them again;
+        the jobs running finish and wait in memory, in flight in Redis (see the flush loop)."""
+        if not self.memory_full:
+            log.error("bridge %s: Redis refuses writes (%s); claiming nothing until it takes them again", self.name,
+                      str(exc)[:200])
+        self.memory_full = True
+        self.stats["claims_refused"] += 1
+        await asyncio.sleep(0.25)
 
     # --- admitting --------------------------------------------------------------------------------------
 
@@ -558,8 +586,9 @@ class BridgeCore:
             error = getattr(exc, "error", None) or getattr(exc, "exc_cls", protocol.DecodeError)(reason)
             self.buf.result(task_id, protocol.failure_json(task_id, protocol.exception_meta(error)), ttl)
         for other in getattr(exc, "also_fail", ()):  # a refused chord part: its body will never run
+            # Another job's id, named by this message: failed only if no job has it yet (no result, no owner).
             error = protocol.ChordError(f"chord part {task_id or '?'} ({task or '?'}) was refused: {reason}")
-            self.buf.result(other, protocol.failure_json(other, protocol.exception_meta(error)), ttl)
+            self.buf.result_new(other, protocol.failure_json(other, protocol.exception_meta(error)), ttl)
         self.buf.dead(queue, dead_entry(reason, queue, raw, task_id=task_id, task=task, consumer=self.name,
                                         source=source))
         self.buf.ack(inflight, raw)
@@ -734,9 +763,13 @@ class BridgeCore:
         self.executors[self.executors.index(ex)] = _Executor(self.settings, in_process=False)
 
     def _limits(self, job: Job) -> tuple[float, float]:
-        """(soft, hard) seconds: the message's timelimit, else the task's, else the settings'."""
-        hard = job.msg.time_limit or job.spec.time_limit or self.settings.task_time_limit
-        soft = job.msg.soft_time_limit or job.spec.soft_time_limit or self.settings.task_soft_time_limit
+        """(soft, hard) seconds: the message's timelimit (capped at MAX_MESSAGE_TIME_LIMIT), else the task's,
+        else the settings'."""
+        cap = self.settings.max_message_time_limit
+        hard = min(job.msg.time_limit, cap) if job.msg.time_limit else (job.spec.time_limit
+                                                                         or self.settings.task_time_limit)
+        soft = min(job.msg.soft_time_limit, cap) if job.msg.soft_time_limit else (
+            job.spec.soft_time_limit or self.settings.task_soft_time_limit)
         return min(soft, hard), hard
 
     async def _run_heavy(self, job: Job, from_light: bool = False) -> None:
@@ -835,8 +868,29 @@ class BridgeCore:
             self.metrics.count("succeeded", queue, task)
             self.stats["succeeded"] += 1
             _log_job(msg, "succeeded", elapsed, run_time)
+        elif kind == "outage" and msg.outages < self.settings.outage_max_retries:
+            # A service the job needs is down (PostgreSQL restarting, ...): wait it out on the outage policy,
+            # without spending the task's own retries, so an outage of minutes dead-letters nothing.
+            exc_meta, tb = outcome[2], outcome[3]
+            base, cap = self.settings.outage_retry_backoff, self.settings.outage_retry_backoff_max
+            delay = min(cap, base * (2 ** min(msg.outages, 60)))
+            countdown = delay / 2 + random.uniform(0, delay / 2)
+            due = time.time() + countdown
+            buf.delay(self.broker.delayed_key, due, job.source, protocol.reencode(msg, outages=msg.outages + 1, eta=due))
+            if store:
+                buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, status=protocol.RETRY,
+                                                         parent_id=msg.parent_id, extended=extended), ttl)
+            self.due_event.set()
+            self.metrics.count("retried", queue, task)
+            self.stats["outage_retried"] += 1
+            _log_job(msg, f"service unavailable, outage retry {msg.outages + 1}/{self.settings.outage_max_retries} "
+                          f"in {countdown:.1f} s: {exc_meta.get('exc_type')}: {_short(exc_meta.get('exc_message'))}",
+                     elapsed, run_time, level=logging.WARNING)
         else:
             exc_meta, tb = outcome[2], outcome[3]
+            if kind == "outage":  # outage retries spent: from here on an ordinary failure, on the task's retries
+                kind = "retry"
+                outcome = ("retry", run_time, exc_meta, tb, None, None)
             max_retries = self.settings.max_retries if job.spec.max_retries is None else job.spec.max_retries
             if kind == "retry" and outcome[5] is not None:
                 max_retries = outcome[5]
@@ -901,8 +955,18 @@ class BridgeCore:
                     default = parent.queue
                 list_name, raw, task_id = protocol.next_message(s, parent, prepend=prepend, chain=c,
                                                                 default_queue=default, group=group,
-                                                                group_index=index)
-                self.buf.publish(list_name, raw)
+                                                                group_index=index, allowed_queues=self.callback_targets)
+                if protocol.chosen_id(s) is None:
+                    self.buf.publish(list_name, raw)
+                else:
+                    # An id the producer chose: published only if no job has it (no result stored, no owner
+                    # recorded), checked in the same script, so a callback never takes over another job's id.
+                    reason = (f"callback {s['task']!r} of {parent.task} {parent.id} not published: task_id "
+                              f"{task_id!r} belongs to another job")
+                    entry = dead_entry(reason, parent.queue, raw, task_id=task_id, task=s["task"],
+                                       consumer=self.name, source=list_name)
+                    if not self.buf.publish_new(task_id, list_name, raw, parent.queue, entry):
+                        raise ValueError(f"task_id {task_id!r} is used twice by the callbacks of {parent.id}")
                 ids.append(task_id)
                 log.info("job %s %s published %s %s", parent.id, parent.task, s["task"], task_id)
         except (ValueError, TypeError) as exc:
@@ -919,8 +983,8 @@ class BridgeCore:
         ids = protocol.chord_ids(sig)
         reason = f"chords are not supported by raysys (a chord after {parent.task} {parent.id})"
         error = protocol.exception_meta(protocol.ChordError(reason))
-        for task_id in ids:
-            self.buf.result(task_id, protocol.failure_json(task_id, error), self.settings.result_expires)
+        for task_id in ids:  # ids the message named: failed only where no job has them (no result, no owner)
+            self.buf.result_new(task_id, protocol.failure_json(task_id, error), self.settings.result_expires)
         self.buf.dead(parent.queue, dead_entry(reason, parent.queue, protocol.dumps(sig), task_id=ids[0] if ids else None,
                                                task="celery.chord", consumer=self.name))
         log.warning("job %s %s: %s; failed %s", parent.id, parent.task, reason, ", ".join(ids))
@@ -938,24 +1002,46 @@ class BridgeCore:
             if not len(self.buf):
                 continue
             ops, releases = self.buf, self.buf_release
-            self.buf, self.buf_release = Ops(self.settings.key_prefix), []
+            self.buf, self.buf_release = self._new_ops(), []
             self._flushing = True
             if self.last_token:
                 ops.forget(self.last_token)
             try:
+                refusals = 0
                 while True:
                     try:
-                        skipped, errors = await self.broker.apply(ops)
-                        self._redis_back()
+                        done = await self.broker.apply(ops)
+                        self._writes_back()
                         self.last_token = ops.token
                         break
+                    except NotApplied as exc:
+                        # Nothing was written (Redis at maxmemory, or read-only): the jobs stay in flight and
+                        # keep their slots, so the bridge claims nothing more; the same batch goes again later.
+                        refusals += 1
+                        self.stats["batches_refused"] += 1
+                        level = logging.ERROR if refusals == 1 else logging.DEBUG
+                        log.log(level, "bridge %s: Redis refused a batch of %d transitions (%s); nothing was "
+                                "written, its jobs stay in flight; retrying", self.name, len(ops), exc)
+                        await asyncio.sleep(min(0.05 * 2 ** min(refusals, 6), 2.0))
                     except (RedisError, OSError) as exc:  # retried: the batch's token makes a re-run a no-op
                         await self._redis_down(exc)
-                if skipped:
-                    log.info("bridge %s: %d results not written, a SUCCESS was already stored", self.name, skipped)
-                if errors:
+                if refusals:
+                    log.warning("bridge %s: Redis took the batch after %d refusals", self.name, refusals)
+                if done.skipped:
+                    log.info("bridge %s: %d results not written, a SUCCESS was already stored", self.name,
+                             done.skipped)
+                if done.trimmed:
+                    self.stats["dead_letters_trimmed"] += done.trimmed
+                    log.warning("bridge %s: dead-letter lists full (DEAD_LETTER_MAX %d): the %d oldest entries "
+                                "were dropped (%d so far)", self.name, self.settings.dead_letter_max, done.trimmed,
+                                self.stats["dead_letters_trimmed"])
+                if done.refused:
+                    self.stats["ids_refused"] += len(done.refused)
+                    log.warning("bridge %s: not written over jobs that exist already (their ids have a result or "
+                                "an owner): %s", self.name, ", ".join(done.refused[:20]))
+                if done.errors:
                     log.error("bridge %s: %d Redis operations failed (the rest of the batch was applied): %s",
-                              self.name, len(errors), "; ".join(sorted(set(errors)))[:1000])
+                              self.name, len(done.errors), "; ".join(sorted(set(done.errors)))[:1000])
                 held = self.held
                 for key in ops.acks:
                     n = held.get(key, 0) - 1
@@ -976,7 +1062,7 @@ class BridgeCore:
                 moved, nxt = await self.broker.move_due()
                 self._redis_back()
             except (RedisError, OSError) as exc:
-                await self._redis_down(exc)
+                await (self._memory_full(exc) if _write_refused(exc) else self._redis_down(exc))
                 continue
             if moved:
                 self.wake.set()
@@ -990,12 +1076,16 @@ class BridgeCore:
         while True:
             depths = None
             try:
-                await self.broker.heartbeat()
+                if not await self.broker.heartbeat():
+                    self.stats["liveness_lapsed"] += 1
+                    log.error("bridge %s: its liveness key expired before this heartbeat (it stalled for more "
+                              "than CONSUMER_TIMEOUT_SECONDS=%g s); survivors may have requeued the jobs it holds",
+                              self.name, self.settings.consumer_timeout_seconds)
                 await self._recover_dead()
                 depths = await self.broker.depths()
                 self._redis_back()
             except (RedisError, OSError) as exc:
-                await self._redis_down(exc)
+                await (self._memory_full(exc) if _write_refused(exc) else self._redis_down(exc))
             in_flight = dict.fromkeys(self.queues, 0)
             for job in self.jobs.values():
                 in_flight[job.msg.queue] = in_flight.get(job.msg.queue, 0) + 1
@@ -1049,7 +1139,7 @@ class BridgeCore:
         redis = self.broker.redis
         bindings = await redis.smembers(control.binding_key(command.reply_exchange))
         message = control.reply_message(self.worker_name, reply, command)
-        for queue in control.reply_queues(bindings, command.reply_key):
+        for queue in control.reply_queues(bindings, command.reply_key, command.reply_exchange):
             await redis.lpush(queue, message)
 
     def _inspect(self, method: str) -> Any:
@@ -1108,9 +1198,7 @@ class BridgeCore:
             await self.broker.revoke(ids, now, REVOKE_KEEP_SECONDS)
 
     async def _recover_dead(self) -> None:
-        for consumer, seen in await self.broker.dead_consumers(self.settings.consumer_timeout_seconds):
-            n = await self.broker.requeue_consumer(consumer)
-            await self.broker.forget_consumer(consumer, seen)
+        for consumer, n in await self.broker.recover_dead():
             log.warning("bridge %s: consumer %s stopped heart-beating; requeued its %d jobs", self.name, consumer, n)
             if n:
                 self.wake.set()
@@ -1161,6 +1249,14 @@ def _registry() -> dict[str, TaskSpec]:
     from raysys.tasks.registry import REGISTRY  # noqa: PLC0415
 
     return REGISTRY
+
+
+def _write_refused(exc: BaseException) -> bool:
+    """Whether Redis refused a command or script at its first write (out of memory under ``maxmemory``, a
+    read-only replica): such a call changed nothing, so there is nothing to reconcile."""
+    text = str(exc)
+    return isinstance(exc, (OutOfMemoryError, ReadOnlyError)) or "OOM command not allowed" in text or (
+        "READONLY" in text)
 
 
 def _task_name(raw: bytes) -> str | None:

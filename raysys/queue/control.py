@@ -84,12 +84,16 @@ def binding_key(exchange: str) -> str:
     return f"{KOMBU_BINDING}{exchange}"
 
 
-def reply_queues(bindings: set[bytes], routing_key: str) -> list[str]:
-    """The queues bound to the reply exchange with ``routing_key`` (entries ``key SEP pattern SEP queue``)."""
+def reply_queues(bindings: set[bytes], routing_key: str, exchange: str | None = None) -> list[str]:
+    """The queues bound to the reply exchange with ``routing_key`` (entries ``key SEP pattern SEP queue``).
+
+    With ``exchange``, only kombu's reply queues of that exchange (``<oid>.<exchange>``): a binding a producer
+    wrote by hand cannot make the bridge push onto any other key (a queue, an in-flight list, a result).
+    """
     out = []
     for entry in bindings:
         parts = entry.decode("utf-8", "replace").split(PRIORITY_SEP)
-        if len(parts) == 3 and parts[0] == routing_key:
+        if len(parts) == 3 and parts[0] == routing_key and (exchange is None or parts[2].endswith(f".{exchange}")):
             out.append(parts[2])
     return sorted(out)
 

@@ -63,6 +63,9 @@ from raysys.constants import PRIORITY_SEP, PRIORITY_STEPS, RESULT_KEY_PREFIX
 from raysys.errors import Refused, TooLarge
 
 CELERY_CONTENT_TYPE = "application/json"
+# Header (native field ``outages``) counting a job's retries after infrastructure outages; Celery workers keep
+# unknown headers as they are.
+OUTAGES_HEADER = "raysys_outages"
 
 # States, as Celery spells them.
 PENDING, STARTED, SUCCESS, FAILURE, RETRY, REVOKED, PROGRESS = (
@@ -283,6 +286,7 @@ class Message:
     queue: str
     kind: str = "celery"                      # "celery" (protocol v2, or v1 converted) | "native"
     retries: int = 0
+    outages: int = 0                          # retries after infrastructure outages (not counted in retries)
     eta: float | None = None                  # unix seconds
     expires: float | None = None
     time_limit: float | None = None           # hard, seconds
@@ -538,7 +542,7 @@ def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Mess
             raise ValueError("group_index must be a whole number")
         return Message(
             id=task_id, task=task, args=args, kwargs=kwargs, queue=queue, kind="celery",
-            retries=_retries(headers.get("retries")),
+            retries=_retries(headers.get("retries")), outages=_retries(headers.get(OUTAGES_HEADER)),
             eta=to_timestamp(headers.get("eta"), "eta", tz), expires=to_timestamp(headers.get("expires"), "expires", tz),
             time_limit=hard, soft_time_limit=soft,
             root_id=_opt_str(headers.get("root_id"), "root_id"), parent_id=_opt_str(headers.get("parent_id"), "parent_id"),
@@ -620,7 +624,8 @@ def _decode_native(env: dict, queue: str, tz: str | None) -> Message:
         hard, soft = _timelimit(env.get("timelimit"))
         msg = Message(
             id=task_id, task=task, args=args, kwargs=kwargs, queue=queue, kind="native",
-            retries=_retries(env.get("retries")), eta=eta, expires=to_timestamp(env.get("expires"), "expires", tz),
+            retries=_retries(env.get("retries")), outages=_retries(env.get("outages")), eta=eta,
+            expires=to_timestamp(env.get("expires"), "expires", tz),
             time_limit=hard, soft_time_limit=soft, root_id=_opt_str(env.get("root_id"), "root_id"),
             parent_id=_opt_str(env.get("parent_id"), "parent_id"), priority=_priority(env.get("priority")),
             ignore_result=bool(env.get("ignore_result")),
@@ -683,8 +688,10 @@ def encode_native(task: str, args: list | tuple = (), kwargs: dict | None = None
     return dumps(env)
 
 
-def reencode(msg: Message, *, retries: int | None = None, eta: float | None = None, clear_eta: bool = False) -> str:
-    """``msg`` as a new message with another retry count and/or eta (what Celery publishes on retry)."""
+def reencode(msg: Message, *, retries: int | None = None, eta: float | None = None, clear_eta: bool = False,
+             outages: int | None = None) -> str:
+    """``msg`` as a new message with another retry count, outage retry count and/or eta (what Celery
+    publishes on retry)."""
     env = copy.deepcopy(msg.envelope)
     if msg.kind == "celery":
         h = env.get("headers")
@@ -692,6 +699,8 @@ def reencode(msg: Message, *, retries: int | None = None, eta: float | None = No
             h = env["headers"] = {}
         if retries is not None:
             h["retries"] = retries
+        if outages is not None:
+            h[OUTAGES_HEADER] = outages
         if eta is not None or clear_eta:
             h["eta"] = to_iso(eta)
         props = env.get("properties")
@@ -701,6 +710,8 @@ def reencode(msg: Message, *, retries: int | None = None, eta: float | None = No
         return json.dumps(env)
     if retries is not None:
         env["retries"] = retries
+    if outages is not None:
+        env["outages"] = outages
     if eta is not None or clear_eta:
         env["eta"] = eta
     env.pop("countdown", None)
@@ -719,23 +730,36 @@ def _seconds(value: Any, name: str) -> float | None:
     return value
 
 
+def chosen_id(sig: dict) -> str | None:
+    """The ``task_id`` a signature's producer chose for it (``options.task_id``), if any."""
+    options = sig.get("options")
+    return _str_id(options.get("task_id")) if isinstance(options, dict) else None
+
+
 def next_message(sig: dict, parent: Message, value: Any = None, *, prepend: tuple = (),
                  chain: list | None = None, default_queue: str, group: str | None = None,
-                 group_index: int | None = None) -> tuple[str, str, str]:
+                 group_index: int | None = None, allowed_queues: frozenset[str] | None = None) -> tuple[str, str, str]:
     """Celery's way of publishing a signature after ``parent`` ran: ``(list, raw, task_id)``.
 
     ``prepend`` (the parent's return value for callbacks and chain steps, its id for errbacks) goes
-    before the signature's own args unless the signature is immutable.
+    before the signature's own args unless the signature is immutable. A queue the signature names
+    (``options.queue``) must be one of ``allowed_queues`` (when given); the list is that queue's, or its
+    Celery priority list, never another key.
 
     Raises:
-        ValueError: the signature's options cannot be read (a bad countdown, eta, ...).
+        ValueError: the signature's options cannot be read (a bad countdown, eta, ...) or name a queue
+            that is not allowed.
     """
     options = sig.get("options") if isinstance(sig.get("options"), dict) else {}
     args = list(sig.get("args") or [])
     if not sig.get("immutable"):
         args = [*prepend, *args]
     task_id = _str_id(options.get("task_id")) or str(uuid.uuid4())
-    queue = options.get("queue") if isinstance(options.get("queue"), str) and options.get("queue") else default_queue
+    named = options.get("queue") if isinstance(options.get("queue"), str) else None
+    if named and allowed_queues is not None and named not in allowed_queues:
+        raise ValueError(f"queue {named[:100]!r} is not a configured queue (allowed: {', '.join(sorted(allowed_queues))};"
+                         " RAYSYS_CALLBACK_QUEUES adds more)")
+    queue = named or default_queue
     countdown = _seconds(options.get("countdown"), "countdown")
     eta = to_timestamp(options.get("eta"), "eta") if options.get("eta") else (
         time.time() + countdown if countdown else None)

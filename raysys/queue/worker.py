@@ -7,6 +7,8 @@ a result, a retry or a dead letter:
 - ``("ok", elapsed, value_json)``
 - ``("retry", elapsed, exc_meta, traceback, countdown | None, max_retries | None)`` — may run again
 - ``("fail", elapsed, exc_meta, traceback)`` — final
+- ``("outage", elapsed, exc_meta, traceback)`` — a service the job needs is unreachable
+  (:func:`raysys.errors.is_outage`): retried on the infrastructure-outage policy, not the task's retries
 
 A job cancelled by the soft time limit (Ray raises ``KeyboardInterrupt`` in it) fails with Celery's
 ``SoftTimeLimitExceeded`` unless the task catches it and returns.
@@ -29,7 +31,7 @@ from typing import Any
 import ray
 
 from raysys.config import Settings
-from raysys.errors import RaysysError, Retry, UnknownTask
+from raysys.errors import RaysysError, Retry, UnknownTask, is_outage
 from raysys.queue import protocol
 from raysys.tasks.registry import TaskContext, load_all, lookup
 
@@ -118,6 +120,8 @@ def execute(settings: Settings, job: Job) -> tuple:
         retryable = exc.retryable if isinstance(exc, RaysysError) else not isinstance(exc, protocol.SoftTimeLimitExceeded)
         meta = protocol.exception_meta(exc)
         tb = protocol.format_traceback(exc)
+        if retryable and is_outage(exc):
+            return ("outage", elapsed, meta, tb)
         return ("retry", elapsed, meta, tb, None, None) if retryable else ("fail", elapsed, meta, tb)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails that job, not its batch or worker
         return ("fail", time.perf_counter() - t0, protocol.exception_meta(exc), protocol.format_traceback(exc))
@@ -130,9 +134,11 @@ def execute(settings: Settings, job: Job) -> tuple:
         return ("fail", elapsed, meta, "")
 
 
-@ray.remote(max_retries=3, retry_exceptions=False)
+@ray.remote(max_retries=0, retry_exceptions=False)
 def run_heavy(settings: Settings, job: Job) -> tuple:
-    """One heavy job as its own Ray task. Ray re-runs it (up to 3 times) when its worker dies."""
+    """One heavy job as its own Ray task. Ray never re-runs it: the bridge is the one retry owner (a worker
+    that dies is one of the job's ``max_retries``, with backoff), so a job that kills its worker runs at
+    most ``max_retries + 1`` times, not that many times Ray's own retries."""
     prepare(settings)
     return execute(settings, job)
 

@@ -1,7 +1,10 @@
 """Maintenance tasks (queue ``reports``): session/archive/temp cleanup and model audits.
 
 ``workers.tasks.cleanup_expired_sessions()``
-    1. expired sessions: each ``sessions`` row past ``expires_at`` is deleted with its Redis key;
+    1. expired sessions: each ``sessions`` row past ``expires_at`` is deleted with its Redis key. Only keys
+       under ``SESSION_KEY_PREFIX`` (``session:``) are deleted (a row naming any other key, a queue or a
+       result, is counted in ``redis_keys_refused`` and logged); keys go before their rows, so a crash
+       in between leaves rows that point to nothing (deleted next run), never keys nobody will delete;
     2. old calls: calls that started more than ``CALL_RETENTION_DAYS`` ago are copied (call, turns and
        analytics as JSON, with a checksum) into ClickHouse ``calls_archive``, the copy is read back, and
        only calls whose archived checksum matches are deleted from PostgreSQL (turns and analytics go
@@ -54,16 +57,31 @@ def _json(v: Any) -> str:
     return json.dumps(v, default=str, sort_keys=True, separators=(",", ":"))
 
 
-async def _expire_sessions(db: Any, redis_client: Any, now: datetime) -> dict[str, int]:
-    sessions = keys = 0
+async def _expire_sessions(db: Any, redis_client: Any, now: datetime, key_prefix: str) -> dict[str, int]:
+    """Delete expired sessions: their Redis keys under ``key_prefix`` first, then their rows.
+
+    Returns ``{"sessions_deleted", "redis_keys_deleted", "redis_keys_refused"}``. Raises Redis and
+    PostgreSQL errors (a Redis failure deletes no row: the next run tries again).
+    """
+    sessions = keys = refused = 0
     for tenant in await db.list_tenants():
         rows = await db.pool.fetch(
-            "DELETE FROM sessions WHERE tenant_id = $1 AND expires_at < $2 RETURNING redis_key", tenant, now)
-        sessions += len(rows)
+            "SELECT id, redis_key FROM sessions WHERE tenant_id = $1 AND expires_at < $2", tenant, now)
+        if not rows:
+            continue
         names = [r["redis_key"] for r in rows if r["redis_key"]]
-        if names:
-            keys += int(redis_client.delete(*names))
-    return {"sessions_deleted": sessions, "redis_keys_deleted": keys}
+        allowed = [n for n in names if n.startswith(key_prefix)]
+        if len(allowed) < len(names):
+            refused += len(names) - len(allowed)
+            log.warning("cleanup: %d expired sessions of %s name Redis keys outside %r; those keys are kept",
+                        len(names) - len(allowed), tenant, key_prefix)
+        if allowed:
+            keys += int(redis_client.delete(*allowed))
+        status = await db.pool.execute(
+            "DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::text[]) AND expires_at < $3",
+            tenant, [r["id"] for r in rows], now)
+        sessions += int(status.split()[-1])
+    return {"sessions_deleted": sessions, "redis_keys_deleted": keys, "redis_keys_refused": refused}
 
 
 async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[str, Any]:
@@ -156,7 +174,7 @@ def cleanup(settings: Settings, wh: WarehouseCall | None = None, now: datetime |
 
     async def database_part() -> dict[str, Any]:
         async with open_db(settings) as db:
-            out = await _expire_sessions(db, client, now)
+            out = await _expire_sessions(db, client, now, settings.session_key_prefix)
             out.update(await _archive_calls(db, wh, now - timedelta(days=settings.call_retention_days)))
             return out
 
@@ -174,8 +192,8 @@ def cleanup(settings: Settings, wh: WarehouseCall | None = None, now: datetime |
 def cleanup_expired_sessions(ctx: TaskContext) -> dict[str, Any]:
     """Expired sessions (rows and Redis keys), archive-then-delete of old calls, old temp files.
 
-    Returns counts: sessions_deleted, redis_keys_deleted, calls_archived, calls_deleted, archive_failed,
-    temp_files_deleted, temp_bytes_freed, errors (one line per failed archive batch).
+    Returns counts: sessions_deleted, redis_keys_deleted, redis_keys_refused, calls_archived, calls_deleted,
+    archive_failed, temp_files_deleted, temp_bytes_freed, errors (one line per failed archive batch).
     """
     return cleanup(ctx.settings)
 

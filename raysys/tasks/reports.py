@@ -4,19 +4,28 @@ Builds the tenant's report for the day (default yesterday, UTC): HTML with chart
 under ``<data dir>/reports/<tenant>/<day>/``, then e-mailed through ``SMTP_URL`` from
 ``REPORT_SENDER`` to the tenant's ``report_recipients`` with the charts inline and the CSVs attached.
 If the day has not been aggregated yet it is aggregated first. An SMTP failure is retried.
+
+One e-mail per tenant and day: a marker ``{p}raysys:report-mailed:<tenant>:<day>`` is claimed in Redis
+before sending (``SET NX``, a few minutes) and kept for a week once the mail went out, so a retry or a
+second run of the job (a redelivery after a crash, a duplicate enqueue) saves the report again but does
+not e-mail it again. To send a day's report again on purpose, delete that key first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import smtplib
+import time
 from datetime import timedelta
 from typing import Any
 
 from raysys.analytics import mail
 from raysys.analytics.aggregation import aggregate_days, days_to_recompute
 from raysys.analytics.report import CALL_FIELDS, build_report, save_report
+from raysys.config import Settings
+from raysys.constants import REPORT_MAILED_PREFIX, REPORT_MAILED_TTL
 from raysys.errors import InvalidInput, NotFound, Retry
 from raysys.tasks.analytics import open_db, run_sync, warehouse_call
 from raysys.tasks.metrics import parse_day
@@ -24,6 +33,38 @@ from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
 MAX_CALL_ROWS = 200_000  # per-call CSV and histograms; larger days are sampled by time order
+SENDING_SECONDS = 300    # a claim to send lasts this long (a run that died while sending frees the day after it)
+
+
+class _MailMarker:
+    """The per tenant-and-day marker that keeps a report from being e-mailed twice (see the module docstring)."""
+
+    def __init__(self, settings: Settings, tenant_id: str, day: str) -> None:
+        import redis  # noqa: PLC0415
+
+        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        self.key = f"{settings.key_prefix}{REPORT_MAILED_PREFIX}{tenant_id}:{day}"
+
+    def sent(self) -> dict | None:
+        """What was recorded when the mail went out, or None."""
+        raw = self.client.get(self.key)
+        if raw is None or raw == b"sending":
+            return None
+        return json.loads(raw)
+
+    def claim(self) -> bool:
+        """Take the day's sending; False if another run holds it or the mail went out already."""
+        return bool(self.client.set(self.key, "sending", nx=True, ex=SENDING_SECONDS))
+
+    def done(self, task_id: str, recipients: list[str]) -> None:
+        self.client.set(self.key, json.dumps({"task_id": task_id, "at": time.time(), "recipients": recipients}),
+                        ex=REPORT_MAILED_TTL)
+
+    def release(self) -> None:
+        self.client.delete(self.key)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _safe(name: str) -> str:
@@ -34,7 +75,8 @@ def _safe(name: str) -> str:
 def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) -> dict[str, Any]:  # noqa: A002
     """Render, save and e-mail one tenant's daily report.
 
-    Returns ``{"tenant_id", "day", "files": {...}, "emailed": bool, "recipients": [...], "total_calls"}``.
+    Returns ``{"tenant_id", "day", "files": {...}, "emailed": bool, "already_emailed_by": job id or None,
+    "recipients": [...], "total_calls"}`` (``already_emailed_by``: an earlier run e-mailed this report).
     Raises NotFound for an unknown tenant, InvalidInput for a bad date, Retry when SMTP fails.
     """
     settings = ctx.settings
@@ -67,21 +109,49 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
     directory = settings.reports_dir / _safe(tenant_id) / day.isoformat()
     files = save_report(report, directory)
     recipients = list(tenant.get("report_recipients") or [])
-    emailed, reason = False, ""
+    emailed, reason, already = False, "", None
     if not settings.smtp_url:
         reason = "SMTP_URL is not set"
     elif not recipients:
         reason = "the tenant has no report recipients"
     else:
         ctx.progress(0.8, "sending")
-        message = mail.build_message(report, settings.report_sender, recipients)
-        try:
-            mail.send(settings.smtp_url, message)
-        except (smtplib.SMTPException, OSError) as exc:
-            raise Retry(exc, countdown=60) from exc
-        emailed = True
+        emailed, already = True, _send_once(settings, ctx.task_id, tenant_id, day.isoformat(), report, recipients)
     if reason:
         log.info("report for %s %s saved, not e-mailed: %s", tenant_id, day, reason)
     return {"tenant_id": tenant_id, "day": day.isoformat(), "directory": str(directory), "files": files,
             "emailed": emailed, "not_emailed_reason": reason or None, "recipients": recipients,
+            "already_emailed_by": already,
             "total_calls": int(report.metrics.get("total_calls", 0)), "calls_in_csv": len(calls)}
+
+
+def _send_once(settings: Settings, task_id: str, tenant_id: str, day: str, report: object,
+               recipients: list[str]) -> str | None:
+    """E-mail the report unless this tenant's report of ``day`` was e-mailed already. Returns None when it
+    sent it now, else the id of the job that sent it (``""`` if unknown).
+
+    Raises:
+        Retry: SMTP failed (the claim is released), or another run is sending this very report now.
+    """
+    marker = _MailMarker(settings, tenant_id, day)
+    try:
+        if not marker.claim():
+            sent = marker.sent()
+            if sent is not None:
+                log.info("report for %s %s was e-mailed already (job %s); not sending it again", tenant_id, day,
+                         sent.get("task_id"))
+                return str(sent.get("task_id") or "")
+            raise Retry(RuntimeError(f"the report for {tenant_id} {day} is being sent by another run"), countdown=60)
+        message = mail.build_message(report, settings.report_sender, recipients)
+        try:
+            mail.send(settings.smtp_url, message)
+        except (smtplib.SMTPException, OSError) as exc:
+            marker.release()
+            raise Retry(exc, countdown=60) from exc
+        except BaseException:
+            marker.release()
+            raise
+        marker.done(task_id, recipients)
+        return None
+    finally:
+        marker.close()
