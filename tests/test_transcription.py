@@ -183,7 +183,7 @@ def test_transcription_pool_runs_faster_whisper_in_chunks_across_replicas(model_
     buf = __import__("io").BytesIO()
     sf.write(buf, audio, sr, format="WAV")
     pool = ModelPool("transcription", TranscriptionActor, {"backend": "faster-whisper", "model": str(whisper_folder),
-                                                           "options": FAST}, replicas=2, num_gpus=0, num_cpus=0.25)
+                                                           "options": FAST}, replicas=2, num_gpus=0, threads=1)
     seen = []
     out = transcribe_audio(msettings, buf.getvalue(), pool=pool, chunk_seconds=8.0,
                            progress=lambda f, m: seen.append(f))

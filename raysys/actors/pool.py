@@ -111,6 +111,7 @@ class ModelServer:
         import torch  # noqa: PLC0415
 
         torch.set_num_threads(max(1, int(threads)))
+        self.threads = max(1, int(threads))
         self.spec = spec
         self.device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.error: str | None = None
@@ -125,7 +126,8 @@ class ModelServer:
             torch.set_num_threads(max(1, int(threads)))  # some imports (silero-vad) reset it
         except Exception as exc:  # noqa: BLE001 - reported by ready(), not by a dead actor
             self.error = f"{type(exc).__name__}: {exc}"
-            log.error("model %s failed to load: %s", spec, self.error)
+            shown = {k: ("***" if k == "token" and v else v) for k, v in spec.items()}  # an HF token
+            log.error("model %s failed to load: %s", shown, self.error)
         self.load_seconds = time.perf_counter() - t0
 
     # --- to implement ---------------------------------------------------------------------------
@@ -235,9 +237,11 @@ class ModelPool:
             index = next(counter) % self.replicas
         return index, self.handle(index)
 
-    def ready(self, timeout: float = READY_TIMEOUT_S) -> list[dict]:
-        """Every replica's facts; raises ModelUnavailable (and removes the replica) when one cannot load."""
-        return [self._ready_one(i, h, timeout) for i, h in enumerate(self.handles())]
+    def ready(self, timeout: float | None = None) -> list[dict]:
+        """Every replica's facts; raises ModelUnavailable (and removes the replica) when one cannot load,
+        ServiceTimeout when one is not up within ``timeout`` (default the pool's start timeout)."""
+        wait = self.start_timeout if timeout is None else timeout
+        return [self._ready_one(i, h, wait) for i, h in enumerate(self.handles())]
 
     def _ready_one(self, index: int, handle, timeout: float) -> dict:
         import ray  # noqa: PLC0415

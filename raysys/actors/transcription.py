@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from raysys.actors import deadline
 from raysys.actors.pool import ModelPool, ModelServer, get_pool
 from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.constants import SAMPLE_RATE
-from raysys.errors import InvalidInput, ModelUnavailable, RaysysError
+from raysys.errors import InvalidInput, ModelUnavailable, RaysysError, ServiceTimeout
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class TranscriptionActor(ModelServer):
     def load(self, spec: dict, device: str) -> Any:
         from raysys.models.transcription import make_transcriber  # noqa: PLC0415
 
+        # CTranslate2 keeps its own thread pool: give it the actor's threads, as torch gets them.
         return make_transcriber(spec["backend"], model=spec.get("model"), token=spec.get("token"), device=device,
-                                compute_type=spec.get("compute_type"), config=spec.get("options"))
+                                compute_type=spec.get("compute_type"), config=spec.get("options"),
+                                threads=self.threads)
 
     def run_batch(self, items: list[dict]) -> list[Any]:
         # Pieces differ in length and the decoders keep state per utterance: one at a time, and one
@@ -145,13 +148,21 @@ def _run_parallel(pool: ModelPool, items: list[dict], progress: Callable[[float,
 
     from raysys.actors.pool import _unwrap  # noqa: PLC0415
 
-    refs = [pool.pick()[1].submit.remote(item) for item in items]
+    picked = [pool.pick() for _ in items]
+    for index_, handle in {i: h for i, h in picked}.items():  # placed and loaded, within ACTOR_START_TIMEOUT
+        deadline.wait_started(handle, f"{pool.prefix}-{index_}", pool.needs(), pool.start_timeout)
+    refs = [handle.submit.remote(item) for (_, handle), item in zip(picked, items, strict=True)]
     index = {ref: i for i, ref in enumerate(refs)}
     out: list[Any] = [None] * len(refs)
     pending, done_seconds = list(refs), 0.0
     total_seconds = sum(len(i["audio"]) for i in items) / SAMPLE_RATE or 1.0
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
+        # A deadline on progress: some piece must come back within MODEL_CALL_TIMEOUT (a wedged actor
+        # fails the job with ServiceTimeout instead of holding it, and an HTTP slot, for ever).
+        ready, pending = ray.wait(pending, num_returns=1, timeout=pool.call_timeout)
+        if not ready:
+            raise ServiceTimeout(f"transcription actors {pool.prefix}-* returned no piece within "
+                                 f"{pool.call_timeout:.0f} s ({len(pending)} of {len(refs)} pieces pending)")
         for ref in ready:
             try:
                 res = ray.get(ref)

@@ -143,11 +143,13 @@ class FasterWhisperTranscriber:
 
 
 def make_transcriber(backend: str, *, model: str | None = None, token: str | None = None, device: str = "cpu",
-                     compute_type: str | None = None, config: dict[str, Any] | None = None) -> Transcriber:
+                     compute_type: str | None = None, config: dict[str, Any] | None = None,
+                     threads: int = 0) -> Transcriber:
     """Load a transcription backend.
 
     ``model`` is the faster-whisper folder or hub id; ``config`` overrides PocketSphinx decoder settings or
-    adds faster-whisper ``transcribe`` arguments (``beam_size``, ``temperature``, ...).
+    adds faster-whisper ``transcribe`` arguments (``beam_size``, ``temperature``, ...); ``threads`` caps
+    CTranslate2's CPU threads (0: its default).
     Raises InvalidInput (unknown backend) or ModelUnavailable (the model cannot be loaded).
     """
     if backend == "pocketsphinx":
@@ -160,7 +162,8 @@ def make_transcriber(backend: str, *, model: str | None = None, token: str | Non
     if backend == "faster-whisper":
         if not model:
             raise ModelUnavailable("the faster-whisper backend needs TRANSCRIPTION_MODEL (a local folder or hub id).")
-        return FasterWhisperTranscriber(model, token=token, device=device, compute_type=compute_type, options=config)
+        return FasterWhisperTranscriber(model, token=token, device=device, compute_type=compute_type,
+                                        cpu_threads=threads, options=config)
     raise InvalidInput(f"unknown transcription backend {backend!r} (choose {', '.join(BACKENDS)}).")
 
 

@@ -509,7 +509,7 @@ def create_app(service: Service) -> FastAPI:
 
     # --- transcription (issue 15): same upload, auth and tenancy as /v1/diarize -------------------
 
-    @app.post("/v1/transcribe", tags=["recordings"], max_body_size=upload_limit,
+    @app.post("/v1/transcribe", tags=["recordings"],
               summary="speaker turns with words from an uploaded recording (nothing is stored)",
               responses={413: {"description": "larger than MAX_UPLOAD_BYTES"},
                          415: {"description": "not an audio format raysys decodes"}})

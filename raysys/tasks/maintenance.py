@@ -98,11 +98,13 @@ async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[s
                     break
                 ids = [c["id"] for c in calls]
                 turns: dict[str, list] = {i: [] for i in ids}
+                # Every column of a turn but its keys: transcribed turns keep their source, model, confidence
+                # and words in the archive.
                 for t in await conn.fetch(
-                        "SELECT call_id, turn_index, speaker_role, start_s, end_s, text FROM call_turns "
+                        "SELECT * FROM call_turns "
                         "WHERE tenant_id = $1 AND call_id = ANY($2::text[]) ORDER BY call_id, turn_index", tenant, ids):
-                    turns[t["call_id"]].append({k: t[k] for k in ("turn_index", "speaker_role", "start_s", "end_s",
-                                                                  "text")})
+                    turns[t["call_id"]].append({k: _jsonable(v) for k, v in dict(t).items()
+                                                if k not in ("tenant_id", "call_id")})
                 analytics = {a["call_id"]: {k: _jsonable(v) for k, v in dict(a).items()} for a in await conn.fetch(
                     "SELECT * FROM call_analytics WHERE tenant_id = $1 AND call_id = ANY($2::text[])", tenant, ids)}
                 rows, sums = [], {}
