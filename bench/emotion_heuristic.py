@@ -9,38 +9,14 @@ the same folds as the trained model. Not used by raysys itself.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
+from legacy_wordlists import emotion_text_valence as text_valence
 
 from raysys.constants import SAMPLE_RATE
 from raysys.models.emotion import scores_from_point
 
-POSITIVE = set("""
-good great thanks thank appreciate excellent perfect happy glad love wonderful amazing helpful resolved
-fixed works working awesome nice pleased fantastic brilliant sure fine welcome easy quick satisfied
-""".split())
-NEGATIVE = set("""
-bad terrible awful angry upset annoyed frustrated frustrating ridiculous unacceptable worst hate broken
-problem issue wrong cancel complaint disappointed disappointing never useless slow waiting waited charged
-refund fraud error failed failing fail unhappy sad sorry confused rude lost stolen stuck impossible
-""".split())
-NEGATIONS = {"not", "no", "never", "don't", "dont", "didn't", "didnt", "isn't", "isnt", "wasn't", "wasnt",
-             "can't", "cant", "won't", "wont", "nothing", "without"}
-
-
-def text_valence(text: str) -> float:
-    """Lexicon valence of ``text`` in [-1, 1] (0 when no sentiment word is found)."""
-    words = re.findall(r"[a-z']+", text.lower())
-    score = 0.0
-    for i, w in enumerate(words):
-        polarity = 1.0 if w in POSITIVE else -1.0 if w in NEGATIVE else 0.0
-        if polarity and any(x in NEGATIONS for x in words[max(0, i - 3):i]):
-            polarity = -polarity * 0.8
-        score += polarity
-    if not words:
-        return 0.0
-    return float(np.tanh(score / math.sqrt(len(words)) * 1.5))
+# The word list that shipped with it: one verbatim copy, in legacy_wordlists (bench/ is on sys.path).
 
 
 def acoustic_features(wav: np.ndarray) -> dict[str, float]:
