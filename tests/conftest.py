@@ -108,6 +108,20 @@ def new_database(admin_url: str, prefix: str = "t") -> str:
     return asyncio.run(create())
 
 
+def db_call(url: str, fn):
+    """``await fn(db)`` on a :class:`raysys.storage.postgres.Database` opened on ``url`` (closed after)."""
+    from raysys.storage.postgres import Database
+
+    async def go():
+        db = await Database.open(url, max_size=2)
+        try:
+            return await fn(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def pg_url(pg_server) -> str:
     """A fresh, migrated database for this test."""

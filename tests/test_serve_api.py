@@ -5,7 +5,6 @@ One Serve app for the module (on a free port), two tenants with their own keys, 
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
@@ -17,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import new_database, shared_data
+from conftest import db_call, new_database, shared_data
 
 from raysys.config import Settings
 from raysys.stack import free_port
@@ -29,17 +28,6 @@ UPLOAD_LIMIT = 1_000_000
 
 
 
-def _db(url: str, fn):
-    from raysys.storage.postgres import Database
-
-    async def go():
-        db = await Database.open(url, max_size=2)
-        try:
-            return await fn(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(go())
 
 
 def _short_wav(seconds: float = 8.0) -> bytes:
@@ -94,7 +82,7 @@ def api(ray_cluster, redis_server, pg_server, chdb_dsn, tmp_path_factory):
             calls[t] = call.id
         return keys, key_ids, calls
 
-    keys, key_ids, calls = _db(settings.postgres_url, seed)
+    keys, key_ids, calls = db_call(settings.postgres_url, seed)
     # A bridge on the ingest queue (where raysys.ping is routed), so enqueued jobs really run.
     from raysys.queue.bridge import start_bridges, stop_bridges
 
@@ -187,10 +175,10 @@ def test_both_header_forms_authenticate(api):
 
 def test_revoked_key_is_refused_on_the_next_request(api):
     tenant = api.tenants["a"]
-    key_id, secret = _db(api.settings.postgres_url, lambda db: db.create_api_key(tenant, name="short-lived"))
+    key_id, secret = db_call(api.settings.postgres_url, lambda db: db.create_api_key(tenant, name="short-lived"))
     headers = {"Authorization": f"Bearer {secret}"}
     assert api.http.get("/v1/tasks", headers=headers).status_code == 200
-    assert _db(api.settings.postgres_url, lambda db: db.revoke_api_key(tenant, key_id))
+    assert db_call(api.settings.postgres_url, lambda db: db.revoke_api_key(tenant, key_id))
     r = api.http.get("/v1/tasks", headers=headers)
     assert r.status_code == 401 and r.json()["detail"] == "the API key is unknown or revoked"
 

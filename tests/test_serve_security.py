@@ -11,7 +11,6 @@ tenant, 1 wait=true analytics per tenant) so the tests can reach them; the clien
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -27,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import new_database, shared_data
+from conftest import db_call, new_database, shared_data
 
 from raysys.config import Settings
 from raysys.stack import free_port
@@ -39,17 +38,6 @@ REQUEST_LIMIT = 64 * 1024
 TENANT_CONCURRENCY = 3
 
 
-def _db(url: str, fn):
-    from raysys.storage.postgres import Database
-
-    async def go():
-        db = await Database.open(url, max_size=2)
-        try:
-            return await fn(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(go())
 
 
 def _until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
@@ -154,7 +142,7 @@ def api(ray_cluster, redis_server, pg_server, chdb_dsn, tmp_path_factory):
             ])
             client.calls[t] = call.id
 
-    _db(settings.postgres_url, seed)
+    db_call(settings.postgres_url, seed)
     bridges = start_bridges(settings, queues=["ingest", "analytics"], concurrency=2)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     assert deploy(settings) == client.url
@@ -396,8 +384,8 @@ def test_ten_hour_silent_flac_is_refused_while_the_api_keeps_answering(api):
 
 def test_requests_per_key_are_rate_limited_with_retry_after(api):
     tenant = api.tenants["a"]
-    _, key = _db(api.settings.postgres_url, lambda db: db.create_api_key(tenant, name="burst"))
-    _, calm = _db(api.settings.postgres_url, lambda db: db.create_api_key(tenant, name="calm"))
+    _, key = db_call(api.settings.postgres_url, lambda db: db.create_api_key(tenant, name="burst"))
+    _, calm = db_call(api.settings.postgres_url, lambda db: db.create_api_key(tenant, name="calm"))
     headers = {"X-API-Key": key}
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: api.http.get("/v1/tasks", headers=headers), range(60)))
