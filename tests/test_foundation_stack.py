@@ -84,7 +84,7 @@ def test_up_status_down_twice_leaves_nothing_behind_and_keeps_data(tmp_path):
         assert status["healthy"] is True, status
         by_name = {s["name"]: s for s in status["services"]}
         assert set(by_name) == {"redis", "postgres", "clickhouse", "ray"}
-        assert by_name["redis"]["url"].startswith("redis://127.0.0.1:")
+        assert by_name["redis"]["url"].startswith("redis://:***@127.0.0.1:")  # the password never shown
         assert by_name["postgres"]["url"].startswith("postgresql://") and "pgvector" in by_name["postgres"]["detail"]
         assert by_name["clickhouse"]["url"] == f"chdb://{data}/clickhouse"
         assert by_name["ray"]["url"].startswith("127.0.0.1:")
