@@ -24,8 +24,9 @@ def _cli(env, *args, check=True, timeout=180):
 
 
 @pytest.mark.slow
-def test_up_status_down_on_a_fresh_home_creates_the_ray_token_and_leaves_nothing(tmp_path):
+def test_up_status_down_on_a_fresh_home_creates_the_ray_token_and_leaves_nothing(tmp_path, request):
     env = fresh_home_env(tmp_path)
+    request.addfinalizer(lambda: _cli(env, "down", check=False))  # a failed assertion leaves no stack running
     home = Path(env["HOME"])
     up = _cli(env, "up")
     assert "ray         started" in up.stdout
@@ -70,12 +71,13 @@ def test_a_failing_up_stops_what_it_started_and_says_why_in_one_sentence(tmp_pat
 
 
 @pytest.mark.slow
-def test_up_status_down_twice_leaves_nothing_behind_and_keeps_data(tmp_path):
+def test_up_status_down_twice_leaves_nothing_behind_and_keeps_data(tmp_path, request):
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items()
            if k not in ("CELERY_BROKER_URL", "REDIS_URL", "POSTGRES_URL", "CLICKHOUSE_URL", "RAY_ADDRESS")}
     env.update(RAYSYS_DATA_DIR=str(data), RAYSYS_REDIS_PORT=str(free_port()), RAYSYS_RAY_PORT=str(free_port()),
                RAYSYS_DASHBOARD_PORT=str(free_port()))
+    request.addfinalizer(lambda: _cli(env, "down", check=False))  # a failed assertion leaves no stack running
     for round_ in (1, 2):
         up = _cli(env, "up")
         assert "redis       started" in up.stdout and "ray         started" in up.stdout
