@@ -494,6 +494,7 @@ class LocalStack:
         """Stop exactly the processes ``up`` started (by recorded pid and Ray session dir)."""
         state = self._load()
         stopped = self._stop(state, ["ray", "postgres", "redis"], progress)
+        state["urls"] = {}  # chDB too: it has no process, but nothing of this stack is running now
         self._save(state)
         return stopped
 
@@ -524,9 +525,6 @@ class LocalStack:
             urls.pop("dashboard", None)
             state.pop("ray_temp_dir", None)
             state.pop("ray_session", None)
-        if "postgres" not in names:  # clickhouse has no process; forget it with the rest only
-            return stopped
-        urls.pop("clickhouse", None)
         return stopped
 
 

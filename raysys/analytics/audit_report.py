@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysys.analytics.report import _csv, _png
+from raysys.analytics.report import _csv, _png, save_report
 
 REGRESSION_ROW = ' class="regression"'
 METRIC_TITLES = {"der": "diarization error rate (lower is better)", "accuracy": "accuracy",
@@ -81,18 +81,7 @@ def build(history: Sequence[dict[str, Any]], run_id: str) -> AuditReport:
 
 def save(report: AuditReport, directory: str | Path) -> dict[str, str]:
     """Write ``report.html``, ``audits.csv`` and ``charts/*.png`` under ``directory``; return their paths."""
-    directory = Path(directory)
-    (directory / "charts").mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str] = {}
-    for name, png in report.charts.items():
-        (directory / "charts" / f"{name}.png").write_bytes(png)
-        paths[f"chart:{name}"] = str(directory / "charts" / f"{name}.png")
-    for name, data in report.csv_files.items():
-        (directory / name).write_bytes(data)
-        paths[name] = str(directory / name)
-    (directory / "report.html").write_text(report.html(), encoding="utf-8")
-    paths["html"] = str(directory / "report.html")
-    return paths
+    return save_report(report, directory)
 
 
 def _fmt(v: Any) -> str:

@@ -176,8 +176,11 @@ def build_report(tenant_id: str, day: date, daily_rows: Sequence[dict[str, Any]]
     return report
 
 
-def save_report(report: Report, directory: str | Path) -> dict[str, str]:
-    """Write ``report.html``, the CSVs and ``charts/*.png`` under ``directory``; return their paths."""
+def save_report(report: Any, directory: str | Path) -> dict[str, str]:
+    """Write ``report.html``, the CSVs and ``charts/*.png`` under ``directory``; return their paths.
+
+    ``report`` is any report with ``charts`` (name -> PNG), ``csv_files`` (name -> bytes) and ``html()``:
+    the daily :class:`Report` and the model-audit report are saved alike."""
     directory = Path(directory)
     (directory / "charts").mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
