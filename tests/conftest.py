@@ -26,6 +26,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from raysys.config import Settings  # noqa: E402
 from raysys.stack import free_port, start_postgres, start_redis, stop_postgres, terminate  # noqa: E402
 
+# Every fixture module is a plugin registered here, once: test modules use fixtures by name and import
+# only plain helpers (functions, constants) from these modules.
+pytest_plugins = ("analytics_fixtures", "ingest_fixtures", "models_fixtures", "queue_fixtures", "scheduler_fixtures")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data"
 CELERY_WIRE = SHARED / "celery-wire"
