@@ -12,8 +12,6 @@ import ray
 from raysys.constants import RAY_NAMESPACE
 from raysys.errors import ServiceTimeout
 
-pytest_plugins = ("queue_fixtures",)
-
 
 @ray.remote(num_cpus=0, max_concurrency=8)
 class HungWarehouse:

@@ -1,5 +1,4 @@
 """Daily aggregation in real chDB (through the Warehouse actor) on hand-checkable calls."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pytest
-from analytics_fixtures import analytics_chdb, asettings, ctx, utc, wh  # noqa: F401
+from analytics_fixtures import utc, wh
 
 from raysys.analytics.aggregation import aggregate_days
 from raysys.errors import InvalidInput

@@ -1,5 +1,4 @@
 """Call metrics, speaker mapping, sentiment and summaries on hand-checkable inputs (no Ray)."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from analytics_fixtures import text_encoder, utc  # noqa: F401
+from analytics_fixtures import utc
 
 from raysys.analytics import callmetrics, summary
 from raysys.analytics.sentiment import text_sentiment

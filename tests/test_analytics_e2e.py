@@ -1,7 +1,6 @@
 """End to end: calls with real recordings and turns, jobs pushed to Redis, run by QueueBridges on Ray,
 results in PostgreSQL and ClickHouse, a daily aggregation, and the report delivered to a real SMTP
 server on loopback with the charts inline and the CSVs attached."""
-# ruff: noqa: F811 - pytest fixtures imported from the fixture modules are redefined as parameters
 
 from __future__ import annotations
 
@@ -11,19 +10,7 @@ from datetime import timedelta
 from email import policy
 from pathlib import Path
 
-from analytics_fixtures import (  # noqa: F401
-    SMALL_CATALOGUE,
-    analytics_chdb,
-    asettings,
-    rttm_turns,
-    run,
-    smtp_server,
-    stereo_call,
-    text_encoder,
-    utc,
-    wh,
-    with_db,
-)
+from analytics_fixtures import SMALL_CATALOGUE, rttm_turns, run, stereo_call, utc, wh, with_db
 from conftest import shared_data
 
 from raysys.analytics.intents import IntentModel

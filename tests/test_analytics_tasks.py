@@ -1,5 +1,4 @@
 """process_call_analytics and friends on real PostgreSQL, chDB and Ray (text-only calls here)."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -7,17 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from analytics_fixtures import (  # noqa: F401
-    SMALL_CATALOGUE,
-    analytics_chdb,
-    asettings,
-    ctx,
-    run,
-    text_encoder,
-    utc,
-    wh,
-    with_db,
-)
+from analytics_fixtures import SMALL_CATALOGUE, run, utc, wh, with_db
 
 from raysys.analytics.intents import IntentModel
 from raysys.errors import Forbidden, InvalidInput, NotFound

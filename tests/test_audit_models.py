@@ -1,7 +1,6 @@
 """audit_models audits emotion and sentiment too: labelled sets, figures per model version in the warehouse
 (real chDB through its actor), regressions flagged against the previous audit, and the audit report that
 charts them. The emotion clips go through the configured emotion backend's actor on the real Ray cluster."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from analytics_fixtures import analytics_chdb, asettings, ctx, wh  # noqa: F401
+from analytics_fixtures import wh
 from conftest import shared_data
 
 from raysys.analytics import audit, audit_report

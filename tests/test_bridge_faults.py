@@ -14,8 +14,6 @@ import redis
 
 from raysys.queue import protocol
 
-pytest_plugins = ("queue_fixtures",)
-
 
 def enqueue(r: redis.Redis, queue: str, task: str, args_for, n: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]

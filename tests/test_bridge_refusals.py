@@ -11,8 +11,6 @@ import uuid
 import pytest
 from conftest import wire_message
 
-pytest_plugins = ("queue_fixtures",)
-
 pytestmark = pytest.mark.usefixtures("bridges")
 
 

@@ -23,8 +23,6 @@ from conftest import wire_message
 
 from raysys.queue import protocol
 
-pytest_plugins = ("queue_fixtures",)
-
 pytestmark = pytest.mark.usefixtures("bridges")
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -19,8 +19,6 @@ import zlib
 import pytest
 from celery import Celery, chain, chord, group
 
-pytest_plugins = ("queue_fixtures",)
-
 pytestmark = pytest.mark.usefixtures("bridges")
 
 

@@ -10,8 +10,6 @@ import uuid
 
 import pytest
 
-pytest_plugins = ("queue_fixtures",)
-
 pytestmark = pytest.mark.usefixtures("bridges")
 
 

@@ -18,8 +18,6 @@ from raysys.errors import ModelUnavailable
 from raysys.models.emotion import LABELS, WEIGHTS, BuiltinEmotion
 from raysys.models.emotion_features import FEATURE_NAMES, N_FEATURES, segment_features, telephone
 
-pytest_plugins = ("models_fixtures",)
-
 # One speaker, one sentence, two emotions: EmoDB's speaker 03 reading a01 in anger ("W") and neutrally.
 SHOUTED, CALM = "03a01Wa.flac", "03a01Nc.flac"
 

@@ -1,7 +1,6 @@
 """Issue 13's low items on real services: SMTP credentials only over TLS (aiosmtpd on loopback), session
 cleanup confined to the session key prefix and keys deleted before rows (real Redis and PostgreSQL), and a
 daily report e-mailed once however often its job runs."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 import redis
-from analytics_fixtures import analytics_chdb, asettings, ctx, run, smtp_server, with_db  # noqa: F401
+from analytics_fixtures import run, with_db
 
 from raysys.errors import InvalidInput
 from raysys.stack import free_port

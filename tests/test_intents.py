@@ -1,5 +1,4 @@
 """Intent classifier: training, persistence, threshold, CLI, and accuracy on a held-out Banking77 split."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from analytics_fixtures import SMALL_CATALOGUE, text_encoder  # noqa: F401
+from analytics_fixtures import SMALL_CATALOGUE
 from conftest import shared_data
 
 from raysys.analytics import intents

@@ -1,5 +1,4 @@
 """Cleanup (sessions, archive-then-delete of old calls, temp files) and model audits, on real services."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import ray
 import redis
-from analytics_fixtures import SMALL_CATALOGUE, analytics_chdb, asettings, ctx, run, text_encoder, wh, with_db  # noqa: F401
+from analytics_fixtures import SMALL_CATALOGUE, run, wh, with_db
 
 from raysys.analytics.intents import IntentModel
 from raysys.errors import InvalidInput

@@ -12,8 +12,6 @@ import soundfile as sf
 from raysys.errors import InvalidInput, ModelUnavailable, TooLarge
 from raysys.models.emotion import LABELS
 
-pytest_plugins = ("models_fixtures",)
-
 SEGMENT_KEYS = {"start", "end", "speaker", "channel"}
 
 

@@ -9,8 +9,6 @@ from raysys.audio import load_audio
 from raysys.models.diarization import channel_split, diarize_waveform
 from raysys.models.emotion import LABELS, BuiltinEmotion, text_valence
 
-pytest_plugins = ("models_fixtures",)
-
 
 def check_segments(segments, duration):
     for s in segments:

@@ -11,8 +11,6 @@ import torch
 from raysys.audio import load_audio
 from raysys.models.builtin_diarization import MEL_HOP, MEL_WIN, VAD_FRAME
 
-pytest_plugins = ("models_fixtures",)
-
 STEP = VAD_FRAME / 16000  # 32 ms
 
 

@@ -12,8 +12,6 @@ from raysys.audio import load_audio
 from raysys.errors import ModelUnavailable
 from raysys.models.emotion import LABELS
 
-pytest_plugins = ("models_fixtures",)
-
 
 @pytest.fixture(scope="module")
 def pyannote_model(pyannote_folder):

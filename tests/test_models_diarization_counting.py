@@ -15,8 +15,6 @@ from conftest import shared_data
 from raysys.audio import load_audio
 from raysys.models.mixtures import build_mixture, librispeech_speakers
 
-pytest_plugins = ("models_fixtures",)
-
 
 @pytest.fixture(scope="module")
 def voices() -> dict:

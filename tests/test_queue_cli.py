@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 
-pytest_plugins = ("queue_fixtures",)
-
-
 
 def test_cli_submit_inspect_and_burst_worker(ray_cluster, env, capsys, r):
     """`raysys submit` queues jobs, `inspect` shows them, `worker --burst` drains them and exits."""

@@ -8,9 +8,6 @@ import uuid
 
 import pytest
 
-pytest_plugins = ("queue_fixtures",)
-
-
 
 def test_readme_snippet_with_only_the_import_changed(bridges, env, monkeypatch):
     from raysys.queue import client as client_module

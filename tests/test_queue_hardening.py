@@ -20,8 +20,6 @@ import redis
 
 from raysys.queue import protocol
 
-pytest_plugins = ("queue_fixtures",)
-
 DEAD_MAX = 5          # the module bridge keeps the 5 newest dead letters per queue
 TIME_CAP = 2.0        # and caps a message's own time limits at 2 s
 OUTAGE_SECONDS = 60   # how long PostgreSQL stays down in the outage test

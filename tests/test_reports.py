@@ -1,5 +1,4 @@
 """Daily report: HTML/CSV contents, and delivery to a real SMTP server on loopback (aiosmtpd)."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from datetime import date, timedelta
 from email import policy
 
 import pytest
-from analytics_fixtures import analytics_chdb, asettings, ctx, run, smtp_server, utc, wh, with_db  # noqa: F401
+from analytics_fixtures import run, utc, wh, with_db
 
 from raysys.analytics.report import CHARTS, build_report, save_report
 from raysys.errors import NotFound, Retry

@@ -1,6 +1,5 @@
 """Speech to text: words → turns (unit), chunking, the PocketSphinx backend on real recordings, and the
 faster-whisper loading path on a random-weight Whisper built offline (its words are noise: contract only)."""
-# ruff: noqa: F811 - pytest fixtures imported from models_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import shared_data
-from models_fixtures import model_actors, msettings  # noqa: F401
 
 from raysys.errors import InvalidInput, ModelUnavailable
 from raysys.models.transcription import assign_speakers, split_at_silences, words_to_turns

@@ -3,7 +3,6 @@
 Real PostgreSQL, chDB, Ray and the PocketSphinx backend, on the demo recording (real read utterances:
 an LJSpeech agent and a LibriSpeech customer whose words are known, see raysys/assets/SOURCES.md).
 """
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -14,8 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from analytics_fixtures import analytics_chdb, asettings, ctx, run, text_encoder, utc, with_db  # noqa: F401
-from models_fixtures import model_actors  # noqa: F401
+from analytics_fixtures import run, utc, with_db
 
 from raysys.analytics.intents import UNKNOWN, IntentModel
 from raysys.storage.postgres import Call, Turn
