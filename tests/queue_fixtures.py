@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
-import time
+import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from waiting import wait_until
 
 from raysys.config import Settings
 
@@ -91,20 +93,47 @@ def actor_log(pid: int) -> str:
     return text
 
 
-def _wait_for(check, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def settled(r: redis.Redis, *queues: str) -> bool:
+    """Every delivery settled: none waiting on ``queues``, none held in any bridge's in-flight list.
+
+    A bridge acks a message only after it stored the job's result (or dropped it as a duplicate), so once
+    this holds every run of those messages has started and every result write has happened.
+    """
+    return not any(r.llen(q) for q in queues) and not any(r.llen(k) for k in r.keys("raysys:inflight:*"))
 
 
-@pytest.fixture
-def wait_for():
-    """``wait_for(check, timeout=20, what=...)``: poll ``check()`` until it is truthy; returns its value."""
-    return _wait_for
+def drain_publications(r: redis.Redis, seen) -> None:
+    """Wait until a pattern listener on ``celery-task-meta-*`` has received every publication made so far.
+
+    Publishes a marker result and waits until ``seen`` (a mapping keyed by task id, filled by the listener)
+    holds it: Redis sends a subscriber its messages in the order it ran the PUBLISH commands, so every
+    earlier publication arrived first. The marker is then removed from ``seen``.
+    """
+    marker = f"drain-marker-{uuid.uuid4()}"
+    r.publish(f"celery-task-meta-{marker}", json.dumps({"task_id": marker, "status": "MARKER"}))
+    wait_until(lambda: marker in seen, timeout=20, interval=0.01, message="the listener to receive a marker publication")
+    seen.pop(marker, None)
+
+
+def parked(r: redis.Redis, *task_ids: str) -> bool:
+    """Whether every one of ``task_ids`` waits in the delayed set (a bridge took it and parked it until due)."""
+    members = r.zrange("raysys:delayed", 0, -1)
+    return all(any(task_id.encode() in m for m in members) for task_id in task_ids)
+
+
+def light_detached(bridges) -> int:
+    """How many light jobs the ``bridges`` moved to a thread of their own so far (they overran 0.5 s)."""
+    import ray
+
+    return sum(s["totals"].get("light_detached", 0) for s in ray.get([b.stats.remote() for b in bridges]))
+
+
+def running_on(bridges, task_id: str) -> bool:
+    """Whether one of ``bridges`` reports the job ``task_id`` as running."""
+    import ray
+
+    return any(a["id"] == task_id and a["running"] for act in ray.get([b.active.remote() for b in bridges])
+               for a in act)
 
 
 @pytest.fixture

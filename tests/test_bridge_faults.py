@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 import redis
+from queue_fixtures import drain_publications
+from waiting import wait_until
 
 from raysys.queue import protocol
 
@@ -29,7 +31,7 @@ def states(r: redis.Redis, ids: list[str]) -> collections.Counter:
     return collections.Counter(json.loads(v)["status"] if v else "PENDING" for v in values)
 
 
-def test_bridge_sigkill_with_2000_jobs_loses_nothing(ray_cluster, qsettings, r, wait_for):
+def test_bridge_sigkill_with_2000_jobs_loses_nothing(ray_cluster, qsettings, r):
     """Kill -9 the bridge mid-run: Ray restarts it, it requeues what it held, every job gets one SUCCESS."""
     import ray
 
@@ -51,15 +53,15 @@ def test_bridge_sigkill_with_2000_jobs_loses_nothing(ray_cluster, qsettings, r, 
         try:
             bridge = handles[0]
             pid = ray.get(bridge.pid.remote())
-            wait_for(lambda: r.hlen(key) >= 300, what="300 jobs run")
+            wait_until(lambda: r.hlen(key) >= 300, message="300 jobs run")
             os.kill(pid, signal.SIGKILL)
             held = sum(r.llen(k) for k in r.keys("raysys:inflight:*"))
             assert held > 0 and r.llen(queue) > 0  # jobs were both in flight and queued when it died
-            wait_for(lambda: states(r, ids)["SUCCESS"] == 2000, timeout=90, interval=0.25, what="2000 SUCCESS")
+            wait_until(lambda: states(r, ids)["SUCCESS"] == 2000, timeout=90, interval=0.25, message="2000 SUCCESS")
             assert ray.get(bridge.pid.remote()) != pid
         finally:
             stop_bridges(handles, timeout=5)
-        time.sleep(0.3)  # let the listener drain the last publications
+        drain_publications(r, published)  # every publication made so far has reached the listener
     finally:
         listener.stop()
         listener.join(timeout=5)
@@ -72,20 +74,20 @@ def test_bridge_sigkill_with_2000_jobs_loses_nothing(ray_cluster, qsettings, r, 
     assert len(runs) == 2000 and min(runs) >= 1  # at least once; jobs caught mid-batch may have run twice
 
 
-def test_worker_sigkill_reruns_the_job(qsettings, bridges, r, wait_for):
+def test_worker_sigkill_reruns_the_job(qsettings, bridges, r):
     """Kill -9 the Ray worker running a job: the job runs again and succeeds."""
     from raysys.queue.client import Client
 
     key = f"crash-{uuid.uuid4()}"
     with Client(qsettings) as client:
         res = client.send_task("tests.crash_once", [key])
-        pid = int(wait_for(lambda: r.get(key), what="the job to start"))
+        pid = int(wait_until(lambda: r.get(key), message="the job to start"))
         os.kill(pid, signal.SIGKILL)
         value = res.get(timeout=60)
     assert value["killed"] is True and value["first_pid"] == pid and value["pid"] != pid
 
 
-def test_redis_restart_mid_run(ray_cluster, tmp_path, wait_for):
+def test_redis_restart_mid_run(ray_cluster, tmp_path):
     """Stop and restart redis-server (same port and data dir) mid-run: the bridge reconnects and finishes."""
     from queue_fixtures import bridge_settings
 
@@ -100,12 +102,12 @@ def test_redis_restart_mid_run(ray_cluster, tmp_path, wait_for):
         ids = enqueue(r, "ingest", "tests.nap", lambda i, _: [i, 4], 800)
         handles = start_bridges(settings, queues=["ingest"], concurrency=2, executors=1, batch_size=32)
         try:
-            wait_for(lambda: states(r, ids)["SUCCESS"] >= 100, what="100 jobs done")
+            wait_until(lambda: states(r, ids)["SUCCESS"] >= 100, message="100 jobs done")
             terminate([pid])                      # SIGTERM: Redis writes its append-only file and exits
             time.sleep(1.0)
             pid, _ = start_redis(directory, port)  # same port, same data
             r = redis.Redis.from_url(url)
-            wait_for(lambda: states(r, ids)["SUCCESS"] == 800, timeout=60, interval=0.25, what="800 SUCCESS")
+            wait_until(lambda: states(r, ids)["SUCCESS"] == 800, timeout=60, interval=0.25, message="800 SUCCESS")
             values = [json.loads(v)["result"] for v in r.mget([protocol.result_key(i) for i in ids])]
             assert values == list(range(800))
             assert r.llen("ingest") == 0 and r.llen("ingest.dead") == 0

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 from conftest import wire_message
+from waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("bridges")
 
@@ -69,7 +70,7 @@ def _serving(qsettings) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_refused_message_fails_dead_letters_logs_and_bridge_keeps_serving(case, r, qsettings, bridges, wait_for):
+def test_refused_message_fails_dead_letters_logs_and_bridge_keeps_serving(case, r, qsettings, bridges):
     import ray
     from queue_fixtures import actor_log
 
@@ -83,21 +84,21 @@ def test_refused_message_fails_dead_letters_logs_and_bridge_keeps_serving(case, 
         client.AsyncResult(task_id).get(timeout=30)
     assert type(err.value).__name__ == exc_name
     assert client.AsyncResult(task_id).state == "FAILURE"
-    entry = json.loads(wait_for(lambda: r.lindex("ingest.dead", 0), what="a dead letter"))
+    entry = json.loads(wait_until(lambda: r.lindex("ingest.dead", 0), message="a dead letter"))
     assert entry["id"] == task_id and reason_words in entry["reason"]
     assert entry["message"]  # the original text, for `raysys dead requeue`
     _serving(qsettings)
     pid = ray.get(bridges[0].pid.remote())
-    wait_for(lambda: task_id in actor_log(pid) and "refused" in actor_log(pid), what="the refusal log line")
+    wait_until(lambda: task_id in actor_log(pid) and "refused" in actor_log(pid), message="the refusal log line")
 
 
-def test_malformed_json_without_id_is_dead_lettered(r, qsettings, bridges, wait_for):
+def test_malformed_json_without_id_is_dead_lettered(r, qsettings, bridges):
     import ray
     from queue_fixtures import actor_log
 
     r.lpush("analytics", b'{"body": "broken', b"\x80\x81 not even utf-8")
-    entries = wait_for(lambda: r.llen("analytics.dead") == 2 and r.lrange("analytics.dead", 0, -1),
-                       what="two dead letters")
+    entries = wait_until(lambda: r.llen("analytics.dead") == 2 and r.lrange("analytics.dead", 0, -1),
+                       message="two dead letters")
     reasons = [json.loads(e)["reason"] for e in entries]
     assert all("malformed JSON" in reason for reason in reasons)
     assert not r.keys("celery-task-meta-*")
@@ -105,10 +106,10 @@ def test_malformed_json_without_id_is_dead_lettered(r, qsettings, bridges, wait_
     stats = ray.get(bridges[0].stats.remote())
     assert stats["totals"]["refused"] >= 2
     pid = stats["pid"]
-    wait_for(lambda: "malformed JSON" in actor_log(pid), what="the refusal log line")
+    wait_until(lambda: "malformed JSON" in actor_log(pid), message="the refusal log line")
 
 
-def test_dead_letters_can_be_requeued(r, qsettings, wait_for):
+def test_dead_letters_can_be_requeued(r, qsettings):
     """A job that gave up after its retries is dead-lettered; `raysys dead requeue` runs it again."""
     from raysys.cli import main
     from raysys.queue.client import Client
@@ -120,7 +121,7 @@ def test_dead_letters_can_be_requeued(r, qsettings, wait_for):
     with Client(qsettings) as client:
         with pytest.raises(RuntimeError, match="try 3"):
             client.AsyncResult(task_id).get(timeout=30)
-        entry = json.loads(wait_for(lambda: r.lindex("reports.dead", 0), what="a dead letter"))
+        entry = json.loads(wait_until(lambda: r.lindex("reports.dead", 0), message="a dead letter"))
         assert entry["id"] == task_id and "gave up after 3 retries" in entry["reason"]
         client.AsyncResult(task_id).forget()
         env = {"CELERY_BROKER_URL": qsettings.redis_url}

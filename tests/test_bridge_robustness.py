@@ -20,6 +20,8 @@ import uuid
 import pytest
 import redis
 from conftest import wire_message
+from queue_fixtures import drain_publications, settled
+from waiting import wait_until
 
 from raysys.queue import protocol
 
@@ -48,18 +50,19 @@ def meta(r: redis.Redis, task_id: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def wait_final(r, ids, wait_for, timeout=30.0) -> dict[str, dict]:
+def wait_final(r, ids, timeout=30.0) -> dict[str, dict]:
     def ready():
         metas = {i: meta(r, i) for i in ids}
         return metas if all(m and m["status"] in ("SUCCESS", "FAILURE", "REVOKED") for m in metas.values()) else None
 
-    return wait_for(ready, timeout=timeout, interval=0.1, what=f"{len(ids)} final results")
+    return wait_until(ready, timeout=timeout, interval=0.1, message=f"{len(ids)} final results")
 
 
 class Publications:
     """Every result publication (pattern-subscribed before the jobs are sent), counted per id and state."""
 
     def __init__(self, r: redis.Redis) -> None:
+        self.r = r
         self.seen: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.pubsub = r.pubsub(ignore_subscribe_messages=True)
         self.pubsub.psubscribe(**{"celery-task-meta-*": self._on})
@@ -70,7 +73,7 @@ class Publications:
         self.seen[data["task_id"]][data["status"]] += 1
 
     def close(self) -> None:
-        time.sleep(0.3)
+        drain_publications(self.r, self.seen)  # every publication made so far has reached us
         self.thread.stop()
         self.thread.join(timeout=5)
         self.pubsub.close()
@@ -139,7 +142,7 @@ def _no_id():
     return None, env
 
 
-def test_malformed_fields_fail_clearly_and_good_jobs_still_run(r, wait_for):
+def test_malformed_fields_fail_clearly_and_good_jobs_still_run(r):
     """Each odd message is settled on its own (FAILURE + dead letter, or SUCCESS where it is readable);
     before this fix a kombu marker that failed to decode escaped the decoder and stranded the whole batch."""
     sent = []
@@ -153,15 +156,15 @@ def test_malformed_fields_fail_clearly_and_good_jobs_still_run(r, wait_for):
         sent.append((name, task_id, status, words, good_id))
     pipe.execute()
     ids = [tid for _, tid, status, _, _ in sent if status] + [g for *_, g in sent]
-    metas = wait_final(r, ids, wait_for)
+    metas = wait_final(r, ids)
     for i, (name, task_id, status, _, good_id) in enumerate(sent):
         assert metas[good_id]["status"] == "SUCCESS" and metas[good_id]["result"] == i + 1, name
         if status:
             assert metas[task_id]["status"] == status, (name, metas[task_id])
             if status == "SUCCESS":
                 assert metas[task_id]["result"] == 3, name
-    dead = [json.loads(e) for e in wait_for(lambda: r.llen("ingest.dead") == sum(1 for c in sent if c[2] != "SUCCESS")
-                                            and r.lrange("ingest.dead", 0, -1), what="the dead letters")]
+    dead = [json.loads(e) for e in wait_until(lambda: r.llen("ingest.dead") == sum(1 for c in sent if c[2] != "SUCCESS")
+                                            and r.lrange("ingest.dead", 0, -1), message="the dead letters")]
     for name, task_id, status, words, _ in sent:
         if status == "SUCCESS":
             continue
@@ -171,16 +174,16 @@ def test_malformed_fields_fail_clearly_and_good_jobs_still_run(r, wait_for):
     assert not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
 
 
-def test_negative_and_huge_countdowns_in_native_envelopes(r, wait_for):
+def test_negative_and_huge_countdowns_in_native_envelopes(r):
     now_id, later_id = str(uuid.uuid4()), str(uuid.uuid4())
     r.lpush("analytics", json.dumps({"task": "tests.mul", "id": now_id, "args": [6, 7], "countdown": -60}))
     r.lpush("analytics", json.dumps({"task": "tests.mul", "id": later_id, "args": [6, 7], "countdown": 1e9}))
-    assert wait_final(r, [now_id], wait_for)[now_id]["result"] == 42
-    wait_for(lambda: r.zcard("raysys:delayed") == 1, what="the far-future job parked")
+    assert wait_final(r, [now_id])[now_id]["result"] == 42
+    wait_until(lambda: r.zcard("raysys:delayed") == 1, message="the far-future job parked")
     assert meta(r, later_id) is None
 
 
-def test_bad_link_options_and_wrong_type_keys_do_not_wedge_the_bridge(r, wait_for):
+def test_bad_link_options_and_wrong_type_keys_do_not_wedge_the_bridge(r):
     """A callback whose options cannot be read, or whose queue names a key of another type, fails alone:
     the parent's SUCCESS is stored and later jobs run (before, a WRONGTYPE error aborted the whole batch
     script and the bridge retried it forever, storing no result again)."""
@@ -190,21 +193,21 @@ def test_bad_link_options_and_wrong_type_keys_do_not_wedge_the_bridge(r, wait_fo
     a, env_a = wire(embed={"callbacks": [bad_countdown]})
     b, env_b = wire(embed={"callbacks": [wrong_type]})
     r.lpush("ingest", json.dumps(env_a), json.dumps(env_b))
-    metas = wait_final(r, [a, b], wait_for)
+    metas = wait_final(r, [a, b])
     assert metas[a]["status"] == metas[b]["status"] == "SUCCESS"
-    entries = wait_for(lambda: (lambda d: d if len(d) == 2 else None)(
-        [json.loads(e)["reason"] for e in r.lrange("ingest.dead", 0, -1)]), what="dead letters for both bad links")
+    entries = wait_until(lambda: (lambda d: d if len(d) == 2 else None)(
+        [json.loads(e)["reason"] for e in r.lrange("ingest.dead", 0, -1)]), message="dead letters for both bad links")
     assert all("cannot publish 'tests.mul'" in reason for reason in entries)
     assert any("countdown" in reason for reason in entries)
     assert any("'not-a-list' is not a configured queue" in reason for reason in entries)  # never pushed onto it
     assert r.get("not-a-list") == b"a string key"
     later = [wire(args=(i, 0)) for i in range(20)]
     r.lpush("ingest", *[json.dumps(env) for _, env in later])
-    metas = wait_final(r, [i for i, _ in later], wait_for)
+    metas = wait_final(r, [i for i, _ in later])
     assert [metas[i]["result"] for i, _ in later] == list(range(20))
 
 
-def test_duplicate_delivery_while_running_runs_once(r, wait_for):
+def test_duplicate_delivery_while_running_runs_once(r):
     """The same id delivered again while its first delivery runs (identical bytes, or another body) is
     dropped: one run, one result (before, both ran and the second clobbered the first's bookkeeping)."""
     key = f"dup-{uuid.uuid4()}"
@@ -213,11 +216,11 @@ def test_duplicate_delivery_while_running_runs_once(r, wait_for):
     pubs = Publications(r)
     try:
         r.lpush("analytics", raw)
-        wait_for(lambda: r.hget(key, task_id), what="the first run to start")
+        wait_until(lambda: r.hget(key, task_id), message="the first run to start")
         _, other = wire("tests.count_sleep", (key, 0.1), task_id=task_id, queue="analytics")
         r.lpush("analytics", raw, json.dumps(other))
-        assert wait_final(r, [task_id], wait_for)[task_id]["result"] == 1
-        time.sleep(0.5)
+        assert wait_final(r, [task_id])[task_id]["result"] == 1
+        wait_until(lambda: settled(r, "analytics"), message="all three deliveries acked (run or dropped)")
         assert int(r.hget(key, task_id)) == 1
     finally:
         pubs.close()
@@ -250,7 +253,7 @@ def _bad_messages(n: int, rng: random.Random) -> list[tuple[str | None, bytes | 
     return out
 
 
-def test_flood_of_bad_messages_among_good_ones(r, bridges, wait_for):
+def test_flood_of_bad_messages_among_good_ones(r, bridges):
     import ray
 
     rng = random.Random(3)
@@ -265,7 +268,7 @@ def test_flood_of_bad_messages_among_good_ones(r, bridges, wait_for):
         for raw in mixed:
             pipe.lpush(rng.choice(["ingest", "ingest", "analytics", "reports", "celery"]), raw)
         pipe.execute()
-        metas = wait_final(r, [i for i, _ in good] + [i for i, _ in bad if i], wait_for, timeout=60)
+        metas = wait_final(r, [i for i, _ in good] + [i for i, _ in bad if i], timeout=60)
     finally:
         pubs.close()
     assert [metas[i]["result"] for i, _ in good] == list(range(400))
@@ -280,7 +283,7 @@ def test_flood_of_bad_messages_among_good_ones(r, bridges, wait_for):
     assert len(r.keys("raysys:applied:*")) <= 1  # each batch deletes the previous batch's token
 
 
-def test_killed_redis_connections_lose_no_job(r, bridges, wait_for):
+def test_killed_redis_connections_lose_no_job(r, bridges):
     """Kill the bridge's Redis connections (CLIENT KILL) again and again while 1,500 jobs flow: replies of
     claims are lost mid-flight. Before this fix such claimed messages sat in the in-flight list of a live
     bridge forever; now they are given back and every job gets exactly one SUCCESS."""
@@ -313,10 +316,10 @@ def test_killed_redis_connections_lose_no_job(r, bridges, wait_for):
             pipe.lpush("ingest", json.dumps(env))
         pipe.execute()
         thread.start()
-        wait_for(lambda: r.hlen(key) >= 1000 or killed["n"] >= 400, timeout=60, what="jobs under fire")
+        wait_until(lambda: r.hlen(key) >= 1000 or killed["n"] >= 400, timeout=60, message="jobs under fire")
         stop.set()
         thread.join(timeout=5)
-        metas = wait_final(r, [i for i, _ in jobs], wait_for, timeout=60)
+        metas = wait_final(r, [i for i, _ in jobs], timeout=60)
     finally:
         stop.set()
         pubs.close()
@@ -325,7 +328,7 @@ def test_killed_redis_connections_lose_no_job(r, bridges, wait_for):
     assert {i: dict(c) for i, c in pubs.seen.items() if c != {"SUCCESS": 1}} == {}
     assert {int(v) for v in r.hvals(key)} == {1}  # given back unseen, so never run twice
     assert r.llen("ingest") == 0 and r.llen("ingest.dead") == 0
-    wait_for(lambda: not [k for k in r.keys("raysys:inflight:*") if r.llen(k)], what="empty in-flight lists")
+    wait_until(lambda: not [k for k in r.keys("raysys:inflight:*") if r.llen(k)], message="empty in-flight lists")
 
 
 def _addr(r: redis.Redis) -> str:
@@ -382,7 +385,7 @@ class LossyProxy:
         self.server.close()
 
 
-def test_lost_replies_lose_no_job_and_run_none_twice(ray_cluster, redis_server, tmp_path, r, wait_for):
+def test_lost_replies_lose_no_job_and_run_none_twice(ray_cluster, redis_server, tmp_path, r):
     """A bridge whose Redis replies are lost at random (the command ran, the connection dropped before the
     answer came back): claims whose reply was lost leave messages in the bridge's in-flight lists that it
     never saw; before this fix they stayed there for as long as the bridge lived. Now the bridge gives them
@@ -403,9 +406,9 @@ def test_lost_replies_lose_no_job_and_run_none_twice(ray_cluster, redis_server, 
             pipe.lpush("lossy", json.dumps(env))
         pipe.execute()
         done = lambda: sum(1 for v in r.mget([protocol.result_key(i) for i, _ in jobs]) if v)  # noqa: E731
-        wait_for(lambda: proxy.drops >= 30 or done() == len(jobs), timeout=60, what="lost replies")
+        wait_until(lambda: proxy.drops >= 30 or done() == len(jobs), timeout=60, message="lost replies")
         proxy.armed.clear()
-        metas = wait_final(r, [i for i, _ in jobs], wait_for, timeout=90)
+        metas = wait_final(r, [i for i, _ in jobs], timeout=90)
     finally:
         proxy.armed.clear()
         stop_bridges(handles, timeout=5)
@@ -419,13 +422,13 @@ def test_lost_replies_lose_no_job_and_run_none_twice(ray_cluster, redis_server, 
     assert not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
 
 
-def test_sys_exit_in_a_task_fails_that_job_only(r, wait_for):
+def test_sys_exit_in_a_task_fails_that_job_only(r):
     """A light job calling sys.exit() fails alone (SystemExit); the jobs batched with it succeed once."""
     key = f"exit-{uuid.uuid4()}"
     bad, env = wire("tests.exit", (3,))
     good = [wire("tests.count", (key, i)) for i in range(50)]
     r.lpush("ingest", *[json.dumps(e) for _, e in good[:25]], json.dumps(env), *[json.dumps(e) for _, e in good[25:]])
-    metas = wait_final(r, [bad] + [i for i, _ in good], wait_for)
+    metas = wait_final(r, [bad] + [i for i, _ in good])
     assert metas[bad]["status"] == "FAILURE" and metas[bad]["result"]["exc_type"] == "SystemExit"
     assert [metas[i]["result"] for i, _ in good] == list(range(50))
     assert {int(v) for v in r.hvals(key)} == {1}

@@ -18,6 +18,8 @@ import zlib
 
 import pytest
 from celery import Celery, chain, chord, group
+from queue_fixtures import light_detached, settled
+from waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("bridges")
 
@@ -83,7 +85,7 @@ def test_countdown_eta_naive_aware_negative_and_expires(celery_app, r):
     assert "x" not in at and "y" not in at
 
 
-def test_explicit_queue_routing_key_and_custom_headers(celery_app, r, wait_for):
+def test_explicit_queue_routing_key_and_custom_headers(celery_app, r):
     with make_app(celery_app.conf.broker_url, result_extended=True) as app:
         on_analytics = app.send_task("tests.add", args=(1, 2), queue="analytics")     # routed to ingest
         on_reports = app.send_task("tests.add", args=(2, 2), queue="reports", routing_key="reports")
@@ -96,13 +98,13 @@ def test_explicit_queue_routing_key_and_custom_headers(celery_app, r, wait_for):
     # Through an exchange: kombu drops the message unless a consumer bound the queue, as Celery workers do.
     # (The sends above made the producer bind ``reports`` itself: start from the bridge's binding alone.)
     r.delete("_kombu.binding.reports", "_kombu.binding_permanent.reports")
-    wait_for(lambda: r.exists("_kombu.binding.reports"), what="the bridge to bind its queue")
+    wait_until(lambda: r.exists("_kombu.binding.reports"), message="the bridge to bind its queue")
     with make_app(celery_app.conf.broker_url, routes=False, result_extended=True) as app:
         via_exchange = app.send_task("tests.mul", args=(3, 3), exchange="reports", routing_key="reports")
         assert via_exchange.get(timeout=30) == 9 and via_exchange.queue == "reports"
 
 
-def test_priority_steps_every_level_in_order(ray_cluster, redis_url, qsettings, r, wait_for):
+def test_priority_steps_every_level_in_order(ray_cluster, redis_url, qsettings, r):
     """``priority_steps=list(range(10))`` puts priority p on ``<queue>\\x06\\x16<p>``: every level is consumed,
     lowest number first (before this fix levels 1, 2, 4, 5, 7 and 8 were never taken)."""
     from raysys.queue.bridge import start_bridges, stop_bridges
@@ -116,7 +118,7 @@ def test_priority_steps_every_level_in_order(ray_cluster, redis_url, qsettings, 
         assert r.llen("prio10\x06\x165") == 1 and r.llen("prio10") == 1
         handles = start_bridges(qsettings, queues=["prio10"], concurrency=1)
         try:
-            wait_for(lambda: r.llen(key) == 10, what="ten jobs")
+            wait_until(lambda: r.llen(key) == 10, message="ten jobs")
             assert [v.decode() for v in r.lrange(key, 0, -1)] == [str(p) for p in range(10)]
             assert [res.get(timeout=10) for res in results] == [str(p) for p in levels]
         finally:
@@ -158,12 +160,12 @@ def test_unrouted_send_task_runs_from_the_default_queue(redis_url, r):
 # --- canvas --------------------------------------------------------------------------------------------
 
 
-def test_link_link_error_chain_si_and_groups(celery_app, r, wait_for):
+def test_link_link_error_chain_si_and_groups(celery_app, r):
     app = celery_app
     linked = app.send_task("tests.add", args=(1, 2), link=sig(app, "tests.mul", 10),
                            link_error=app.signature("tests.record", args=("never", "x"), immutable=True))
     assert linked.get(timeout=30) == 3
-    children = wait_for(lambda: app.AsyncResult(linked.id).children, what="the link's child")
+    children = wait_until(lambda: app.AsyncResult(linked.id).children, message="the link's child")
     assert children[0].get(timeout=30) == 30
 
     res = chain(sig(app, "tests.add", 1, 2), app.signature("tests.add", args=(100, 1), immutable=True),
@@ -175,7 +177,7 @@ def test_link_link_error_chain_si_and_groups(celery_app, r, wait_for):
 
     fanned = app.send_task("tests.add", args=(1, 1), link=group(sig(app, "tests.mul", 3), sig(app, "tests.mul", 4)))
     assert fanned.get(timeout=30) == 2
-    kids = wait_for(lambda: app.AsyncResult(fanned.id).children, what="the group's members")
+    kids = wait_until(lambda: app.AsyncResult(fanned.id).children, message="the group's members")
     assert sorted(k.get(timeout=30) for k in kids) == [6, 8]
 
     tail = chain(sig(app, "tests.add", 2, 3), group(sig(app, "tests.mul", 2), sig(app, "tests.mul", 10)))()
@@ -183,7 +185,7 @@ def test_link_link_error_chain_si_and_groups(celery_app, r, wait_for):
     assert r.llen("never") == 0  # the errback of a successful job never ran
 
 
-def test_chord_is_refused_with_a_failure_not_a_hang(celery_app, r, wait_for):
+def test_chord_is_refused_with_a_failure_not_a_hang(celery_app, r):
     from celery.exceptions import ChordError
 
     app = celery_app
@@ -193,7 +195,7 @@ def test_chord_is_refused_with_a_failure_not_a_hang(celery_app, r, wait_for):
         res.get(timeout=30)
     assert time.monotonic() - t0 < 20
     assert res.state == "FAILURE"
-    entries = wait_for(lambda: r.llen("ingest.dead") == 2 and r.lrange("ingest.dead", 0, -1), what="2 dead letters")
+    entries = wait_until(lambda: r.llen("ingest.dead") == 2 and r.lrange("ingest.dead", 0, -1), message="2 dead letters")
     reasons = [json.loads(e)["reason"] for e in entries]
     assert all("chords are not supported" in why for why in reasons)
     # a group followed by a task inside a chain is a chord too (Celery builds it in the chain's embed)
@@ -248,10 +250,12 @@ def test_retry_states_and_ctx_retries(celery_app, r):
     key = f"flaky-{uuid.uuid4()}"
     res = celery_app.send_task("tests.flaky", args=(key, 1))
     seen = set()
-    deadline = time.monotonic() + 30
-    while not res.ready() and time.monotonic() < deadline:
+
+    def ready_noting_states() -> bool:
         seen.add(res.state)
-        time.sleep(0.01)
+        return res.ready()
+
+    wait_until(ready_noting_states, timeout=30, interval=0.01, message="the flaky job to be ready")
     assert "RETRY" in seen
     assert res.get(timeout=30) == {"ok": True, "retries": 1}  # self.request.retries on the second try
 
@@ -339,24 +343,24 @@ def test_custom_exception_class_reaches_the_client(celery_app, r):
 # --- ignore_result, revoke ------------------------------------------------------------------------------
 
 
-def test_ignore_result_stores_no_state(celery_app, r, wait_for):
+def test_ignore_result_stores_no_state(celery_app, r):
     key = f"ignored-{uuid.uuid4()}"
     ok = celery_app.send_task("tests.record", args=(key, "ran"), ignore_result=True)
     bad = celery_app.send_task("tests.boom", args=("ignored",), ignore_result=True)
-    wait_for(lambda: r.llen(key) == 1, what="the job to run")
-    wait_for(lambda: r.llen("analytics.dead") == 1, what="the failure's dead letter")
-    time.sleep(0.3)
+    wait_until(lambda: r.llen(key) == 1, message="the job to run")
+    wait_until(lambda: r.llen("analytics.dead") == 1, message="the failure's dead letter")
+    wait_until(lambda: settled(r, "ingest", "analytics"), message="both deliveries acked")  # results come before acks
     assert r.exists(f"celery-task-meta-{ok.id}", f"celery-task-meta-{bad.id}") == 0  # not even STARTED
 
 
-def test_revoke_queued_delayed_and_running_jobs(celery_app, r, wait_for):
+def test_revoke_queued_delayed_and_running_jobs(celery_app, r):
     from celery.exceptions import TaskRevokedError
 
     key = f"revoke-{uuid.uuid4()}"
     delayed = celery_app.send_task("tests.record", args=(key, "delayed"), countdown=1.5)
     celery_app.control.revoke(delayed.id)
     running = celery_app.send_task("tests.sleep", args=(30,))
-    wait_for(lambda: running.state == "STARTED", what="the long job to start")
+    wait_until(lambda: running.state == "STARTED", message="the long job to start")
     t0 = time.monotonic()
     running.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match="terminated"):
@@ -368,12 +372,14 @@ def test_revoke_queued_delayed_and_running_jobs(celery_app, r, wait_for):
     assert celery_app.send_task("tests.add", args=(1, 1)).get(timeout=30) == 2  # still serving
 
 
-def test_revoke_with_terminate_interrupts_a_running_light_job(celery_app):
+def test_revoke_with_terminate_interrupts_a_running_light_job(celery_app, bridges):
     """A light job runs on the bridge's thread: terminate raises in it, as SIGTERM ends a Celery child."""
     from celery.exceptions import TaskRevokedError
 
+    before = light_detached(bridges)
     running = celery_app.send_task("tests.spin", args=(30,))
-    time.sleep(1.0)  # running (and by now finishing alone on its thread)
+    wait_until(lambda: light_detached(bridges) > before, timeout=30, interval=0.1,
+               message="the spinning job to run on a thread of its own")
     t0 = time.monotonic()
     running.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match="terminated"):
@@ -385,7 +391,7 @@ def test_revoke_with_terminate_interrupts_a_running_light_job(celery_app):
 # --- celery inspect -------------------------------------------------------------------------------------
 
 
-def test_celery_inspect_gets_answers_from_the_bridge(celery_app, bridges, wait_for):
+def test_celery_inspect_gets_answers_from_the_bridge(celery_app, bridges):
     """`celery -A app inspect ping|active|registered|stats|active_queues` (app.control.inspect) get a reply from
     each bridge, as from a Celery worker; an unknown command gets Celery's error reply."""
     import ray
@@ -398,7 +404,7 @@ def test_celery_inspect_gets_answers_from_the_bridge(celery_app, bridges, wait_f
     assert pings[host] == {"ok": "pong"}
 
     running = celery_app.send_task("tests.sleep", args=(20,))
-    wait_for(lambda: running.state == "STARTED", what="the long job to start")
+    wait_until(lambda: running.state == "STARTED", message="the long job to start")
     try:
         active = inspect.active()[host]
         (mine,) = [a for a in active if a["id"] == running.id]

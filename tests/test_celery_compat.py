@@ -9,6 +9,8 @@ import time
 import uuid
 
 import pytest
+from queue_fixtures import parked, running_on
+from waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("bridges")
 
@@ -73,12 +75,12 @@ def test_failure_raises_the_same_exception_class_and_message(celery_app):
     assert "bad input: x" in res.traceback
 
 
-def test_retries_show_retry_state_then_succeed(celery_app, r, wait_for):
+def test_retries_show_retry_state_then_succeed(celery_app, r):
     task_id = str(uuid.uuid4())
     seen = statuses(r, task_id)
     res = celery_app.send_task("tests.flaky", args=(f"flaky-{task_id}", 2), task_id=task_id)
     assert res.get(timeout=30) == {"ok": True, "retries": 2}
-    wait_for(lambda: "SUCCESS" in seen(), what="the SUCCESS publication")
+    wait_until(lambda: "SUCCESS" in seen(), message="the SUCCESS publication")
     assert seen() == ["STARTED", "RETRY", "STARTED", "RETRY", "STARTED", "SUCCESS"]
     assert int(r.get(f"flaky-{task_id}")) == 3
 
@@ -89,7 +91,7 @@ def test_countdown_and_eta_run_late_enough(celery_app, r):
     c = celery_app.send_task("tests.record", args=(key, "countdown"), countdown=1.5)
     e = celery_app.send_task("tests.record", args=(key, "eta"),
                              eta=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.0))
-    time.sleep(0.5)
+    wait_until(lambda: parked(r, c.id, e.id), message="both jobs parked until they are due")
     assert c.state == "PENDING" and e.state == "PENDING"
     assert c.get(timeout=30) == "countdown" and e.get(timeout=30) == "eta"
     at = {k.decode(): float(v) for k, v in r.hgetall(f"{key}:at").items()}
@@ -109,7 +111,7 @@ def test_expired_jobs_are_revoked(celery_app):
         assert res.state == "REVOKED"
 
 
-def test_priorities_are_honoured(ray_cluster, celery_app, qsettings, r, wait_for):
+def test_priorities_are_honoured(ray_cluster, celery_app, qsettings, r):
     """Messages queued before a bridge starts run in Celery's priority order (lower number first)."""
     from raysys.queue.bridge import start_bridges, stop_bridges
 
@@ -119,22 +121,22 @@ def test_priorities_are_honoured(ray_cluster, celery_app, qsettings, r, wait_for
     assert r.llen("prio") == 2 and r.llen("prio\x06\x169") == 1
     handles = start_bridges(qsettings, queues=["prio"], concurrency=1)
     try:
-        wait_for(lambda: r.llen(key) == 6, what="six jobs")
+        wait_until(lambda: r.llen(key) == 6, message="six jobs")
         assert [v.decode() for v in r.lrange(key, 0, -1)] == ["b0", "e0", "d3", "f5", "c6", "a9"]
     finally:
         stop_bridges(handles, timeout=5)
 
 
-def test_link_callback_and_errback_run(celery_app, ctasks, r, wait_for):
+def test_link_callback_and_errback_run(celery_app, ctasks, r):
     res = ctasks["tests.add"].apply_async((2, 3), link=ctasks["tests.mul"].s(10))
     assert res.get(timeout=30) == 5
-    children = wait_for(lambda: celery_app.AsyncResult(res.id).children, what="children in the result")
+    children = wait_until(lambda: celery_app.AsyncResult(res.id).children, message="children in the result")
     assert children[0].get(timeout=30) == 50
     key = f"errback-{uuid.uuid4()}"
     bad = ctasks["tests.boom"].apply_async(("y",), link_error=ctasks["tests.record"].si(key, "errback ran"))
     with pytest.raises(ValueError):
         bad.get(timeout=30)
-    wait_for(lambda: r.llen(key) == 1, what="the errback")
+    wait_until(lambda: r.llen(key) == 1, message="the errback")
 
 
 def test_three_step_chain(celery_app, ctasks):
@@ -166,7 +168,7 @@ def test_slow_light_job_finishes_alone_while_quick_ones_pass_it(celery_app, brid
 
     before = ray.get(bridges[0].stats.remote())["totals"].get("light_detached", 0)
     slow = celery_app.send_task("tests.nap", args=(7, 3000))
-    time.sleep(0.2)  # it is running
+    wait_until(lambda: running_on(bridges, slow.id), message="the slow job to run")
     quick = [celery_app.send_task("tests.add", args=(i, 1)) for i in range(20)]
     assert [q.get(timeout=10) for q in quick] == [i + 1 for i in range(20)]
     assert not slow.ready()  # the quick ones did not wait for it

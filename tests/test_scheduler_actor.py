@@ -10,21 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 from scheduler_fixtures import make_config, queued_ids, sched_settings
+from waiting import wait_until
 
 from raysys import cli
 from raysys.queue.client import Client
 from raysys.scheduler.actor import ensure_scheduler, get_scheduler, stop_scheduler
 from raysys.scheduler.store import Store
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} within {timeout} s")
 
 
 def test_actor_enqueues_a_due_job_that_the_bridge_runs_to_success(ray_cluster, redis_url, tmp_path):
@@ -58,19 +49,21 @@ def test_actor_enqueues_a_due_job_that_the_bridge_runs_to_success(ray_cluster, r
         # slot is not run again.
         ray.kill(handle, no_restart=False)
         # A new incarnation has a new start time (its tick count says nothing: it may catch up at once).
-        _wait(lambda: _status(ray, handle, "started", status["started"]) != status["started"], 120,
-              "the scheduler did not restart")
-        _wait(lambda: _status(ray, handle, "is_leader", False), 60, "the restarted scheduler did not lead")
+        wait_until(lambda: _status(ray, handle, "started", status["started"]) != status["started"], 120, 0.2,
+                   message="the scheduler to restart")
+        wait_until(lambda: _status(ray, handle, "is_leader", False), 60, 0.2, message="the restarted scheduler to lead")
+        ticks = _status(ray, handle, "ticks", 0)
         assert json.loads(redis.Redis.from_url(redis_url).get(Store.from_url(redis_url).keys.lease))["token"] == \
             status["leader"]["token"]
-        time.sleep(1.0)  # several ticks of the restarted actor
+        wait_until(lambda: _status(ray, handle, "ticks", 0) >= ticks + 5, 60, 0.2,
+                   message="five more ticks of the restarted actor")
         assert Store.from_url(redis_url).read_state("e2e_ping")["runs"] == "1"
         assert Client(settings).AsyncResult(job_id).state == "SUCCESS"
         assert queued_ids(redis_url, "analytics") == []  # nothing re-sent, nothing left waiting
     finally:
         stop_bridges(bridges)
         stop_scheduler(name)
-    assert get_scheduler(name) is None or _gone(ray, name)
+    wait_until(lambda: get_scheduler(name) is None, 30, 0.2, message="the scheduler actor to go away")
     assert Store.from_url(redis_url).leader() is None  # a clean stop hands the lease back
 
 
@@ -79,11 +72,6 @@ def _status(ray, handle, key, default):
         return ray.get(handle.status.remote(), timeout=5)[key]
     except Exception:  # restarting
         return default
-
-
-def _gone(ray, name) -> bool:
-    time.sleep(1)
-    return get_scheduler(name) is None
 
 
 def test_cli_beat_detach_list_run_and_stop(ray_cluster, redis_url, tmp_path, monkeypatch, capsys):
@@ -120,7 +108,7 @@ def test_cli_beat_detach_list_run_and_stop(ray_cluster, redis_url, tmp_path, mon
     finally:
         assert cli.main(["beat", "--stop"]) == 0
     assert "scheduler stopped" in capsys.readouterr().out
-    _wait(lambda: get_scheduler() is None, 30, "the scheduler actor did not go away")
+    wait_until(lambda: get_scheduler() is None, 30, 0.2, message="the scheduler actor to go away")
 
 
 def test_cli_beat_detach_without_a_cluster_is_refused(tmp_path, monkeypatch, capsys):

@@ -26,10 +26,6 @@ pytestmark = pytest.mark.timeout(600)
 UPLOAD_LIMIT = 1_000_000
 
 
-
-
-
-
 def _short_wav(seconds: float = 8.0) -> bytes:
     """``seconds`` of two-speaker speech from sample.wav (its first 6.6 s are silence)."""
     audio, sr = sf.read(str(shared_data("diarization", "sample.wav")), dtype="float32")

@@ -117,8 +117,6 @@ def test_serve_build_writes_a_config_for_the_app(tmp_path):
 # --- serve deploy on a dedicated head ----------------------------------------------------------------------
 
 
-
-
 @pytest.fixture(scope="module")
 def head():
     """A dedicated `ray start --head` (dashboard on, token auth on); stopped by its own pids, never `ray stop`."""

@@ -38,8 +38,6 @@ REQUEST_LIMIT = 64 * 1024
 TENANT_CONCURRENCY = 3
 
 
-
-
 def _until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` seconds pass (fail)."""
     deadline = time.monotonic() + timeout
