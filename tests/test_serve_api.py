@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import db_call, new_database, shared_data
+from waiting import wait_until
 
 from raysys.config import Settings
 from raysys.stack import free_port
@@ -24,6 +25,17 @@ from raysys.stack import free_port
 pytestmark = pytest.mark.timeout(600)
 
 UPLOAD_LIMIT = 1_000_000
+
+
+def _healthy(http) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _succeeded(state: dict) -> dict | None:
+    return state if state["state"] == "SUCCESS" else None
 
 
 def _short_wav(seconds: float = 8.0) -> bytes:
@@ -88,14 +100,7 @@ def api(ray_cluster, redis_server, pg_server, chdb_dsn, tmp_path_factory):
     assert url == f"http://127.0.0.1:{settings.serve_port}"
     client = Api(url, settings, {t: keys[t] for t in keys}, calls, key_ids)
     client.tenants = tenants
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if client.http.get("/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    wait_until(lambda: _healthy(client.http), 120, 0.5, message="the API to answer /healthz")
     yield client
     client.http.close()
     serve.shutdown()
@@ -239,13 +244,8 @@ def test_enqueued_job_runs_and_its_result_is_read_back(api):
     r = api.http.post("/v1/tasks/ping", json={"kwargs": {"value": {"n": 7}}}, headers=api.auth("b"))
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
-    deadline = time.monotonic() + 60
-    state = {}
-    while time.monotonic() < deadline:
-        state = api.http.get(f"/v1/jobs/{job_id}", headers=api.auth("b")).json()
-        if state["state"] == "SUCCESS":
-            break
-        time.sleep(0.2)
+    state = wait_until(lambda: _succeeded(api.http.get(f"/v1/jobs/{job_id}", headers=api.auth("b")).json()), 60,
+                       0.2, message=f"job {job_id} to succeed")
     assert state["state"] == "SUCCESS" and state["ready"] and state["result"] == {"n": 7}, state
     assert api.http.get(f"/v1/jobs/{job_id}", headers=api.auth("a")).status_code == 404
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 from conftest import new_database, shared_data
+from waiting import wait_until
 
 from raysys.stack import free_port
 
@@ -170,17 +171,14 @@ def test_serve_deploy_of_cluster_serve_yaml(tmp_path, head, redis_server, pg_ser
     proc = subprocess.run([str(BIN / "serve"), "deploy", str(config), "--address", head["dashboard"]],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    deadline = time.monotonic() + 240
-    healthy = None
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         try:
-            healthy = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-            if healthy.status_code == 200:
-                break
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    assert healthy is not None and healthy.status_code == 200, "the deployed API never answered /healthz"
+            return False
+
+    wait_until(healthy, 240, 1.0, message="the deployed API to answer /healthz")
     tasks = httpx.get(f"http://127.0.0.1:{port}/v1/tasks", headers={"X-API-Key": secret}, timeout=30)
     assert tasks.status_code == 200 and any(t["name"] == "raysys.ping" for t in tasks.json())
     assert httpx.get(f"http://127.0.0.1:{port}/v1/tasks", timeout=30).status_code == 401

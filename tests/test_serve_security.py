@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import db_call, new_database, shared_data
+from waiting import wait_until
 
 from raysys.config import Settings
 from raysys.stack import free_port
@@ -36,18 +37,6 @@ pytestmark = pytest.mark.timeout(900)
 UPLOAD_LIMIT = 2_000_000
 REQUEST_LIMIT = 64 * 1024
 TENANT_CONCURRENCY = 3
-
-
-def _until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` seconds pass (fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {timeout:g} s")
-        time.sleep(interval)
 
 
 def _speech_wav(seconds: float = 8.0) -> bytes:
@@ -89,7 +78,7 @@ class Api:
             state = self.request("GET", f"/v1/jobs/{job_id}", t).json()
             return state if state.get("ready") else None
 
-        return _until(ready, timeout, interval=1.0, what=f"job {job_id} ready")
+        return wait_until(ready, timeout, interval=1.0, message=f"job {job_id} ready")
 
     def redis(self):
         import redis
@@ -151,7 +140,7 @@ def api(ray_cluster, redis_server, pg_server, chdb_dsn, tmp_path_factory):
         except httpx.HTTPError:
             return False
 
-    _until(healthy, 120, 0.5, "API up")
+    wait_until(healthy, 120, 0.5, message="API up")
     yield client
     client.http.close()
     serve.shutdown()
@@ -395,7 +384,7 @@ def test_requests_per_key_are_rate_limited_with_retry_after(api):
     assert api.http.get("/v1/tasks", headers={"X-API-Key": calm}).status_code == 200
     # And it passes: after Retry-After the same key is served again.
     time.sleep(int(limited.headers["retry-after"]))
-    _until(lambda: api.http.get("/v1/tasks", headers=headers).status_code == 200, 30, 1.0, "key served again")
+    wait_until(lambda: api.http.get("/v1/tasks", headers=headers).status_code == 200, 30, 1.0, message="key served again")
 
 
 def test_requests_in_progress_are_capped_per_tenant(api):
@@ -409,7 +398,7 @@ def test_requests_in_progress_are_capped_per_tenant(api):
             sock.sendall(_head(api, "/v1/diarize", 500_000, "multipart/form-data; boundary=xyz",
                                key=api.keys["b"]).encode())
             socks.append(sock)
-        _until(lambda: rc.zcard(slots) >= TENANT_CONCURRENCY, 60, what="slots taken")
+        wait_until(lambda: rc.zcard(slots) >= TENANT_CONCURRENCY, 60, 0.2, message="slots taken")
         r = api.request("GET", "/v1/tasks", "b")
         assert r.status_code == 429 and r.json()["error"] == "Limited" and "in progress" in r.text, r.text
         assert int(r.headers["retry-after"]) >= 1
@@ -418,7 +407,7 @@ def test_requests_in_progress_are_capped_per_tenant(api):
         for sock in socks:
             sock.close()
     # Hanging up gives the slots back.
-    _until(lambda: api.request("GET", "/v1/tasks", "b").status_code == 200, 60, 1.0, "slots back")
+    wait_until(lambda: api.request("GET", "/v1/tasks", "b").status_code == 200, 60, 1.0, message="slots back")
     rc.close()
 
 
@@ -433,7 +422,7 @@ def test_wait_true_analytics_slots_are_bounded_per_tenant(api):
     thread = threading.Thread(target=first)
     thread.start()
     try:
-        _until(lambda: rc.zcard(slots) >= 1 or not thread.is_alive(), 120, 0.05, "wait slot taken")
+        wait_until(lambda: rc.zcard(slots) >= 1 or not thread.is_alive(), 120, 0.05, message="wait slot taken")
         assert thread.is_alive(), "the first analytics request ended before the test could overlap it"
         r = api.request("POST", f"/v1/calls/{api.calls['a']}/analytics?wait=true", "a")
         assert r.status_code == 429 and r.json()["error"] == "Limited" and "wait=true" in r.text, r.text
