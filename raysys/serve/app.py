@@ -47,7 +47,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raysys import errors
-from raysys.config import ConfigError, Settings
+from raysys.config import Settings
 from raysys.jobs import runner
 from raysys.serve import uploads
 from raysys.serve.auth import Unauthorized, key_from_headers
@@ -113,7 +113,7 @@ class Service:
 
     async def start(self) -> None:
         check_settings(self.settings)
-        self.db = await postgres.Database.open(self.settings.postgres_url, max_size=8)
+        self.db = await postgres.Database.open(postgres.database_url(self.settings), max_size=8)
         self.jobs = JobStore(self.settings)
         self.limits = Limits(self.settings, self.jobs.broker)
         runner.resolve("raysys.ping")  # import every task module now, not on the first request
@@ -346,8 +346,7 @@ def models_ready(settings: Settings) -> list[dict]:
 
 def check_settings(settings: Settings) -> None:
     """Fail at start, in one sentence, when the API could not serve a request."""
-    if not settings.postgres_url:
-        raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
+    postgres.database_url(settings)  # raises ConfigError when no database is known
     settings.redis_url  # noqa: B018 - raises ConfigError when no broker is known
 
 
@@ -377,10 +376,6 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = "internal error"
         return _error(status, type(exc).__name__, detail, headers)
 
-    @app.exception_handler(postgres.NotFound)
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return _error(404, "NotFound", str(exc) or "not found")
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
@@ -406,8 +401,6 @@ def install_error_handlers(app: FastAPI) -> None:
         exc = runner.unwrap(exc)
         if isinstance(exc, errors.RaysysError):
             return await raysys_error(request, exc)
-        if isinstance(exc, postgres.NotFound):
-            return await not_found(request, exc)
         ref = uuid.uuid4().hex[:12]
         log.error("request %s %s failed (ref %s)", request.method, request.url.path, ref, exc_info=exc)
         return _error(500, "InternalError", f"internal error (ref {ref})")
@@ -518,7 +511,7 @@ def create_app(service: Service) -> FastAPI:
                          language: str | None = Form(None, pattern="^[a-z]{2,3}$")) -> dict:
         path = await uploads.save_upload(file, settings, tenant_id)
         try:
-            from raysys.tasks.transcription import transcribe_recording  # noqa: PLC0415
+            from raysys.analytics.transcripts import transcribe_recording  # noqa: PLC0415
 
             result = await asyncio.to_thread(transcribe_recording, settings, str(path), layout=layout,
                                              language=language)
