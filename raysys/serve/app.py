@@ -306,9 +306,9 @@ class Service:
             await self.db.pool.fetchval("SELECT 1")
 
         async def warehouse() -> None:
-            from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+            from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
 
-            if not await asyncio.to_thread(wh_call, self.settings, "ping"):
+            if not await asyncio.to_thread(Warehouse(self.settings).ping):
                 raise RuntimeError("warehouse did not answer")
 
         await asyncio.gather(check("redis", self.jobs.ping), check("postgres", pg), check("warehouse", warehouse),
@@ -551,7 +551,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/metrics/daily", tags=["metrics"], summary="the tenant's daily metrics (AHT, FCR, CSAT proxy ...)")
     async def daily_metrics(tenant_id: str = Depends(tenant), start: date | None = None,
                             end: date | None = None) -> dict:
-        from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+        from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
 
         end = end or datetime.now(UTC).date()
         start = start or end - timedelta(days=6)
@@ -559,7 +559,7 @@ def create_app(service: Service) -> FastAPI:
             raise errors.InvalidInput("start must not be after end")
         if (end - start).days >= MAX_METRICS_DAYS:
             raise errors.InvalidInput(f"a metrics range is at most {MAX_METRICS_DAYS} days")
-        rows = await asyncio.to_thread(wh_call, settings, "daily_metrics", tenant_id, start, end)
+        rows = await asyncio.to_thread(Warehouse(settings).daily_metrics, tenant_id, start, end)
         return {"tenant_id": tenant_id, "start": start, "end": end, "days": jsonable_encoder(rows)}
 
     @app.get("/v1/search", tags=["documents"], summary="search the tenant's document index")
