@@ -303,7 +303,7 @@ class Service:
                     log.warning("readiness: %s is not ready: %s: %s", name, type(exc).__name__, exc)
 
         async def pg() -> None:
-            await self.db.pool.fetchval("SELECT 1")
+            await self.db.ping()
 
         async def warehouse() -> None:
             from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
@@ -615,7 +615,7 @@ class Ingress:
     async def check_health(self) -> None:
         # Serve restarts a replica whose check raises: a dead PostgreSQL pool or Redis is such a case.
         if self.service.db is not None:
-            await self.service.db.pool.fetchval("SELECT 1")
+            await self.service.db.ping()
         if self.service.jobs is not None:
             await self.service.jobs.ping()
 

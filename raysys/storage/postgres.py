@@ -103,6 +103,17 @@ async def list_tenant_ids(settings: Settings, timeout: float = 10.0) -> list[str
         await conn.close()
 
 
+async def server_info(url: str, timeout: float = 3.0) -> str:
+    """``"postgresql <version>, pgvector <version or 'not installed'>"`` over one short connection."""
+    conn = await asyncpg.connect(url, timeout=timeout)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        vector = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    finally:
+        await conn.close()
+    return f"postgresql {version}, pgvector {vector or 'not installed'}"
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code, even where an event loop already runs."""
     try:
@@ -227,6 +238,10 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def ping(self) -> None:
+        """One round trip on the pool; raises what asyncpg raises when the database is gone."""
+        await self.pool.fetchval("SELECT 1")
 
     # tenants ------------------------------------------------------------------------------------------------
 
