@@ -144,6 +144,7 @@ def ingest_document(settings: Settings, tenant_id: str, source_path: str | os.Pa
         TooLarge: over ``max_document_bytes`` or ``max_document_pages``.
         UnsupportedMedia: not a PDF, DOCX, HTML, Markdown or text file (judged by content).
         InvalidInput: corrupt, encrypted, empty, or bad ids.
+        ConfigError: no PostgreSQL is configured.
         RagServiceError: the RAG service refused or stayed down (retryable then).
     """
     _check_ids(tenant_id, document_id)
