@@ -24,13 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from raysys.constants import DEFAULT_DASHBOARD_PORT, DEFAULT_RAY_PORT, DEFAULT_REDIS_PORT, QUEUES
+from raysys.errors import RaysysError
 
 # Fields whose values are secrets: never shown (repr, logs, status output).
 SECRET_FIELDS = frozenset({"hf_token", "summary_llm_api_key"})
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message is one sentence naming the variable."""
+class ConfigError(RaysysError, ValueError):
+    """A configuration value is invalid or missing; the message is one sentence naming the variable.
+
+    Not retryable: a job that needs a service nobody configured fails at once with this sentence.
+    """
+
+    http_status = 503
 
 
 def _default_data_dir() -> str:

@@ -54,6 +54,10 @@ REPORT_MAILED_TTL = 8 * 86_400  # a week of reruns and retries, then the marker 
 # Ray names (namespace and named actors).
 RAY_NAMESPACE = "raysys"
 WAREHOUSE_ACTOR = "raysys-warehouse"
+# CPUs of a task that mostly waits on the model and Warehouse actors (which reserve no CPU of their own
+# while it waits): a whole CPU per such task would leave a small cluster running few calls at once while
+# the model actors sit idle.
+ORCHESTRATION_CPUS = 0.25
 SCHEDULER_ACTOR = "raysys-scheduler"
 BRIDGE_ACTOR_PREFIX = "raysys-bridge-"
 

@@ -6,6 +6,8 @@
 - :class:`Retry`          control flow: run the job again after ``countdown`` seconds.
 - :class:`ModelUnavailable` a model cannot load or run: FAILURE, HTTP 503; readiness fails.
 - :class:`ServiceTimeout` an actor did not start or answer within its deadline: retried, HTTP 504.
+- :class:`raysys.config.ConfigError` a setting is invalid or missing (no database configured): FAILURE at
+  once, exit code 2 on the command line.
 - :class:`ServiceUnavailable` a service the job needs (PostgreSQL, ClickHouse, Redis) cannot be reached:
   retried on the infrastructure-outage policy (:func:`is_outage`), HTTP 503.
 """

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from raysys.errors import Forbidden, InvalidInput
+from raysys.errors import Forbidden, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,14 @@ def confine(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]
         # The resolved location and the roots stay in the server log (the caller's view is the raw path).
         log.info("path %r refused: it resolves to %s, outside %s", raw, real, [str(r) for r in real_roots])
         raise Forbidden(f"path {raw!r} is outside the allowed roots")
+    return real
+
+
+def confine_file(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]], what: str = "file") -> Path:
+    """:func:`confine`, and the file must exist: ``NotFound("<what> '<path>' does not exist")`` otherwise."""
+    real = confine(path, roots)
+    if not real.is_file():
+        raise NotFound(f"{what} {str(path)!r} does not exist")
     return real
 
 

@@ -540,18 +540,9 @@ def _redis_ok(url: str) -> str:
 
 
 def _postgres_ok(url: str) -> str:
-    import asyncpg  # noqa: PLC0415
+    from raysys.storage.postgres import server_info  # noqa: PLC0415
 
-    async def probe() -> str:
-        conn = await asyncpg.connect(url, timeout=3)
-        try:
-            version = await conn.fetchval("SHOW server_version")
-            vector = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-        finally:
-            await conn.close()
-        return f"postgresql {version}, pgvector {vector or 'not installed'}"
-
-    return asyncio.run(probe())
+    return asyncio.run(server_info(url))
 
 
 def _clickhouse_ok(dsn: str) -> str:

@@ -15,8 +15,8 @@ import pytest
 from ingest_fixtures import QUESTIONS, corrupt_docx, encrypted_pdf, make_pdf, write_corpus
 
 from raysys.errors import Forbidden, InvalidInput, NotFound, TooLarge, UnsupportedMedia
-from raysys.ingest import index
 from raysys.ingest.pipeline import document_id_for, ingest_document, search
+from raysys.storage import documents as index
 from raysys.storage.postgres import connect
 from raysys.tasks.registry import TaskContext, lookup
 

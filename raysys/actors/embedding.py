@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
@@ -172,3 +172,12 @@ def embed_texts(settings: Settings, texts: Sequence[str]) -> np.ndarray:
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     return np.asarray(embedding_pool(settings).call(texts), dtype=np.float32)
+
+
+def encoder(settings: Settings) -> Callable[[list[str]], np.ndarray]:
+    """``encode(texts) -> (n, 384) float32`` through the cluster's embedding pool, for code that takes an
+    encoder (intents, summaries, audits)."""
+    def encode(texts: list[str]) -> np.ndarray:
+        return embed_texts(settings, list(texts))
+
+    return encode

@@ -1,12 +1,17 @@
 """The Warehouse actor: the one process that owns the ClickHouse client (chDB allows one per directory).
 
-Everything else reaches ClickHouse through it: ``warehouse(settings).query.remote(...)``. It is a
-named actor in the raysys namespace, created on first use (``get_if_exists``) and restarted on failure.
+Everything else reaches ClickHouse through the typed proxy :class:`Warehouse`:
+``Warehouse(settings).insert_call_facts(rows)``. Each method is the same-named method of
+:class:`raysys.storage.warehouse.Warehouse`, run on the actor within ``WAREHOUSE_CALL_TIMEOUT``.
+The actor is named in the raysys namespace, created on first use (``get_if_exists``) and restarted on
+failure.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 import ray
@@ -14,16 +19,16 @@ import ray
 from raysys.actors import deadline
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE, WAREHOUSE_ACTOR
-from raysys.storage.warehouse import Warehouse
+from raysys.storage import warehouse as store
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=4)
 class WarehouseActor:
-    """Holds one :class:`Warehouse`; every public method of it is exposed through :meth:`call`."""
+    """Holds one :class:`raysys.storage.warehouse.Warehouse`; its public methods are run through :meth:`call`."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.wh = Warehouse(dsn)
+        self.wh = store.Warehouse(dsn)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if method.startswith("_") or not callable(getattr(self.wh, method, None)):
@@ -46,14 +51,88 @@ def warehouse(settings: Settings) -> ray.actor.ActorHandle:
     ).remote(settings.warehouse_dsn)
 
 
-def wh_call(settings: Settings, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a Warehouse method on the cluster's actor and wait for the result.
+class Warehouse:
+    """The cluster's warehouse, method by method (Ray must be initialised).
 
-    Raises:
-        ServiceTimeout: the actor was not up within ``ACTOR_START_TIMEOUT`` or the call took longer
-            than ``WAREHOUSE_CALL_TIMEOUT`` (a hung query must not pin the caller for ever).
+    Every method waits on the actor and raises :class:`~raysys.errors.ServiceTimeout` when the actor
+    was not up within ``ACTOR_START_TIMEOUT`` or the call took longer than ``WAREHOUSE_CALL_TIMEOUT`` (a
+    hung query must not pin the caller for ever); the warehouse's own errors propagate.
     """
-    handle, name = warehouse(settings), warehouse_name(settings)
-    deadline.wait_started(handle, name, {"CPU": 0.0}, settings.actor_start_timeout)
-    return deadline.get_within(handle.call.remote(method, *args, **kwargs), settings.warehouse_call_timeout,
-                               f"the Warehouse actor {name} ({method})")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        handle, name = warehouse(self.settings), warehouse_name(self.settings)
+        deadline.wait_started(handle, name, {"CPU": 0.0}, self.settings.actor_start_timeout)
+        return deadline.get_within(handle.call.remote(method, *args, **kwargs), self.settings.warehouse_call_timeout,
+                                   f"the Warehouse actor {name} ({method})")
+
+    # health -------------------------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        return self._call("ping")
+
+    def version(self) -> str:
+        return self._call("version")
+
+    # call facts and daily metrics ----------------------------------------------------------------------
+
+    def insert_call_facts(self, facts: Sequence[dict[str, Any]]) -> int:
+        """Insert (or replace) one ``call_facts`` row per call; returns how many."""
+        return self._call("insert_call_facts", list(facts))
+
+    def call_fact(self, tenant_id: str, call_id: str) -> dict[str, Any] | None:
+        return self._call("call_fact", tenant_id, call_id)
+
+    def count_call_facts(self, tenant_id: str) -> int:
+        return self._call("count_call_facts", tenant_id)
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        self._call("delete_tenant", tenant_id)
+
+    def daily_metrics(self, tenant_id: str, start: date, end: date) -> list[dict[str, Any]]:
+        """The tenant's ``daily_metrics`` rows for ``start <= day <= end``, oldest first."""
+        return self._call("daily_metrics", tenant_id, start, end)
+
+    def day_metrics(self, day: date, tenant_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The ``daily_metrics`` rows of one day, for one tenant or all."""
+        return self._call("day_metrics", day, tenant_id, limit)
+
+    def calls_of_day(self, tenant_id: str, day: date, columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """The tenant's ``call_facts`` of ``day``, earliest first."""
+        return self._call("calls_of_day", tenant_id, day, list(columns), limit)
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """Run one statement (the daily aggregation of :mod:`raysys.analytics.aggregation`)."""
+        return self._call("command", sql, parameters)
+
+    # call archive -------------------------------------------------------------------------------------
+
+    def archive_calls(self, rows: Sequence[dict[str, Any]]) -> int:
+        return self._call("archive_calls", list(rows))
+
+    def archived_checksums(self, tenant_id: str, call_ids: Sequence[str]) -> dict[str, str]:
+        return self._call("archived_checksums", tenant_id, list(call_ids))
+
+    def archived_calls(self, tenant_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        return self._call("archived_calls", tenant_id, limit)
+
+    # model audits -------------------------------------------------------------------------------------
+
+    def insert_model_audits(self, rows: Sequence[dict[str, Any]]) -> int:
+        return self._call("insert_model_audits", list(rows))
+
+    def last_model_audit(self, model: str, metric: str) -> dict[str, Any] | None:
+        return self._call("last_model_audit", model, metric)
+
+    def model_audit_history(self, runs: int = 30) -> list[dict[str, Any]]:
+        return self._call("model_audit_history", runs)
+
+
+def wh_call(settings: Settings, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a Warehouse method by name (tests and tools that reach a primitive such as ``insert``).
+
+    Application code uses :class:`Warehouse`. Raises what :class:`Warehouse`'s methods raise.
+    """
+    return Warehouse(settings)._call(method, *args, **kwargs)

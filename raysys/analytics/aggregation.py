@@ -24,6 +24,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from raysys.errors import InvalidInput
+
 TOP_INTENTS = 10
 
 _SQL = """
@@ -76,6 +78,22 @@ LEFT JOIN (
 def days_to_recompute(day: date, window_days: int) -> tuple[date, date]:
     """(first, last) day whose FCR a run for ``day`` can change: the window before it and the day itself."""
     return day - timedelta(days=window_days), day
+
+
+def parse_day(value: Any) -> date:
+    """``None`` -> yesterday (UTC); a ``YYYY-MM-DD`` string, an ISO datetime or a date. InvalidInput otherwise."""
+    if value is None or value == "":
+        return datetime.now(UTC).date() - timedelta(days=1)
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value[:10]) if len(value) >= 10 else date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InvalidInput(f"date must be YYYY-MM-DD, got {value!r}")
 
 
 def aggregate_sql(*, tenant: bool) -> str:

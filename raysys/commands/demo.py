@@ -46,7 +46,7 @@ def cmd_demo(args, settings: Settings) -> int:
     from raysys.queue.client import Client  # noqa: PLC0415
     from raysys.runtime import init_ray  # noqa: PLC0415
     from raysys.stack import LocalStack  # noqa: PLC0415
-    from raysys.storage.postgres import Call, Database  # noqa: PLC0415
+    from raysys.storage.postgres import Call, open_db  # noqa: PLC0415
 
     t_start = time.monotonic()
     _step(1, "embedded stack")
@@ -91,23 +91,20 @@ def cmd_demo(args, settings: Settings) -> int:
                     audio_path=str(audio), resolved=True)
 
     async def seed() -> None:
-        db = await Database.open(settings.postgres_url)
-        try:
+        async with open_db(settings, max_size=10) as db:
             await db.upsert_tenant(TENANT, "Demo Contact Centre", ["ops@demo.example"])
             await db.upsert_calls([sc.call for sc in calls] + [recorded])
             for sc in calls:
                 await db.replace_turns(TENANT, sc.call.id, sc.turns)
             await db.replace_turns(TENANT, recorded.id, [])  # a re-run starts from the audio again
-        finally:
-            await db.close()
 
     asyncio.run(seed())
     # The week before today as facts in the warehouse (what earlier analytics runs would have left), so
     # the report's 7-day trend has a history; today's calls go through the analytics queue below.
-    from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+    from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
 
     history = [synthetic.call_fact(sc) for sc in calls if sc.call.started_at.date() < today]
-    print(f"   {wh_call(settings, 'insert_call_facts', history)} call facts of the past 6 days in the warehouse")
+    print(f"   {Warehouse(settings).insert_call_facts(history)} call facts of the past 6 days in the warehouse")
 
     _step(5, "ingest a policy document through the `ingest` queue, then search it")
     res = client.send_task("workers.tasks.ingest_document", kwargs={
@@ -165,16 +162,13 @@ def cmd_demo(args, settings: Settings) -> int:
 
 def _print_transcript(settings: Settings, call_id: str) -> None:
     """The turns analytics derived from the recording, each next to the reference words spoken there."""
-    from raysys.storage.postgres import Database  # noqa: PLC0415
+    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     reference = json.loads((resources.files("raysys") / "assets" / "demo_call_reference.json").read_text())
 
     async def turns() -> list:
-        db = await Database.open(settings.postgres_url)
-        try:
+        async with open_db(settings, max_size=10) as db:
             return await db.get_turns(TENANT, call_id)
-        finally:
-            await db.close()
 
     derived = asyncio.run(turns())
     print(f"   transcript derived from the audio ({len(derived)} turns, {derived[0].model_version if derived else '-'})"
@@ -188,9 +182,9 @@ def _print_transcript(settings: Settings, call_id: str) -> None:
 
 def _train_intents(settings: Settings) -> str:
     """Train the tenant's intent classifier from the synthetic catalogue (text, category)."""
+    from raysys.actors.embedding import encoder  # noqa: PLC0415
     from raysys.analytics.intents import IntentModel  # noqa: PLC0415
     from raysys.synthetic import INTENTS  # noqa: PLC0415
-    from raysys.tasks.analytics import encoder  # noqa: PLC0415
 
     texts, labels = [], []
     for intent, phrasings in INTENTS.items():
@@ -208,16 +202,13 @@ def _http_demo(settings: Settings, audio: Path) -> dict:
     import httpx  # noqa: PLC0415
 
     from raysys.serve import deploy  # noqa: PLC0415
-    from raysys.storage.postgres import Database  # noqa: PLC0415
+    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     base = deploy(settings)
 
     async def key() -> str:
-        db = await Database.open(settings.postgres_url)
-        try:
+        async with open_db(settings, max_size=10) as db:
             return (await db.create_api_key(TENANT, "demo"))[1]
-        finally:
-            await db.close()
 
     secret = asyncio.run(key())
     headers = {"Authorization": f"Bearer {secret}"}

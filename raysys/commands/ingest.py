@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from raysys.config import Settings
+from raysys.storage.postgres import database_url
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -35,11 +36,10 @@ def register(sub) -> None:  # noqa: ANN001
     p.set_defaults(func=cmd_search)
 
 
-def _ready(settings: Settings) -> Settings | None:
+def _ready(settings: Settings) -> Settings:
+    """The settings with the embedded stack's URLs; ConfigError (exit code 2) when there is no database."""
     settings = settings.resolved()
-    if not settings.postgres_url:
-        print("raysys: POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).", file=sys.stderr)
-        return None
+    database_url(settings)
     return settings
 
 
@@ -50,8 +50,6 @@ def cmd_ingest(args, settings: Settings) -> int:
     from raysys.runtime import init_ray  # noqa: PLC0415
 
     resolved = _ready(settings)
-    if resolved is None:
-        return 2
     if args.document_id and len(args.paths) != 1:
         print("raysys: --document-id needs exactly one PATH", file=sys.stderr)
         return 2
@@ -114,8 +112,6 @@ def cmd_search(args, settings: Settings) -> int:
     from raysys.runtime import init_ray  # noqa: PLC0415
 
     resolved = _ready(settings)
-    if resolved is None:
-        return 2
     init_ray(resolved)
     try:
         hits = search(resolved, args.tenant, args.query, args.top)

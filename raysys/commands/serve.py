@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 
-from raysys.config import ConfigError, Settings
+from raysys.config import Settings
 
 
 def register(sub) -> None:  # noqa: ANN001
@@ -59,22 +59,12 @@ def cmd_serve(args, settings: Settings) -> int:
     return 0
 
 
-def _database_url(settings: Settings) -> str:
-    settings = settings.resolved()
-    if not settings.postgres_url:
-        raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
-    return settings.postgres_url
-
-
 def cmd_apikey_create(args, settings: Settings) -> int:
-    from raysys.storage.postgres import Database  # noqa: PLC0415
+    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     async def create() -> tuple[str, str]:
-        db = await Database.open(_database_url(settings), max_size=1)
-        try:
+        async with open_db(settings, max_size=1) as db:
             return await db.create_api_key(args.tenant, args.name)
-        finally:
-            await db.close()
 
     key_id, secret = asyncio.run(create())
     print(f"tenant   {args.tenant}", file=sys.stderr)
@@ -85,14 +75,11 @@ def cmd_apikey_create(args, settings: Settings) -> int:
 
 
 def cmd_apikey_revoke(args, settings: Settings) -> int:
-    from raysys.storage.postgres import Database  # noqa: PLC0415
+    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     async def revoke() -> bool:
-        db = await Database.open(_database_url(settings), max_size=1)
-        try:
+        async with open_db(settings, max_size=1) as db:
             return await db.revoke_api_key(args.tenant, args.key)
-        finally:
-            await db.close()
 
     if asyncio.run(revoke()):
         print(f"revoked the key of tenant {args.tenant}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from datetime import date
 
 from raysys.config import Settings
@@ -56,33 +55,28 @@ def cmd_down(args, settings: Settings) -> int:
 
 def cmd_seed_data(args, settings: Settings) -> int:
     from raysys import synthetic  # noqa: PLC0415
-    from raysys.storage.postgres import Database  # noqa: PLC0415
+    from raysys.storage.postgres import database_url, open_db  # noqa: PLC0415
 
     settings = settings.resolved()
-    if not settings.postgres_url:
-        print("raysys: POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).", file=sys.stderr)
-        return 2
+    database_url(settings)  # ConfigError (exit code 2) before generating anything
     ds = synthetic.generate(args.tenants, args.calls, args.days, args.seed, args.end)
 
     async def write() -> None:
-        db = await Database.open(settings.postgres_url)
-        try:
+        async with open_db(settings, max_size=10) as db:
             for t in ds.tenants:
                 await db.upsert_tenant(t, report_recipients=[f"ops@{t.replace('_', '-')}.example"])
             await db.upsert_calls([sc.call for sc in ds.calls])
             for sc in ds.calls:
                 await db.replace_turns(sc.call.tenant_id, sc.call.id, sc.turns)
-        finally:
-            await db.close()
 
     asyncio.run(write())
     facts = 0
     if not args.no_facts:
-        from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+        from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
         from raysys.runtime import init_ray  # noqa: PLC0415
 
         init_ray(settings)
-        facts = wh_call(settings, "insert_call_facts", [synthetic.call_fact(sc) for sc in ds.calls])
+        facts = Warehouse(settings).insert_call_facts([synthetic.call_fact(sc) for sc in ds.calls])
     print(f"seeded {len(ds.tenants)} tenants, {len(ds.calls)} calls, {facts} call facts "
           f"({args.days} days, seed {args.seed})")
     return 0

@@ -55,8 +55,8 @@ def cmd_transcribe(args, settings) -> int:  # noqa: ANN001
     from raysys.errors import InvalidInput, ModelUnavailable  # noqa: PLC0415
 
     try:
+        from raysys.analytics.transcripts import transcribe_recording  # noqa: PLC0415
         from raysys.runtime import init_ray  # noqa: PLC0415
-        from raysys.tasks.transcription import transcribe_recording  # noqa: PLC0415
 
         init_ray(settings.resolved())
         result = transcribe_recording(settings, args.audio, layout=args.layout, backend=args.backend,

@@ -28,10 +28,12 @@ import numpy as np
 from raysys.config import Settings
 from raysys.constants import EMBEDDING_DIM
 from raysys.errors import InvalidInput, NotFound, TooLarge
-from raysys.ingest import chunking, index
+from raysys.ingest import chunking
 from raysys.ingest.detect import sniff
 from raysys.ingest.parse import parse
 from raysys.paths import confine
+from raysys.storage import documents
+from raysys.storage.postgres import connect, database_url
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ class _Prepared:
 
     index: int
     summary: dict[str, Any]
-    record: index.DocumentRecord
+    record: documents.DocumentRecord
     chunks: list[chunking.Chunk]
     timings: dict[str, float]
     seconds: float  # time spent on this document so far
@@ -142,6 +144,7 @@ def ingest_document(settings: Settings, tenant_id: str, source_path: str | os.Pa
         TooLarge: over ``max_document_bytes`` or ``max_document_pages``.
         UnsupportedMedia: not a PDF, DOCX, HTML, Markdown or text file (judged by content).
         InvalidInput: corrupt, encrypted, empty, or bad ids.
+        ConfigError: no PostgreSQL is configured.
         RagServiceError: the RAG service refused or stayed down (retryable then).
     """
     _check_ids(tenant_id, document_id)
@@ -163,19 +166,16 @@ def ingest_documents(settings: Settings, tenant_id: str,
     :func:`ingest_document`) or the exception that file raised; one bad file does not stop the others.
     """
     _check_ids(tenant_id, None)
-    if not settings.postgres_url:
-        raise InvalidInput("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`)")
+    database_url(settings)  # ConfigError now, before any work, when no database is configured
     return run_async(_ingest_group(settings, tenant_id, list(items), embed or cluster_embedder(settings),
                                    progress or (lambda fraction, message: None), force))
 
 
 async def _ingest_group(settings: Settings, tenant_id: str, items: list[tuple[Any, str | None]], embed: Embedder,
                         report: Callable[[float, str], None], force: bool) -> list[dict[str, Any] | BaseException]:
-    from raysys.storage.postgres import connect  # noqa: PLC0415
-
     results: list[dict[str, Any] | BaseException | None] = [None] * len(items)
     prepared: list[_Prepared] = []
-    conn = await connect(settings.postgres_url)
+    conn = await connect(database_url(settings))
     try:
         for i, (source_path, document_id) in enumerate(items):
             try:
@@ -228,17 +228,17 @@ async def _prepare(settings: Settings, conn: Any, tenant_id: str, source_path: A
     timings = {"read": time.perf_counter() - started}
     summary: dict[str, Any] = {"document_id": document_id, "tenant_id": tenant_id, "source_path": str(path),
                                "bytes": len(data), "content_hash": content_hash, "rag": None}
-    current = await index.get_document(conn, tenant_id, document_id)
+    current = await documents.get_document(conn, tenant_id, document_id)
     if (not force and current and current["content_hash"] == content_hash
             and current["embedding_model"] == model and current["pipeline"] == PIPELINE_VERSION):
         summary.update(status="unchanged", chunks=current["chunk_count"], pages=current["pages"],
                        mime_type=current["mime_type"], title=current["title"])
-        await index.touch_document(conn, tenant_id, document_id, str(path))
+        await documents.touch_document(conn, tenant_id, document_id, str(path))
         if settings.rag_service_url and current["rag_pushed_hash"] != current["content_hash"]:
-            rows = await index.load_chunks(conn, tenant_id, document_id)
+            rows = await documents.load_chunks(conn, tenant_id, document_id)
             summary["rag"] = await asyncio.to_thread(_push, settings, record_meta(current), tenant_id, document_id,
                                                      content_hash, rows)
-            await index.mark_pushed(conn, tenant_id, document_id, content_hash)
+            await documents.mark_pushed(conn, tenant_id, document_id, content_hash)
         summary["seconds"] = round(time.perf_counter() - started, 4)
         log.info("ingest %s/%s unchanged (%s) in %.2fs", tenant_id, document_id, path.name, summary["seconds"])
         return summary
@@ -250,7 +250,7 @@ async def _prepare(settings: Settings, conn: Any, tenant_id: str, source_path: A
     mark = time.perf_counter()
     chunks = chunking.chunk_blocks(parsed.blocks, chunking.token_counter(model))
     timings["chunk"] = time.perf_counter() - mark
-    record = index.DocumentRecord(document_id, tenant_id, str(path), content_hash, parsed.mime_type,
+    record = documents.DocumentRecord(document_id, tenant_id, str(path), content_hash, parsed.mime_type,
                                   (parsed.title or "")[:500] or None, parsed.pages, len(data), model,
                                   PIPELINE_VERSION)
     summary.update(chunks=len(chunks), pages=parsed.pages, mime_type=parsed.mime_type, title=record.title)
@@ -259,7 +259,7 @@ async def _prepare(settings: Settings, conn: Any, tenant_id: str, source_path: A
 
 async def _store(settings: Settings, conn: Any, p: _Prepared, vectors: np.ndarray) -> dict[str, Any]:
     mark = time.perf_counter()
-    await index.replace_document(conn, p.record, p.chunks, vectors)
+    await documents.replace_document(conn, p.record, p.chunks, vectors)
     p.timings["index"] = time.perf_counter() - mark
     summary = p.summary
     summary["status"] = "ingested"
@@ -270,7 +270,7 @@ async def _store(settings: Settings, conn: Any, p: _Prepared, vectors: np.ndarra
         r = p.record
         summary["rag"] = await asyncio.to_thread(_push, settings, record_meta(r), r.tenant_id, r.id,
                                                  r.content_hash, rows)
-        await index.mark_pushed(conn, r.tenant_id, r.id, r.content_hash)
+        await documents.mark_pushed(conn, r.tenant_id, r.id, r.content_hash)
         p.timings["rag"] = time.perf_counter() - mark
     summary["timings"] = {k: round(v, 4) for k, v in p.timings.items()}
     summary["seconds"] = round(p.seconds + sum(v for k, v in p.timings.items() if k not in ("read", "parse", "chunk")), 4)
@@ -300,7 +300,7 @@ def embed_all(embed: Embedder, texts: list[str], progress: Callable[[float], Non
     return np.concatenate([parts[start] for start, _ in spans])
 
 
-def record_meta(record: index.DocumentRecord | dict[str, Any]) -> dict[str, Any]:
+def record_meta(record: documents.DocumentRecord | dict[str, Any]) -> dict[str, Any]:
     get = record.get if isinstance(record, dict) else lambda k: getattr(record, k)
     return {"title": get("title"), "source_path": get("source_path"), "mime_type": get("mime_type")}
 
@@ -315,21 +315,18 @@ def _push(settings: Settings, meta: dict[str, Any], tenant_id: str, document_id:
 
 
 def search(settings: Settings, tenant_id: str, query: str, top_k: int = 5, *,
-           embed: Embedder | None = None) -> list[index.SearchHit]:
+           embed: Embedder | None = None) -> list[documents.SearchHit]:
     """The ``top_k`` chunks of ``tenant_id`` most similar to ``query``."""
     if not query.strip():
         raise InvalidInput("the search query is empty")
-    if not settings.postgres_url:
-        raise InvalidInput("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`)")
+    url = database_url(settings)
     embed = embed or cluster_embedder(settings)
     vector = np.asarray(embed([query]), dtype=np.float32)[0]
 
-    async def run() -> list[index.SearchHit]:
-        from raysys.storage.postgres import connect  # noqa: PLC0415
-
-        conn = await connect(settings.postgres_url)
+    async def run() -> list[documents.SearchHit]:
+        conn = await connect(url)
         try:
-            return await index.search(conn, tenant_id, vector.tolist(), top_k)
+            return await documents.search(conn, tenant_id, vector.tolist(), top_k)
         finally:
             await conn.close()
 

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from raysys.config import ConfigError, Settings
+from raysys.storage.postgres import database_url
 
 
 def job_settings(job: str, settings: Settings | None = None) -> Settings | None:
@@ -16,8 +17,7 @@ def job_settings(job: str, settings: Settings | None = None) -> Settings | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = (settings or Settings.from_env()).resolved()
-        if not settings.postgres_url:
-            raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
+        database_url(settings)  # both jobs need PostgreSQL
     except ConfigError as exc:
         print(f"{job}: configuration error: {exc}", file=sys.stderr)
         return None

@@ -47,16 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def call_ids(settings: Settings, tenant: str, start: date, end: date) -> list[str]:
-    from raysys.storage.postgres import Database  # noqa: PLC0415
+    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     async def fetch() -> list[str]:
-        db = await Database.open(settings.postgres_url, max_size=1)
-        try:
+        async with open_db(settings, max_size=1) as db:
             lo = datetime.combine(start, dtime.min, tzinfo=UTC)
             hi = datetime.combine(end + timedelta(days=1), dtime.min, tzinfo=UTC)
             return await db.list_call_ids(tenant, lo, hi)
-        finally:
-            await db.close()
 
     return asyncio.run(fetch())
 

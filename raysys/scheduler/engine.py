@@ -24,7 +24,6 @@ The first time a schedule is seen, its cursor starts at "now": a new deployment 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -39,6 +38,7 @@ from raysys.config import Settings
 from raysys.scheduler.schedules import Schedule, SchedulerConfig
 from raysys.scheduler.slots import next_slot, slot_label, slots_between
 from raysys.scheduler.store import SLOT_RETENTION, Job, NotLeader, Store
+from raysys.storage.postgres import has_database, list_tenant_ids, run_sync
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +129,9 @@ def client_encoder(settings: Settings) -> Callable[[Job], tuple[str, bytes, str]
     return encode
 
 
-def postgres_tenants(url: str) -> list[str]:
+def postgres_tenants(settings: Settings) -> list[str]:
     """Every tenant id in PostgreSQL, now (one short connection)."""
-    import asyncpg  # noqa: PLC0415
-
-    async def fetch() -> list[str]:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            return [r["id"] for r in await conn.fetch("SELECT id FROM tenants ORDER BY id")]
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
+    return run_sync(list_tenant_ids(settings))
 
 
 class Engine:
@@ -303,8 +294,8 @@ class Engine:
             return list(schedule.tenants)
         if self._tenants is not None:
             return list(self._tenants())
-        if self.settings.postgres_url:
-            return postgres_tenants(self.settings.postgres_url)
+        if has_database(self.settings):
+            return postgres_tenants(self.settings)
         log.warning("schedule %s is per tenant but lists no tenants and POSTGRES_URL is not set: nothing to send",
                     schedule.name)
         return []

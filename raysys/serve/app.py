@@ -47,7 +47,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raysys import errors
-from raysys.config import ConfigError, Settings
+from raysys.config import Settings
 from raysys.jobs import runner
 from raysys.serve import uploads
 from raysys.serve.auth import Unauthorized, key_from_headers
@@ -113,7 +113,7 @@ class Service:
 
     async def start(self) -> None:
         check_settings(self.settings)
-        self.db = await postgres.Database.open(self.settings.postgres_url, max_size=8)
+        self.db = await postgres.Database.open(postgres.database_url(self.settings), max_size=8)
         self.jobs = JobStore(self.settings)
         self.limits = Limits(self.settings, self.jobs.broker)
         runner.resolve("raysys.ping")  # import every task module now, not on the first request
@@ -303,12 +303,12 @@ class Service:
                     log.warning("readiness: %s is not ready: %s: %s", name, type(exc).__name__, exc)
 
         async def pg() -> None:
-            await self.db.pool.fetchval("SELECT 1")
+            await self.db.ping()
 
         async def warehouse() -> None:
-            from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+            from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
 
-            if not await asyncio.to_thread(wh_call, self.settings, "ping"):
+            if not await asyncio.to_thread(Warehouse(self.settings).ping):
                 raise RuntimeError("warehouse did not answer")
 
         await asyncio.gather(check("redis", self.jobs.ping), check("postgres", pg), check("warehouse", warehouse),
@@ -346,8 +346,7 @@ def models_ready(settings: Settings) -> list[dict]:
 
 def check_settings(settings: Settings) -> None:
     """Fail at start, in one sentence, when the API could not serve a request."""
-    if not settings.postgres_url:
-        raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
+    postgres.database_url(settings)  # raises ConfigError when no database is known
     settings.redis_url  # noqa: B018 - raises ConfigError when no broker is known
 
 
@@ -377,10 +376,6 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = "internal error"
         return _error(status, type(exc).__name__, detail, headers)
 
-    @app.exception_handler(postgres.NotFound)
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return _error(404, "NotFound", str(exc) or "not found")
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
@@ -406,8 +401,6 @@ def install_error_handlers(app: FastAPI) -> None:
         exc = runner.unwrap(exc)
         if isinstance(exc, errors.RaysysError):
             return await raysys_error(request, exc)
-        if isinstance(exc, postgres.NotFound):
-            return await not_found(request, exc)
         ref = uuid.uuid4().hex[:12]
         log.error("request %s %s failed (ref %s)", request.method, request.url.path, ref, exc_info=exc)
         return _error(500, "InternalError", f"internal error (ref {ref})")
@@ -518,7 +511,7 @@ def create_app(service: Service) -> FastAPI:
                          language: str | None = Form(None, pattern="^[a-z]{2,3}$")) -> dict:
         path = await uploads.save_upload(file, settings, tenant_id)
         try:
-            from raysys.tasks.transcription import transcribe_recording  # noqa: PLC0415
+            from raysys.analytics.transcripts import transcribe_recording  # noqa: PLC0415
 
             result = await asyncio.to_thread(transcribe_recording, settings, str(path), layout=layout,
                                              language=language)
@@ -558,7 +551,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/metrics/daily", tags=["metrics"], summary="the tenant's daily metrics (AHT, FCR, CSAT proxy ...)")
     async def daily_metrics(tenant_id: str = Depends(tenant), start: date | None = None,
                             end: date | None = None) -> dict:
-        from raysys.actors.warehouse import wh_call  # noqa: PLC0415
+        from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
 
         end = end or datetime.now(UTC).date()
         start = start or end - timedelta(days=6)
@@ -566,7 +559,7 @@ def create_app(service: Service) -> FastAPI:
             raise errors.InvalidInput("start must not be after end")
         if (end - start).days >= MAX_METRICS_DAYS:
             raise errors.InvalidInput(f"a metrics range is at most {MAX_METRICS_DAYS} days")
-        rows = await asyncio.to_thread(wh_call, settings, "daily_metrics", tenant_id, start, end)
+        rows = await asyncio.to_thread(Warehouse(settings).daily_metrics, tenant_id, start, end)
         return {"tenant_id": tenant_id, "start": start, "end": end, "days": jsonable_encoder(rows)}
 
     @app.get("/v1/search", tags=["documents"], summary="search the tenant's document index")
@@ -622,7 +615,7 @@ class Ingress:
     async def check_health(self) -> None:
         # Serve restarts a replica whose check raises: a dead PostgreSQL pool or Redis is such a case.
         if self.service.db is not None:
-            await self.service.db.pool.fetchval("SELECT 1")
+            await self.service.db.ping()
         if self.service.jobs is not None:
             await self.service.jobs.ping()
 

@@ -4,28 +4,35 @@ Migrations are the numbered ``migrations/NNN_name.sql`` files in this package, a
 each in its own transaction, recorded in ``schema_migrations``; an advisory lock keeps two processes
 from applying them at once. Every query that touches tenant data takes a ``tenant_id`` and filters on
 it, and every value is a bind parameter.
+
+:func:`open_db` is the one way the rest of raysys opens the database from its settings
+(:func:`database_url` resolves the URL or raises :class:`~raysys.config.ConfigError`), and
+:func:`run_sync` runs such code from synchronous task code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
+from raysys.config import ConfigError, Settings
+from raysys.errors import NotFound
+
 _MIGRATION_LOCK = 7_354_120_001  # pg_advisory_lock key for migrations
-
-
-class NotFound(LookupError):
-    """A row the caller asked for does not exist for this tenant."""
-
+NO_DATABASE = "POSTGRES_URL is not set and no embedded stack is running (run `raysys up`)."
+T = TypeVar("T")
 
 # --- connections ------------------------------------------------------------------------------------------
 
@@ -58,6 +65,63 @@ async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncp
     """A pool whose connections know jsonb and vector; migrations are applied first."""
     await migrate(url)
     return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+
+
+def database_url(settings: Settings) -> str:
+    """The PostgreSQL URL of ``settings`` (or of the embedded stack). Raises :class:`ConfigError` when
+    there is none; callers that owe a status code or an exit code turn it into one at their edge."""
+    url = settings.postgres_url or settings.resolved().postgres_url
+    if not url:
+        raise ConfigError(NO_DATABASE)
+    return url
+
+
+def has_database(settings: Settings) -> bool:
+    """Whether :func:`database_url` would find a database (work that can run without one asks this)."""
+    return bool(settings.postgres_url or settings.resolved().postgres_url)
+
+
+@contextlib.asynccontextmanager
+async def open_db(settings: Settings, max_size: int = 2) -> AsyncIterator[Database]:
+    """A :class:`Database` on ``settings``' PostgreSQL for one unit of work (a small pool, closed after).
+
+    Raises :class:`ConfigError` when no database is configured.
+    """
+    db = await Database.open(database_url(settings), max_size=max_size)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def list_tenant_ids(settings: Settings, timeout: float = 10.0) -> list[str]:
+    """Every tenant id, over one short connection (no pool, no migrations)."""
+    conn = await asyncpg.connect(database_url(settings), timeout=timeout)
+    try:
+        return [r["id"] for r in await conn.fetch("SELECT id FROM tenants ORDER BY id")]
+    finally:
+        await conn.close()
+
+
+async def server_info(url: str, timeout: float = 3.0) -> str:
+    """``"postgresql <version>, pgvector <version or 'not installed'>"`` over one short connection."""
+    conn = await asyncpg.connect(url, timeout=timeout)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        vector = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    finally:
+        await conn.close()
+    return f"postgresql {version}, pgvector {vector or 'not installed'}"
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, even where an event loop already runs."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 # --- migrations --------------------------------------------------------------------------------------------
@@ -174,6 +238,10 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def ping(self) -> None:
+        """One round trip on the pool; raises what asyncpg raises when the database is gone."""
+        await self.pool.fetchval("SELECT 1")
 
     # tenants ------------------------------------------------------------------------------------------------
 

@@ -181,6 +181,27 @@ class Warehouse:
             "SELECT * FROM daily_metrics FINAL WHERE tenant_id = {t:String} AND day BETWEEN {a:Date} AND {b:Date} "
             "ORDER BY day", {"t": tenant_id, "a": start, "b": end})
 
+    def day_metrics(self, day: date, tenant_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The ``daily_metrics`` rows of ``day`` (one tenant, or every tenant by id), ``top_intents`` as lists."""
+        where = "day = {d:Date}" + (" AND tenant_id = {t:String}" if tenant_id else "")
+        rows = self.query(
+            "SELECT tenant_id, total_calls, aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents "
+            f"FROM daily_metrics FINAL WHERE {where} ORDER BY tenant_id LIMIT {{n:UInt32}}",
+            {"d": day, "t": tenant_id or "", "n": limit})
+        return [{**r, "top_intents": [list(t) for t in r["top_intents"]]} for r in rows]
+
+    def calls_of_day(self, tenant_id: str, day: date, columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """The tenant's ``call_facts`` of ``day`` (``columns`` of them, earliest first, at most ``limit``).
+
+        Raises ValueError for a column ``call_facts`` does not have.
+        """
+        unknown = [c for c in columns if c not in CALL_FACT_COLUMNS]
+        if unknown or not columns:
+            raise ValueError(f"call_facts has no column {unknown[0] if unknown else '(none given)'!r}")
+        return self.query(
+            f"SELECT {', '.join(columns)} FROM call_facts FINAL WHERE tenant_id = {{t:String}} AND day = {{d:Date}} "
+            "ORDER BY started_at LIMIT {n:UInt32}", {"t": tenant_id, "d": day, "n": limit})
+
     def close(self) -> None:
         with self._lock:
             self.client.close()

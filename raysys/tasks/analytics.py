@@ -10,89 +10,31 @@ still gets its text analytics (intent, summary, text sentiment, metrics from the
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
-
+from raysys.actors.embedding import encoder
+from raysys.actors.warehouse import Warehouse
 from raysys.analytics import callmetrics, intents, summary
 from raysys.analytics import sentiment as call_sentiment
-from raysys.config import ConfigError, Settings
-from raysys.errors import InvalidInput, NotFound
+from raysys.analytics.transcripts import ensure_turns
+from raysys.config import Settings
+from raysys.constants import ORCHESTRATION_CPUS
+from raysys.errors import InvalidInput
+from raysys.paths import confine_file
+from raysys.storage.postgres import open_db, run_sync
 from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-# These tasks mostly wait on the model and Warehouse actors (which reserve no CPU, so waiting tasks can
-# never keep them from being placed); a whole CPU per task would leave a small cluster running few calls
-# at once while the model actors sit idle.
-ORCHESTRATION_CPUS = 0.25
-
-
-# --- helpers shared by the analytics, metrics, reports and maintenance tasks --------------------------------
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from synchronous task code, even where a loop already runs."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-def postgres_url(settings: Settings) -> str:
-    url = settings.postgres_url or settings.resolved().postgres_url
-    if not url:
-        raise ConfigError("POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).")
-    return url
-
-
-@contextlib.asynccontextmanager
-async def open_db(settings: Settings) -> AsyncIterator[Any]:
-    """A :class:`raysys.storage.postgres.Database` for one task run (a small pool, closed after)."""
-    from raysys.storage.postgres import Database  # noqa: PLC0415
-
-    db = await Database.open(postgres_url(settings), max_size=2)
-    try:
-        yield db
-    finally:
-        await db.close()
-
-
-def warehouse_call(settings: Settings, method: str, *args: Any) -> Any:
-    """A Warehouse method on the cluster's Warehouse actor (Ray must be initialised)."""
-    from raysys.actors.warehouse import wh_call  # noqa: PLC0415
-
-    return wh_call(settings, method, *args)
-
-
-def encoder(settings: Settings):
-    """``encode(texts) -> vectors`` through the cluster's embedding actor."""
-    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(embed_texts(settings, list(texts)), dtype=np.float32)
-
-    return encode
 
 
 def confined_audio(settings: Settings, audio_path: str) -> Path:
     """The recording's real path inside ``settings.allowed_roots``; Forbidden/NotFound otherwise."""
-    from raysys.paths import confine  # noqa: PLC0415
-
-    path = confine(audio_path, settings.allowed_roots)
-    if not path.is_file():
-        raise NotFound(f"recording {audio_path!r} does not exist")
-    return path
+    return confine_file(audio_path, settings.allowed_roots, "recording")
 
 
 # --- analysis ----------------------------------------------------------------------------------------------
@@ -248,21 +190,15 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
     if not isinstance(call_id, str) or not call_id:
         raise InvalidInput("call_id must be a non-empty string")
     settings = ctx.settings
-    from raysys.storage.postgres import NotFound as RowNotFound  # noqa: PLC0415
 
     async def load():
         async with open_db(settings) as db:
-            try:
-                call = await db.get_call(call_id)
-            except RowNotFound:
-                raise NotFound(f"call {call_id!r} does not exist") from None
+            call = await db.get_call(call_id)  # NotFound: no such call
             return call, await db.get_turns(call.tenant_id, call_id)
 
     call, turns = run_sync(load())
     audio = confined_audio(settings, call.audio_path) if call.audio_path else None
     # A recording without turns is transcribed first (stored as source='asr'; platform turns win).
-    from raysys.tasks.transcription import ensure_turns  # noqa: PLC0415 - it imports this module's helpers
-
     t_asr = time.perf_counter()
     turns, diarization, transcribed = ensure_turns(
         settings, call, turns, audio, progress=lambda f, m: ctx.progress(0.05 + 0.45 * f, m))
@@ -282,7 +218,7 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
             await db.save_analytics(call.tenant_id, call.id, values)
 
     run_sync(store())
-    warehouse_call(settings, "insert_call_facts", [_fact(call, values, result)])
+    Warehouse(settings).insert_call_facts([_fact(call, values, result)])
     log.info("call analytics done call=%s tenant=%s intent=%s audio=%s elapsed=%.2fs", call.id, call.tenant_id,
              values["intent"], audio is not None, result["timings"]["total"])
     return {

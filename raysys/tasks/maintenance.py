@@ -34,17 +34,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from raysys.actors.embedding import encoder
+from raysys.actors.warehouse import Warehouse
 from raysys.analytics import audit, audit_report, intents
 from raysys.config import Settings
 from raysys.errors import InvalidInput
-from raysys.tasks.analytics import encoder, open_db, run_sync, warehouse_call
+from raysys.storage import retention
+from raysys.storage.postgres import Database, open_db, run_sync
 from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
 ARCHIVE_BATCH = 500
 AUDIT_REPORT_RUNS = 30  # the audit report charts each model's figures over this many recent runs
-
-WarehouseCall = Callable[..., Any]
 
 
 def _jsonable(v: Any) -> Any:
@@ -57,7 +58,7 @@ def _json(v: Any) -> str:
     return json.dumps(v, default=str, sort_keys=True, separators=(",", ":"))
 
 
-async def _expire_sessions(db: Any, redis_client: Any, now: datetime, key_prefix: str) -> dict[str, int]:
+async def _expire_sessions(db: Database, redis_client: Any, now: datetime, key_prefix: str) -> dict[str, int]:
     """Delete expired sessions: their Redis keys under ``key_prefix`` first, then their rows.
 
     Returns ``{"sessions_deleted", "redis_keys_deleted", "redis_keys_refused"}``. Raises Redis and
@@ -65,8 +66,7 @@ async def _expire_sessions(db: Any, redis_client: Any, now: datetime, key_prefix
     """
     sessions = keys = refused = 0
     for tenant in await db.list_tenants():
-        rows = await db.pool.fetch(
-            "SELECT id, redis_key FROM sessions WHERE tenant_id = $1 AND expires_at < $2", tenant, now)
+        rows = await retention.expired_sessions(db, tenant, now)
         if not rows:
             continue
         names = [r["redis_key"] for r in rows if r["redis_key"]]
@@ -77,39 +77,29 @@ async def _expire_sessions(db: Any, redis_client: Any, now: datetime, key_prefix
                         len(names) - len(allowed), tenant, key_prefix)
         if allowed:
             keys += int(redis_client.delete(*allowed))
-        status = await db.pool.execute(
-            "DELETE FROM sessions WHERE tenant_id = $1 AND id = ANY($2::text[]) AND expires_at < $3",
-            tenant, [r["id"] for r in rows], now)
-        sessions += int(status.split()[-1])
+        sessions += await retention.delete_sessions(db, tenant, [r["id"] for r in rows], now)
     return {"sessions_deleted": sessions, "redis_keys_deleted": keys, "redis_keys_refused": refused}
 
 
-async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[str, Any]:
+async def _archive_calls(db: Database, wh: Warehouse, cutoff: datetime) -> dict[str, Any]:
     archived = deleted = failed = 0
     errors: list[str] = []
     for tenant in await db.list_tenants():
         skip: list[str] = []  # calls that failed in this run are not retried until the next run
         while True:
-            async with db.pool.acquire() as conn, conn.transaction():
-                calls = await conn.fetch(
-                    "SELECT * FROM calls WHERE tenant_id = $1 AND started_at < $2 AND NOT (id = ANY($3::text[])) "
-                    "ORDER BY started_at LIMIT $4 FOR UPDATE", tenant, cutoff, skip, ARCHIVE_BATCH)
+            async with retention.old_calls(db, tenant, cutoff, skip, ARCHIVE_BATCH) as batch:
+                calls = batch.calls
                 if not calls:
                     break
                 ids = [c["id"] for c in calls]
-                turns: dict[str, list] = {i: [] for i in ids}
                 # Every column of a turn but its keys: transcribed turns keep their source, model, confidence
                 # and words in the archive.
-                for t in await conn.fetch(
-                        "SELECT * FROM call_turns "
-                        "WHERE tenant_id = $1 AND call_id = ANY($2::text[]) ORDER BY call_id, turn_index", tenant, ids):
-                    turns[t["call_id"]].append({k: _jsonable(v) for k, v in dict(t).items()
-                                                if k not in ("tenant_id", "call_id")})
-                analytics = {a["call_id"]: {k: _jsonable(v) for k, v in dict(a).items()} for a in await conn.fetch(
-                    "SELECT * FROM call_analytics WHERE tenant_id = $1 AND call_id = ANY($2::text[])", tenant, ids)}
+                turns = {i: [{k: _jsonable(v) for k, v in t.items() if k not in ("tenant_id", "call_id")}
+                             for t in batch.turns[i]] for i in ids}
+                analytics = {i: {k: _jsonable(v) for k, v in a.items()} for i, a in batch.analytics.items()}
                 rows, sums = [], {}
                 for c in calls:
-                    call_json = _json({k: _jsonable(v) for k, v in dict(c).items()})
+                    call_json = _json({k: _jsonable(v) for k, v in c.items()})
                     turns_json, analytics_json = _json(turns[c["id"]]), _json(analytics.get(c["id"]))
                     sums[c["id"]] = hashlib.sha256("\x00".join((call_json, turns_json, analytics_json)).encode()
                                                    ).hexdigest()
@@ -117,8 +107,8 @@ async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[s
                                  "customer_id": c["customer_id"], "call": call_json, "turns": turns_json,
                                  "analytics": analytics_json, "checksum": sums[c["id"]]})
                 try:
-                    wh("archive_calls", rows)
-                    stored = wh("archived_checksums", tenant, ids)
+                    wh.archive_calls(rows)
+                    stored = wh.archived_checksums(tenant, ids)
                 except Exception as exc:  # noqa: BLE001 - any warehouse failure keeps the calls
                     log.warning("archiving %d calls of %s failed, nothing deleted: %s", len(ids), tenant, exc)
                     errors.append(f"{tenant}: {type(exc).__name__}: {exc}"[:300])
@@ -133,9 +123,7 @@ async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[s
                     skip.extend(unconfirmed)
                 archived += len(confirmed)
                 if confirmed:
-                    status = await conn.execute("DELETE FROM calls WHERE tenant_id = $1 AND id = ANY($2::text[])",
-                                                tenant, confirmed)
-                    deleted += int(status.split()[-1])
+                    deleted += await batch.delete(confirmed)
     return {"calls_archived": archived, "calls_deleted": deleted, "archive_failed": failed, "errors": errors}
 
 
@@ -165,11 +153,11 @@ def _clean_temp(root: Path, max_age_hours: float, now: float) -> dict[str, int]:
     return {"temp_files_deleted": files, "temp_bytes_freed": size}
 
 
-def cleanup(settings: Settings, wh: WarehouseCall | None = None, now: datetime | None = None) -> dict[str, Any]:
-    """The work of :func:`cleanup_expired_sessions`; ``wh(method, *args)`` reaches the warehouse."""
+def cleanup(settings: Settings, wh: Warehouse | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The work of :func:`cleanup_expired_sessions`; ``wh`` (default: the cluster's) is the warehouse."""
     import redis  # noqa: PLC0415
 
-    wh = wh or (lambda method, *args: warehouse_call(settings, method, *args))
+    wh = wh or Warehouse(settings)
     now = now or datetime.now(UTC)
     started = time.perf_counter()
     client = redis.Redis.from_url(settings.redis_url)
@@ -244,7 +232,7 @@ def _emotion_rows(settings: Settings, audit_dir: Path, classify: Callable[[str],
              "details": details} for metric in ("uar", "accuracy")]
 
 
-def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = None,
+def run_audit(settings: Settings, audit_dir: Path, wh: Warehouse | None = None,
               diarize: Callable[[str], dict] | None = None,
               classify_emotion: Callable[[str], dict] | None = None) -> dict[str, Any]:
     """The work of :func:`audit_models`.
@@ -254,7 +242,7 @@ def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = No
     Returns ``{"run_id", "audit_dir", "results": [...], "regressions": [...], "report": {...}}``.
     Raises InvalidInput for a malformed audit set.
     """
-    wh = wh or (lambda method, *args: warehouse_call(settings, method, *args))
+    wh = wh or Warehouse(settings)
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict[str, Any]] = []
     items = audit.diarization_items(audit_dir)
@@ -293,15 +281,15 @@ def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = No
     rows.extend(_emotion_rows(settings, audit_dir, classify_emotion))
     rows.extend(audit.audit_sentiment(audit_dir))  # always: the set raysys ships stands in for a missing one
     for r in rows:
-        prev = wh("last_model_audit", r["model"], r["metric"])
+        prev = wh.last_model_audit(r["model"], r["metric"])
         r["baseline"] = float(prev["value"]) if prev else None
         r["regression"] = int(_regression(r["metric"], r["value"], r["baseline"], settings.audit_regression_threshold))
         if r["regression"]:
             log.warning("model audit regression: %s %s %s %.4f vs %.4f (threshold %.3f)", r["model"], r["version"],
                         r["metric"], r["value"], r["baseline"], settings.audit_regression_threshold)
-    wh("insert_model_audits", [{**r, "run_id": run_id, "details": json.dumps(r["details"], default=str)}
-                               for r in rows])
-    report = audit_report.build(wh("model_audit_history", AUDIT_REPORT_RUNS), run_id)
+    wh.insert_model_audits([{**r, "run_id": run_id, "details": json.dumps(r["details"], default=str)}
+                            for r in rows])
+    report = audit_report.build(wh.model_audit_history(AUDIT_REPORT_RUNS), run_id)
     files = audit_report.save(report, settings.reports_dir / "model-audits" / run_id)
     return {"run_id": run_id, "audit_dir": str(audit_dir),
             "results": [{k: r[k] for k in ("model", "version", "metric", "value", "rtf", "baseline")}

@@ -8,29 +8,13 @@ same day replaces the rows.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from raysys.analytics.aggregation import aggregate_days, days_to_recompute
+from raysys.actors.warehouse import Warehouse
+from raysys.analytics.aggregation import aggregate_days, days_to_recompute, parse_day
+from raysys.constants import ORCHESTRATION_CPUS
 from raysys.errors import InvalidInput
-from raysys.tasks.analytics import ORCHESTRATION_CPUS, warehouse_call
 from raysys.tasks.registry import TaskContext, task
-
-
-def parse_day(value: Any) -> date:
-    """``None`` -> yesterday (UTC); a ``YYYY-MM-DD`` string, an ISO datetime or a date. InvalidInput otherwise."""
-    if value is None or value == "":
-        return datetime.now(UTC).date() - timedelta(days=1)
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value[:10]) if len(value) >= 10 else date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise InvalidInput(f"date must be YYYY-MM-DD, got {value!r}")
 
 
 @task("workers.tasks.aggregate_daily_metrics", queue="analytics", num_cpus=ORCHESTRATION_CPUS)
@@ -45,13 +29,8 @@ def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str |
     if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
         raise InvalidInput("tenant_id must be a non-empty string or null")
     first, last = days_to_recompute(day, settings.fcr_window_days)
-    aggregate_days(lambda sql, params: warehouse_call(settings, "command", sql, params), first, last,
-                   window_days=settings.fcr_window_days, tenant_id=tenant_id)
-    where = "day = {d:Date}" + (" AND tenant_id = {t:String}" if tenant_id else "")
-    rows = warehouse_call(settings, "query",
-                          "SELECT tenant_id, total_calls, aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents "
-                          f"FROM daily_metrics FINAL WHERE {where} ORDER BY tenant_id LIMIT 1000",
-                          {"d": day, "t": tenant_id or ""})
-    metrics = [{**r, "top_intents": [list(t) for t in r["top_intents"]]} for r in rows]
+    wh = Warehouse(settings)
+    aggregate_days(wh.command, first, last, window_days=settings.fcr_window_days, tenant_id=tenant_id)
+    metrics = wh.day_metrics(day, tenant_id)
     return {"day": day.isoformat(), "recomputed": [first.isoformat(), last.isoformat()],
             "tenants": len(metrics), "metrics": metrics}

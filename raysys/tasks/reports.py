@@ -21,14 +21,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from raysys.actors.warehouse import Warehouse
 from raysys.analytics import mail
-from raysys.analytics.aggregation import aggregate_days, days_to_recompute
+from raysys.analytics.aggregation import aggregate_days, days_to_recompute, parse_day
 from raysys.analytics.report import CALL_FIELDS, build_report, save_report
 from raysys.config import Settings
 from raysys.constants import REPORT_MAILED_PREFIX, REPORT_MAILED_TTL
-from raysys.errors import InvalidInput, NotFound, Retry
-from raysys.tasks.analytics import open_db, run_sync, warehouse_call
-from raysys.tasks.metrics import parse_day
+from raysys.errors import InvalidInput, Retry
+from raysys.storage.postgres import open_db, run_sync
 from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
@@ -83,27 +83,20 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
     if not isinstance(tenant_id, str) or not tenant_id:
         raise InvalidInput("tenant_id must be a non-empty string")
     day = parse_day(date)
-    from raysys.storage.postgres import NotFound as RowNotFound  # noqa: PLC0415
 
     async def tenant_row():
         async with open_db(settings) as db:
-            try:
-                return await db.get_tenant(tenant_id)
-            except RowNotFound:
-                raise NotFound(f"tenant {tenant_id!r} does not exist") from None
+            return await db.get_tenant(tenant_id)  # NotFound for an unknown tenant
 
     tenant = run_sync(tenant_row())
-    rows = warehouse_call(settings, "daily_metrics", tenant_id, day - timedelta(days=6), day)
+    wh = Warehouse(settings)
+    rows = wh.daily_metrics(tenant_id, day - timedelta(days=6), day)
     if not any(r["day"] == day for r in rows):
         first, last = days_to_recompute(day, settings.fcr_window_days)
-        aggregate_days(lambda sql, params: warehouse_call(settings, "command", sql, params), first, last,
-                       window_days=settings.fcr_window_days, tenant_id=tenant_id)
-        rows = warehouse_call(settings, "daily_metrics", tenant_id, day - timedelta(days=6), day)
+        aggregate_days(wh.command, first, last, window_days=settings.fcr_window_days, tenant_id=tenant_id)
+        rows = wh.daily_metrics(tenant_id, day - timedelta(days=6), day)
     ctx.progress(0.3, "loading calls")
-    calls = warehouse_call(
-        settings, "query",
-        f"SELECT {', '.join(CALL_FIELDS)} FROM call_facts FINAL WHERE tenant_id = {{t:String}} AND day = {{d:Date}} "
-        "ORDER BY started_at LIMIT {n:UInt32}", {"t": tenant_id, "d": day, "n": MAX_CALL_ROWS})
+    calls = wh.calls_of_day(tenant_id, day, CALL_FIELDS, MAX_CALL_ROWS)
     ctx.progress(0.5, "rendering")
     report = build_report(tenant_id, day, rows, calls)
     directory = settings.reports_dir / _safe(tenant_id) / day.isoformat()

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import numpy as np
 
-from raysys.ingest.chunking import Chunk
+
+class Chunk(Protocol):
+    """What is stored of a chunk (:class:`raysys.ingest.chunking.Chunk` is one)."""
+
+    position: int
+    page: int | None
+    heading: str | None
+    text: str
 
 
 @dataclass
