@@ -171,7 +171,7 @@ def start_redis(data_dir: Path, port: int, password: str | None = None) -> tuple
     data_dir.mkdir(parents=True, exist_ok=True)
     if not port_free(port):
         raise StackError(f"Port {port} is taken; set RAYSYS_REDIS_PORT or CELERY_BROKER_URL.")
-    log = open(data_dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(data_dir / "redis.log", "ab")  # handed to the child
     # With a password, the config file is stdin ("-", which must come first) and holds `requirepass`:
     # never on the command line, which `ps` shows to every user of the machine.
     args = [redis_server_binary(), *(["-"] if password else []),

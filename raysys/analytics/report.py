@@ -59,7 +59,7 @@ def _fill_trend(rows: Sequence[dict[str, Any]], day: date, days: int = 7) -> lis
     return out
 
 
-def _png(fig) -> bytes:  # noqa: ANN001
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt  # noqa: PLC0415

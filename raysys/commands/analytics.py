@@ -21,7 +21,7 @@ from pathlib import Path
 from raysys.errors import InvalidInput
 
 
-def _encoder(settings):  # noqa: ANN001
+def _encoder(settings):
     import os  # noqa: PLC0415
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -56,7 +56,7 @@ def _read_inputs(path: str | None) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+def _train(args: argparse.Namespace, settings) -> int:
     from raysys.analytics.intents import IntentModel, read_catalogue  # noqa: PLC0415
 
     texts, cats = read_catalogue(args.csv)
@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return 0
 
 
-def _classify(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+def _classify(args: argparse.Namespace, settings) -> int:
     from raysys.analytics.intents import IntentModel  # noqa: PLC0415
 
     model = IntentModel.load(args.model)
@@ -92,11 +92,11 @@ def _classify(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return 0
 
 
-def _audit_set(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+def _audit_set(args: argparse.Namespace, settings) -> int:
     from raysys.analytics.audit import build_default_set  # noqa: PLC0415
     from raysys.analytics.intents import IntentModel  # noqa: PLC0415
 
-    def train(texts, cats, out):  # noqa: ANN001
+    def train(texts, cats, out):
         enc, encode = _encoder(settings)
         IntentModel.train(texts, cats, encode, encoder_name=enc.model_name).save(out)
 
@@ -106,8 +106,8 @@ def _audit_set(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return 0
 
 
-def _guard(fn):  # noqa: ANN001, ANN202
-    def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+def _guard(fn):
+    def run(args: argparse.Namespace, settings) -> int:
         try:
             return fn(args, settings)
         except InvalidInput as exc:
@@ -117,7 +117,7 @@ def _guard(fn):  # noqa: ANN001, ANN202
     return run
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add ``intents`` and ``analytics`` to the `raysys` parser."""
     p = sub.add_parser("intents", help="train and run intent classifiers (catalogue CSV text,category)")
     isub = p.add_subparsers(dest="intents_command", metavar="ACTION", required=True)

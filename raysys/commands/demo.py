@@ -28,7 +28,7 @@ from raysys.config import Settings
 TENANT = "demo"
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole story on the embedded default stack and print the results")
     p.add_argument("--calls", type=int, default=60, help="synthetic calls for the demo tenant")
     p.add_argument("--down", action="store_true",

@@ -16,7 +16,7 @@ from pathlib import Path
 from raysys.config import Settings
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add this family's sub-commands to the `raysys` parser."""
     p = sub.add_parser("ingest", help="ingest documents (PDF, DOCX, HTML, Markdown, text) into the RAG index")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (expanded recursively)")

@@ -17,7 +17,7 @@ from typing import Any
 from raysys.config import Settings
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add this family's sub-commands to the `raysys` parser."""
     p = sub.add_parser("worker", help="run queue bridges on the Ray cluster (RAY_ADDRESS) until Ctrl-C",
                        description="Start QueueBridge actors consuming the queues; stay in the foreground "

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from raysys.config import Settings
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("beat", help="start the scheduler on the cluster (RAY_ADDRESS) and show the jobs it fires")
     p.add_argument("--detach", action="store_true", help="return once it runs (needs RAY_ADDRESS or `raysys up`)")
     p.add_argument("--replace", action="store_true", help="restart a running scheduler with this configuration")
@@ -47,7 +47,7 @@ def _fmt_event(body: dict) -> str:
     return line
 
 
-def _interrupt(signum, frame) -> None:  # noqa: ANN001
+def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 

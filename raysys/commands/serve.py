@@ -9,7 +9,7 @@ import time
 from raysys.config import ConfigError, Settings
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("serve", help="deploy the HTTP API (Ray Serve) on the cluster at RAY_ADDRESS")
     p.add_argument("--host", default=None, help="bind address (default SERVE_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default SERVE_PORT, 8000)")

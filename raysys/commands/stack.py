@@ -11,7 +11,7 @@ from raysys.config import Settings
 from raysys.stack import LocalStack, status_dicts
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("up", help="start the embedded Redis, PostgreSQL, chDB and Ray head that are not configured")
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("status", help="report each service as healthy or not")

@@ -13,7 +13,7 @@ import sys
 FORMATS = ("json", "txt", "srt", "vtt")
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add ``transcribe`` to the `raysys` parser."""
     p = sub.add_parser("transcribe", help="speaker turns with words from an audio file")
     p.add_argument("audio", help="WAV, FLAC or OGG (MP3/M4A with FFmpeg)")
@@ -51,7 +51,7 @@ def render(result: dict, fmt: str) -> str:
     return ("WEBVTT\n\n" + text) if fmt == "vtt" else text
 
 
-def cmd_transcribe(args, settings) -> int:  # noqa: ANN001
+def cmd_transcribe(args, settings) -> int:
     from raysys.errors import InvalidInput, ModelUnavailable  # noqa: PLC0415
 
     try:

@@ -127,11 +127,11 @@ def _looks_like_heading(line: str) -> int | None:
     return None
 
 
-def _outline_headings(reader) -> dict[int, list[tuple[int, str]]]:  # noqa: ANN001
+def _outline_headings(reader) -> dict[int, list[tuple[int, str]]]:
     """page index -> [(level, title)] from the PDF outline, if it has one."""
     out: dict[int, list[tuple[int, str]]] = {}
 
-    def walk(items, level: int) -> None:  # noqa: ANN001
+    def walk(items, level: int) -> None:
         for item in items:
             if isinstance(item, list):
                 walk(item, level + 1)

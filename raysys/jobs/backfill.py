@@ -73,7 +73,7 @@ class Progress:
         self.total, self.every, self.done, self.failed = total, max(1, every), 0, 0
         self.started = time.perf_counter()
 
-    def __call__(self, key: str, ok: bool, value) -> None:  # noqa: ANN001
+    def __call__(self, key: str, ok: bool, value) -> None:
         self.done += 1
         self.failed += 0 if ok else 1
         self.bar.update(1)

@@ -145,7 +145,7 @@ class SentimentModel:
         model = self
 
         class _Analyzer(SentimentIntensityAnalyzer):
-            def score_valence(self, sentiments, text):  # noqa: ANN001, ANN202 - VADER's signature
+            def score_valence(self, sentiments, text):  # VADER's signature
                 # VADER calls this with one valence per word of SentiText(text); phrases replace their words.
                 words = SentiText(text).words_and_emoticons
                 sentiments, extra, fired = model._apply_phrases(words, list(sentiments))

@@ -274,7 +274,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{what} must end in .toml, .json, .yaml or .yml.")
     except ConfigError:
         raise
-    except Exception as exc:  # each parser has its own error type; the message is what matters
+    except Exception as exc:  # noqa: BLE001 - each parser has its own error type; the message is what matters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{what} is not valid {suffix.lstrip('.').upper()}: {first}.") from None
     if not isinstance(data, Mapping):

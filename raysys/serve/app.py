@@ -125,7 +125,7 @@ class Service:
             await self.jobs.close()
 
     @property
-    def client(self):  # noqa: ANN201 - raysys.queue.client.Client, imported late (bridge engineer's module)
+    def client(self):  # raysys.queue.client.Client, imported late (bridge engineer's module)
         if self._client is None:
             from raysys.queue.client import Client  # noqa: PLC0415
 
@@ -174,7 +174,7 @@ class Service:
         log.info("enqueued job=%s task=%s queue=%s tenant=%s", job_id, spec.name, queue, tenant_id)
         return JobAccepted(job_id=job_id, task=spec.name, queue=queue, status_url=f"/v1/jobs/{job_id}")
 
-    async def scope_arguments(self, tenant_id: str, spec, args: list, kwargs: dict) -> tuple[list, dict]:  # noqa: ANN001
+    async def scope_arguments(self, tenant_id: str, spec, args: list, kwargs: dict) -> tuple[list, dict]:
         """Bind the job's arguments to the task and hold them to the caller's tenant.
 
         - ``tenant_id`` (positional or keyword, null or absent; also into a task's ``**kwargs``) is set
@@ -274,7 +274,7 @@ class Service:
             ray.cancel(ref)
             raise GatewayTimeout(f"analytics of call {call_id!r} did not finish within {timeout:g} s; "
                                  "use wait=false to enqueue it") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         elapsed = time.perf_counter() - started
         log.info("analytics call=%s job=%s tenant=%s elapsed=%.3f", call_id, job_id, tenant_id, elapsed)
@@ -291,7 +291,7 @@ class Service:
         """
         checks: dict[str, str] = {}
 
-        async def check(name: str, probe) -> None:  # noqa: ANN001
+        async def check(name: str, probe) -> None:
             try:
                 await asyncio.wait_for(probe(), 10.0)
                 checks[name] = "ok"
@@ -419,7 +419,7 @@ def create_app(service: Service) -> FastAPI:
     upload_limit = settings.max_upload_bytes + MULTIPART_SLACK
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         await service.start()
         try:
             yield
@@ -435,7 +435,7 @@ def create_app(service: Service) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <api key>")
     header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <api key>")
 
-    async def tenant(request: Request, _b=Security(bearer), _k=Security(header_key)) -> str:  # noqa: ANN001
+    async def tenant(request: Request, _b=Security(bearer), _k=Security(header_key)) -> str:
         return await service.tenant_for(request)
 
     # --- health -------------------------------------------------------------------------------------
@@ -458,7 +458,7 @@ def create_app(service: Service) -> FastAPI:
               responses={202: {"model": JobAccepted}, 404: {"description": "no such call for this tenant"},
                          504: {"description": "did not finish within timeout"}})
     async def call_analytics(call_id: str, tenant_id: str = Depends(tenant), wait: bool = True,
-                             timeout: float = Query(300.0, gt=0, le=3600)):  # noqa: ANN202
+                             timeout: float = Query(300.0, gt=0, le=3600)):
         if not wait:
             accepted = await service.enqueue(tenant_id, ANALYTICS_TASK, [call_id], {})
             return JSONResponse(accepted.model_dump(), status_code=202)
@@ -485,7 +485,7 @@ def create_app(service: Service) -> FastAPI:
             diarize_file = model_function("diarization", "diarize_file")
             return await asyncio.to_thread(diarize_file, settings, str(path), num_speakers=num_speakers,
                                            min_speakers=min_speakers, max_speakers=max_speakers, layout=layout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         finally:
             uploads.remove(path)
@@ -502,7 +502,7 @@ def create_app(service: Service) -> FastAPI:
             segments = None if diarize else [{"start": 0.0, "end": 1e9, "speaker": "SPEAKER_00"}]
             analyze_file = model_function("emotion", "analyze_file")
             return await asyncio.to_thread(analyze_file, settings, str(path), segments=segments)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         finally:
             uploads.remove(path)
@@ -524,7 +524,7 @@ def create_app(service: Service) -> FastAPI:
                                              language=language)
             return {**{k: v for k, v in result.items() if k != "diarization"},
                     "num_speakers": result["diarization"]["num_speakers"]}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         finally:
             uploads.remove(path)
@@ -578,7 +578,7 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-def model_function(module: str, name: str):  # noqa: ANN201
+def model_function(module: str, name: str):
     """``raysys.actors.<module>.<name>`` (the shared model actors' entry points), or ModelUnavailable."""
     import importlib  # noqa: PLC0415
 
@@ -616,7 +616,7 @@ class Ingress:
         logging.getLogger("raysys").setLevel(logging.INFO)
         self.service = Service(settings)
 
-    def __serve_build_asgi_app__(self):  # noqa: ANN204
+    def __serve_build_asgi_app__(self):
         return create_app(self.service)
 
     async def check_health(self) -> None:
@@ -627,7 +627,7 @@ class Ingress:
             await self.service.jobs.ping()
 
 
-def build_app(settings: Settings, **options: Any):  # noqa: ANN201 - ray.serve.Application
+def build_app(settings: Settings, **options: Any):  # ray.serve.Application
     """The Serve application for ``settings``; ``options`` go to the ingress deployment's ``.options``."""
     check_settings(settings)
     ingress = Ingress

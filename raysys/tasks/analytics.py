@@ -103,7 +103,7 @@ def _turn_dicts(turns: list[Any]) -> list[dict[str, Any]]:
 
 
 def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path | None,
-                 progress=lambda f, m: None, diarization: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ANN001
+                 progress=lambda f, m: None, diarization: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything ``process_call_analytics`` computes, without storing it. Needs Ray for the models.
 
     ``diarization``: the recording's diarization when the caller already has it (transcription ran it).
@@ -124,7 +124,7 @@ def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path
             "timings": {k: round(v, 3) for k, v in timings.items()}}
 
 
-def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Path | None, progress,  # noqa: ANN001
+def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Path | None, progress,
                      timings: dict[str, float], versions: dict[str, str],
                      diarization: dict[str, Any] | None = None) -> dict[str, Any]:
     """Diarization, emotion, speaker roles, timeline and sentiment (from the turns when there is no audio)."""

@@ -72,7 +72,7 @@ def _safe(name: str) -> str:
 
 
 @task("workers.tasks.generate_daily_report", queue="reports")
-def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) -> dict[str, Any]:  # noqa: A002
+def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) -> dict[str, Any]:
     """Render, save and e-mail one tenant's daily report.
 
     Returns ``{"tenant_id", "day", "files": {...}, "emailed": bool, "already_emailed_by": job id or None,

@@ -30,7 +30,7 @@ ORCHESTRATION_CPUS = 0.25  # the task waits on the model actors, which hold CPUs
 
 def transcribe_recording(settings: Settings, audio: str | Path | bytes, *, layout: str = "auto",
                          diarization: dict | None = None, backend: str | None = None, language: str | None = None,
-                         progress=None) -> dict[str, Any]:  # noqa: ANN001
+                         progress=None) -> dict[str, Any]:
     """Turns with words from a recording. Ray must be initialised.
 
     ``diarization`` is :func:`raysys.actors.diarization.diarize_file`'s result when the caller has it
@@ -92,7 +92,7 @@ def stored_turns(result: dict[str, Any]) -> list[Any]:
 
 
 def ensure_turns(settings: Settings, call: Any, turns: list[Any], audio: Path | None,
-                 progress=lambda f, m: None) -> tuple[list[Any], dict | None, dict | None]:  # noqa: ANN001
+                 progress=lambda f, m: None) -> tuple[list[Any], dict | None, dict | None]:
     """The call's turns, transcribed from ``audio`` and stored when the call has none.
 
     Returns ``(turns, diarization, transcription facts)``; the last two are None when nothing was
@@ -160,7 +160,7 @@ def transcribe_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str
             "model_version": result["model_version"], "stored": stored, "rtf": result["rtf"]}
 
 
-def _has_db(settings: Settings, resolve) -> bool:  # noqa: ANN001
+def _has_db(settings: Settings, resolve) -> bool:
     try:
         resolve(settings)
     except Exception:  # noqa: BLE001 - no database configured: transcribe without storing
