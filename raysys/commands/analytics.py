@@ -14,18 +14,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from raysys.analytics.audit import build_default_set
+from raysys.analytics.intents import IntentModel, read_catalogue
 from raysys.errors import InvalidInput
 
 
 def _encoder(settings):
-    import os  # noqa: PLC0415
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from raysys.actors.embedding import TextEncoder  # noqa: PLC0415
+    from raysys.actors.embedding import TextEncoder  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     enc = TextEncoder(settings.embedding_model)
     return enc, lambda texts: enc.encode(list(texts), batch_size=128)
@@ -57,8 +58,6 @@ def _read_inputs(path: str | None) -> list[str]:
 
 
 def _train(args: argparse.Namespace, settings) -> int:
-    from raysys.analytics.intents import IntentModel, read_catalogue  # noqa: PLC0415
-
     texts, cats = read_catalogue(args.csv)
     if not texts:
         raise InvalidInput(f"{args.csv} has no rows with both text and category")
@@ -72,8 +71,6 @@ def _train(args: argparse.Namespace, settings) -> int:
 
 
 def _classify(args: argparse.Namespace, settings) -> int:
-    from raysys.analytics.intents import IntentModel  # noqa: PLC0415
-
     model = IntentModel.load(args.model)
     texts = _read_inputs(args.input)
     _, encode = _encoder(settings)
@@ -93,9 +90,6 @@ def _classify(args: argparse.Namespace, settings) -> int:
 
 
 def _audit_set(args: argparse.Namespace, settings) -> int:
-    from raysys.analytics.audit import build_default_set  # noqa: PLC0415
-    from raysys.analytics.intents import IntentModel  # noqa: PLC0415
-
     def train(texts, cats, out):
         enc, encode = _encoder(settings)
         IntentModel.train(texts, cats, encode, encoder_name=enc.model_name).save(out)

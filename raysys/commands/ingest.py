@@ -13,7 +13,11 @@ import os
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from raysys.config import Settings
+from raysys.errors import InvalidInput, RaysysError
+from raysys.runtime import init_ray
 
 
 def register(sub) -> None:
@@ -44,10 +48,7 @@ def _ready(settings: Settings) -> Settings | None:
 
 
 def cmd_ingest(args, settings: Settings) -> int:
-    from tqdm import tqdm  # noqa: PLC0415
-
-    from raysys.ingest.batch import ingest_many  # noqa: PLC0415
-    from raysys.runtime import init_ray  # noqa: PLC0415
+    from raysys.ingest.batch import ingest_many  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     resolved = _ready(settings)
     if resolved is None:
@@ -61,9 +62,8 @@ def cmd_ingest(args, settings: Settings) -> int:
     init_ray(resolved)
 
     if args.document_id:
-        from raysys.errors import RaysysError  # noqa: PLC0415
-        from raysys.ingest.batch import error_result  # noqa: PLC0415
-        from raysys.ingest.pipeline import ingest_document  # noqa: PLC0415
+        from raysys.ingest.batch import error_result  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
+        from raysys.ingest.pipeline import ingest_document  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         try:
             results = iter([ingest_document(resolved, args.tenant, paths[0], args.document_id)])
@@ -109,9 +109,7 @@ def cmd_ingest(args, settings: Settings) -> int:
 
 
 def cmd_search(args, settings: Settings) -> int:
-    from raysys.errors import InvalidInput  # noqa: PLC0415
-    from raysys.ingest.pipeline import search  # noqa: PLC0415
-    from raysys.runtime import init_ray  # noqa: PLC0415
+    from raysys.ingest.pipeline import search  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     resolved = _ready(settings)
     if resolved is None:

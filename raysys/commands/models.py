@@ -6,16 +6,16 @@ settings' ``RAY_ADDRESS``; with none, a private local Ray starts for the command
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from raysys.errors import InvalidInput, ModelUnavailable
+from raysys.runtime import init_ray
 
 
 def _positive(value: str) -> int:
-    import argparse  # noqa: PLC0415
-
     try:
         n = int(value)
     except ValueError:
@@ -79,8 +79,7 @@ def _run(fn) -> int:
 
 def cmd_diarize(args, settings) -> int:
     def run() -> int:
-        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.actors.diarization import diarize_file  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         init_ray(settings.resolved())
         result = diarize_file(settings, args.audio, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
@@ -96,8 +95,7 @@ def cmd_diarize(args, settings) -> int:
 
 def cmd_emotion(args, settings) -> int:
     def run() -> int:
-        from raysys.actors.emotion import analyze_file  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.actors.emotion import analyze_file  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         segments = _load_json(args.segments, "segments")
         transcript = _load_json(args.transcript, "transcript")

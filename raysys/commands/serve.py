@@ -7,6 +7,8 @@ import sys
 import time
 
 from raysys.config import ConfigError, Settings
+from raysys.serve import deploy
+from raysys.storage.postgres import Database
 
 
 def register(sub) -> None:
@@ -32,8 +34,6 @@ def register(sub) -> None:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from raysys.serve import deploy  # noqa: PLC0415
-
     changes = {k: v for k, v in (("serve_host", args.host), ("serve_port", args.port)) if v is not None}
     settings = settings.replace(**changes).resolved()
     # Without a cluster address the API lives in this process's private Ray: leaving would stop it.
@@ -53,7 +53,7 @@ def cmd_serve(args, settings: Settings) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        from ray import serve  # noqa: PLC0415
+        from ray import serve  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         serve.delete("raysys")
     return 0
@@ -67,8 +67,6 @@ def _database_url(settings: Settings) -> str:
 
 
 def cmd_apikey_create(args, settings: Settings) -> int:
-    from raysys.storage.postgres import Database  # noqa: PLC0415
-
     async def create() -> tuple[str, str]:
         db = await Database.open(_database_url(settings), max_size=1)
         try:
@@ -85,8 +83,6 @@ def cmd_apikey_create(args, settings: Settings) -> int:
 
 
 def cmd_apikey_revoke(args, settings: Settings) -> int:
-    from raysys.storage.postgres import Database  # noqa: PLC0415
-
     async def revoke() -> bool:
         db = await Database.open(_database_url(settings), max_size=1)
         try:

@@ -7,8 +7,11 @@ import json
 import sys
 from datetime import date
 
+from raysys import synthetic
 from raysys.config import Settings
+from raysys.runtime import init_ray
 from raysys.stack import LocalStack, status_dicts
+from raysys.storage.postgres import Database
 
 
 def register(sub) -> None:
@@ -55,9 +58,6 @@ def cmd_down(args, settings: Settings) -> int:
 
 
 def cmd_seed_data(args, settings: Settings) -> int:
-    from raysys import synthetic  # noqa: PLC0415
-    from raysys.storage.postgres import Database  # noqa: PLC0415
-
     settings = settings.resolved()
     if not settings.postgres_url:
         print("raysys: POSTGRES_URL is not set and no embedded stack is running (run `raysys up`).", file=sys.stderr)
@@ -78,8 +78,7 @@ def cmd_seed_data(args, settings: Settings) -> int:
     asyncio.run(write())
     facts = 0
     if not args.no_facts:
-        from raysys.actors.warehouse import wh_call  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.actors.warehouse import wh_call  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         init_ray(settings)
         facts = wh_call(settings, "insert_call_facts", [synthetic.call_fact(sc) for sc in ds.calls])

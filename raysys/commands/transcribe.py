@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import sys
 
+from raysys.errors import InvalidInput, ModelUnavailable
+from raysys.runtime import init_ray
+
 FORMATS = ("json", "txt", "srt", "vtt")
 
 
@@ -52,11 +55,8 @@ def render(result: dict, fmt: str) -> str:
 
 
 def cmd_transcribe(args, settings) -> int:
-    from raysys.errors import InvalidInput, ModelUnavailable  # noqa: PLC0415
-
     try:
-        from raysys.runtime import init_ray  # noqa: PLC0415
-        from raysys.tasks.transcription import transcribe_recording  # noqa: PLC0415
+        from raysys.tasks.transcription import transcribe_recording  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         init_ray(settings.resolved())
         result = transcribe_recording(settings, args.audio, layout=args.layout, backend=args.backend,

@@ -151,8 +151,8 @@ def _outline_headings(reader) -> dict[int, list[tuple[int, str]]]:
 
 
 def parse_pdf(data: bytes, *, max_pages: int | None = None) -> ParsedDocument:
-    from pypdf import PdfReader  # noqa: PLC0415
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError  # noqa: PLC0415
+    from pypdf import PdfReader  # noqa: PLC0415 - pypdf: only PDF files need it
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError  # noqa: PLC0415 - pypdf: only PDF files need it
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -231,9 +231,9 @@ def _join_lines(lines: list[str]) -> str:
 
 
 def parse_docx(data: bytes, *, max_pages: int | None = None) -> ParsedDocument:
-    import docx  # noqa: PLC0415
-    from docx.opc.exceptions import OpcError  # noqa: PLC0415
-    from docx.table import Table  # noqa: PLC0415
+    import docx  # noqa: PLC0415 - python-docx: only DOCX files need it
+    from docx.opc.exceptions import OpcError  # noqa: PLC0415 - python-docx: only DOCX files need it
+    from docx.table import Table  # noqa: PLC0415 - python-docx: only DOCX files need it
 
     try:
         document = docx.Document(io.BytesIO(data))
@@ -285,7 +285,7 @@ _MARK = "\x01"
 
 
 def parse_html(data: bytes, *, max_pages: int | None = None) -> ParsedDocument:
-    from bs4 import BeautifulSoup, Comment, NavigableString  # noqa: PLC0415
+    from bs4 import BeautifulSoup, Comment, NavigableString  # noqa: PLC0415 - BeautifulSoup: only HTML files need it
 
     soup = BeautifulSoup(decode_text(data), "lxml")
     title_tag = soup.find("title")

@@ -25,13 +25,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from raysys.actors.embedding import embed_texts, model_name
 from raysys.config import Settings
 from raysys.constants import EMBEDDING_DIM
 from raysys.errors import InvalidInput, NotFound, TooLarge
 from raysys.ingest import chunking, index
 from raysys.ingest.detect import sniff
 from raysys.ingest.parse import parse
+from raysys.ingest.rag import RagClient
 from raysys.paths import confine
+from raysys.storage.postgres import connect
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +74,11 @@ def document_id_for(path: str | os.PathLike[str]) -> str:
 
 
 def model_path(settings: Settings) -> str:
-    from raysys.actors.embedding import model_name  # noqa: PLC0415
-
     return model_name(settings)
 
 
 def cluster_embedder(settings: Settings) -> Embedder:
     """Embed through the cluster's embedding actor pool."""
-    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
-
     return lambda texts: embed_texts(settings, texts)
 
 
@@ -171,8 +170,6 @@ def ingest_documents(settings: Settings, tenant_id: str,
 
 async def _ingest_group(settings: Settings, tenant_id: str, items: list[tuple[Any, str | None]], embed: Embedder,
                         report: Callable[[float, str], None], force: bool) -> list[dict[str, Any] | BaseException]:
-    from raysys.storage.postgres import connect  # noqa: PLC0415
-
     results: list[dict[str, Any] | BaseException | None] = [None] * len(items)
     prepared: list[_Prepared] = []
     conn = await connect(settings.postgres_url)
@@ -308,8 +305,6 @@ def record_meta(record: index.DocumentRecord | dict[str, Any]) -> dict[str, Any]
 def _push(settings: Settings, meta: dict[str, Any], tenant_id: str, document_id: str, content_hash: str,
           rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Push one document version to the RAG service (blocking HTTP; run it in a thread from async code)."""
-    from raysys.ingest.rag import RagClient  # noqa: PLC0415
-
     with RagClient(settings.rag_service_url) as client:
         return client.push_document(tenant_id, document_id, content_hash, rows, meta)
 
@@ -325,8 +320,6 @@ def search(settings: Settings, tenant_id: str, query: str, top_k: int = 5, *,
     vector = np.asarray(embed([query]), dtype=np.float32)[0]
 
     async def run() -> list[index.SearchHit]:
-        from raysys.storage.postgres import connect  # noqa: PLC0415
-
         conn = await connect(settings.postgres_url)
         try:
             return await index.search(conn, tenant_id, vector.tolist(), top_k)

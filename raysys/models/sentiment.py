@@ -140,7 +140,7 @@ class SentimentModel:
     def __init__(self) -> None:
         # vaderSentiment is imported here, not at module import: the emotion model imports this module and
         # only some of its callers score text.
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer, SentiText  # noqa: PLC0415
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer, SentiText  # noqa: PLC0415 - vaderSentiment: its lexicon loads only when the model is built
 
         model = self
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 def deploy(settings: Settings, *, blocking: bool = False) -> str:
     """Deploy the API on the cluster at ``settings.ray_address``; return its base URL (see app.deploy)."""
-    from raysys.serve.app import deploy as _deploy  # noqa: PLC0415 - Serve and FastAPI load only when used
+    from raysys.serve.app import deploy as _deploy  # noqa: PLC0415 - Serve and FastAPI load only when the API is deployed
 
     return _deploy(settings, blocking=blocking)
 

@@ -29,6 +29,7 @@ Serve on the cluster at ``settings.ray_address`` and returns the base URL.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import time
@@ -37,6 +38,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import ray
+import ray.exceptions as rex
 from fastapi import Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -44,17 +47,26 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.context import _get_global_client
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raysys import errors
+from raysys.actors.diarization import diarization_pool
+from raysys.actors.emotion import emotion_pool
+from raysys.actors.warehouse import wh_call
 from raysys.config import ConfigError, Settings
+from raysys.ingest.pipeline import search
 from raysys.jobs import runner
+from raysys.paths import confine, confine_to_tenant
+from raysys.queue.client import Client
+from raysys.runtime import init_ray
 from raysys.serve import uploads
 from raysys.serve.auth import Unauthorized, key_from_headers
 from raysys.serve.edge import Edge, scope_tenant
 from raysys.serve.jobstore import JobStore
 from raysys.serve.limits import Limited, Limits
 from raysys.storage import postgres
+from raysys.tasks.transcription import transcribe_recording
 
 log = logging.getLogger("raysys.serve")
 
@@ -125,10 +137,8 @@ class Service:
             await self.jobs.close()
 
     @property
-    def client(self):  # raysys.queue.client.Client, imported late (bridge engineer's module)
+    def client(self) -> Client:
         if self._client is None:
-            from raysys.queue.client import Client  # noqa: PLC0415
-
             self._client = Client(self.settings)
         return self._client
 
@@ -231,8 +241,6 @@ class Service:
 
         Raises InvalidInput (not a non-empty string) or Forbidden; the message names the path as given.
         """
-        from raysys.paths import confine, confine_to_tenant  # noqa: PLC0415
-
         if not isinstance(path, str) or not path:
             raise errors.InvalidInput("a path argument must be a non-empty string")
         if call is None:
@@ -269,8 +277,6 @@ class Service:
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
         except TimeoutError:
-            import ray  # noqa: PLC0415
-
             ray.cancel(ref)
             raise GatewayTimeout(f"analytics of call {call_id!r} did not finish within {timeout:g} s; "
                                  "use wait=false to enqueue it") from None
@@ -306,8 +312,6 @@ class Service:
             await self.db.pool.fetchval("SELECT 1")
 
         async def warehouse() -> None:
-            from raysys.actors.warehouse import wh_call  # noqa: PLC0415
-
             if not await asyncio.to_thread(wh_call, self.settings, "ping"):
                 raise RuntimeError("warehouse did not answer")
 
@@ -338,9 +342,6 @@ def models_ready(settings: Settings) -> list[dict]:
 
     Raises ModelUnavailable when a model cannot load.
     """
-    from raysys.actors.diarization import diarization_pool  # noqa: PLC0415 - model engineer's modules
-    from raysys.actors.emotion import emotion_pool  # noqa: PLC0415
-
     return [*diarization_pool(settings).ready(), *emotion_pool(settings).ready()]
 
 
@@ -360,8 +361,6 @@ def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None =
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map raysys' error hierarchy (and Ray's) to JSON bodies; nothing internal reaches the client."""
-    import ray.exceptions as rex  # noqa: PLC0415
-
     @app.exception_handler(errors.RaysysError)
     async def raysys_error(request: Request, exc: Exception) -> JSONResponse:
         exc = runner.unwrap(exc)
@@ -518,8 +517,6 @@ def create_app(service: Service) -> FastAPI:
                          language: str | None = Form(None, pattern="^[a-z]{2,3}$")) -> dict:
         path = await uploads.save_upload(file, settings, tenant_id)
         try:
-            from raysys.tasks.transcription import transcribe_recording  # noqa: PLC0415
-
             result = await asyncio.to_thread(transcribe_recording, settings, str(path), layout=layout,
                                              language=language)
             return {**{k: v for k, v in result.items() if k != "diarization"},
@@ -558,8 +555,6 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/metrics/daily", tags=["metrics"], summary="the tenant's daily metrics (AHT, FCR, CSAT proxy ...)")
     async def daily_metrics(tenant_id: str = Depends(tenant), start: date | None = None,
                             end: date | None = None) -> dict:
-        from raysys.actors.warehouse import wh_call  # noqa: PLC0415
-
         end = end or datetime.now(UTC).date()
         start = start or end - timedelta(days=6)
         if start > end:
@@ -580,8 +575,6 @@ def create_app(service: Service) -> FastAPI:
 
 def model_function(module: str, name: str):
     """``raysys.actors.<module>.<name>`` (the shared model actors' entry points), or ModelUnavailable."""
-    import importlib  # noqa: PLC0415
-
     try:
         return getattr(importlib.import_module(f"raysys.actors.{module}"), name)
     except (ImportError, AttributeError) as exc:
@@ -589,11 +582,7 @@ def model_function(module: str, name: str):
 
 
 def search_documents(settings: Settings, tenant_id: str, query: str, k: int) -> list[dict]:
-    """The ingestion engineer's search over the tenant's chunks (pgvector), called from a thread."""
-    try:
-        from raysys.ingest.pipeline import search  # noqa: PLC0415
-    except ImportError as exc:
-        raise errors.ModelUnavailable("document search is not available in this build") from exc
+    """The tenant's chunks nearest to ``query`` (pgvector search), called from a thread."""
     return [hit.to_dict() if hasattr(hit, "to_dict") else hit for hit in search(settings, tenant_id, query, top_k=k)]
 
 
@@ -648,16 +637,12 @@ def deploy(settings: Settings, *, blocking: bool = False, name: str = APP_NAME, 
     interrupted and then deletes the application. Raises :class:`ConfigError` when PostgreSQL or Redis
     is not configured.
     """
-    from raysys.runtime import init_ray  # noqa: PLC0415
-
     settings = settings.resolved()
     app = build_app(settings)
     init_ray(settings)
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
     host, port = settings.serve_host, settings.serve_port
     try:
-        from ray.serve.context import _get_global_client  # noqa: PLC0415
-
         http = _get_global_client().http_config
         host, port = http.host, http.port
     except Exception:  # noqa: BLE001 - private API; fall back to what we asked for

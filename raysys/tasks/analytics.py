@@ -22,10 +22,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from raysys.actors.diarization import diarize_file
+from raysys.actors.embedding import embed_texts
+from raysys.actors.emotion import analyze_file
+from raysys.actors.warehouse import wh_call
 from raysys.analytics import callmetrics, intents, summary
 from raysys.analytics import sentiment as call_sentiment
 from raysys.config import ConfigError, Settings
 from raysys.errors import InvalidInput, NotFound
+from raysys.paths import confine
+from raysys.storage.postgres import Database
+from raysys.storage.postgres import NotFound as RowNotFound
 from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
@@ -59,8 +66,6 @@ def postgres_url(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def open_db(settings: Settings) -> AsyncIterator[Any]:
     """A :class:`raysys.storage.postgres.Database` for one task run (a small pool, closed after)."""
-    from raysys.storage.postgres import Database  # noqa: PLC0415
-
     db = await Database.open(postgres_url(settings), max_size=2)
     try:
         yield db
@@ -70,15 +75,11 @@ async def open_db(settings: Settings) -> AsyncIterator[Any]:
 
 def warehouse_call(settings: Settings, method: str, *args: Any) -> Any:
     """A Warehouse method on the cluster's Warehouse actor (Ray must be initialised)."""
-    from raysys.actors.warehouse import wh_call  # noqa: PLC0415
-
     return wh_call(settings, method, *args)
 
 
 def encoder(settings: Settings):
     """``encode(texts) -> vectors`` through the cluster's embedding actor."""
-    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
-
     def encode(texts: list[str]) -> np.ndarray:
         return np.asarray(embed_texts(settings, list(texts)), dtype=np.float32)
 
@@ -87,8 +88,6 @@ def encoder(settings: Settings):
 
 def confined_audio(settings: Settings, audio_path: str) -> Path:
     """The recording's real path inside ``settings.allowed_roots``; Forbidden/NotFound otherwise."""
-    from raysys.paths import confine  # noqa: PLC0415
-
     path = confine(audio_path, settings.allowed_roots)
     if not path.is_file():
         raise NotFound(f"recording {audio_path!r} does not exist")
@@ -132,9 +131,6 @@ def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Pat
     emotion: dict[str, Any] | None = None
     mapping: dict[str, Any] = {"mapping": {}, "method": "none"}
     if audio is not None:
-        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-        from raysys.actors.emotion import analyze_file  # noqa: PLC0415
-
         if diarization is None:
             progress(0.1, "diarization")
             diarization = diarize_file(settings, str(audio), layout=call.audio_layout or "auto")
@@ -248,7 +244,6 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
     if not isinstance(call_id, str) or not call_id:
         raise InvalidInput("call_id must be a non-empty string")
     settings = ctx.settings
-    from raysys.storage.postgres import NotFound as RowNotFound  # noqa: PLC0415
 
     async def load():
         async with open_db(settings) as db:
@@ -261,7 +256,7 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
     call, turns = run_sync(load())
     audio = confined_audio(settings, call.audio_path) if call.audio_path else None
     # A recording without turns is transcribed first (stored as source='asr'; platform turns win).
-    from raysys.tasks.transcription import ensure_turns  # noqa: PLC0415 - it imports this module's helpers
+    from raysys.tasks.transcription import ensure_turns  # noqa: PLC0415 - a cycle: tasks.transcription imports this module (its helpers move out of the tasks)
 
     t_asr = time.perf_counter()
     turns, diarization, transcribed = ensure_turns(
@@ -303,7 +298,6 @@ def diarize_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, A
     Raises Forbidden (outside the allowed roots), NotFound (no such file), InvalidInput (bad audio).
     """
     path = confined_audio(ctx.settings, audio_path)
-    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
 
     result = diarize_file(ctx.settings, str(path))
     return {"call_id": call_id, **result}
@@ -317,8 +311,6 @@ def analyze_emotion(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str
     speakers: {speaker: {seconds, valence, arousal, label}}, backend, model_version}``.
     """
     path = confined_audio(ctx.settings, audio_path)
-    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-    from raysys.actors.emotion import analyze_file  # noqa: PLC0415
 
     diar = diarize_file(ctx.settings, str(path))
     ctx.progress(0.5, "emotion")

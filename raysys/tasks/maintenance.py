@@ -34,7 +34,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from raysys.actors.diarization import diarize_file
+from raysys.actors.emotion import analyze_file
 from raysys.analytics import audit, audit_report, intents
+from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.errors import InvalidInput
 from raysys.tasks.analytics import encoder, open_db, run_sync, warehouse_call
@@ -167,8 +172,6 @@ def _clean_temp(root: Path, max_age_hours: float, now: float) -> dict[str, int]:
 
 def cleanup(settings: Settings, wh: WarehouseCall | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The work of :func:`cleanup_expired_sessions`; ``wh(method, *args)`` reaches the warehouse."""
-    import redis  # noqa: PLC0415
-
     wh = wh or (lambda method, *args: warehouse_call(settings, method, *args))
     now = now or datetime.now(UTC)
     started = time.perf_counter()
@@ -215,9 +218,6 @@ def _emotion_rows(settings: Settings, audit_dir: Path, classify: Callable[[str],
     if not items:
         return []
     if classify is None:
-        from raysys.actors.emotion import analyze_file  # noqa: PLC0415 - Ray and the emotion pool only here
-        from raysys.audio import load_audio  # noqa: PLC0415
-
         def classify(path: str) -> dict:
             # one clip, one label: the whole clip is one segment, through the configured backend's actor
             samples, rate = load_audio(path, max_seconds=settings.max_audio_seconds)
@@ -260,8 +260,6 @@ def run_audit(settings: Settings, audit_dir: Path, wh: WarehouseCall | None = No
     items = audit.diarization_items(audit_dir)
     if items:
         if diarize is None:
-            from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-
             def diarize(path: str) -> dict:
                 return diarize_file(settings, path)
 

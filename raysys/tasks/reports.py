@@ -21,12 +21,15 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import redis
+
 from raysys.analytics import mail
 from raysys.analytics.aggregation import aggregate_days, days_to_recompute
 from raysys.analytics.report import CALL_FIELDS, build_report, save_report
 from raysys.config import Settings
 from raysys.constants import REPORT_MAILED_PREFIX, REPORT_MAILED_TTL
 from raysys.errors import InvalidInput, NotFound, Retry
+from raysys.storage.postgres import NotFound as RowNotFound
 from raysys.tasks.analytics import open_db, run_sync, warehouse_call
 from raysys.tasks.metrics import parse_day
 from raysys.tasks.registry import TaskContext, task
@@ -40,8 +43,6 @@ class _MailMarker:
     """The per tenant-and-day marker that keeps a report from being e-mailed twice (see the module docstring)."""
 
     def __init__(self, settings: Settings, tenant_id: str, day: str) -> None:
-        import redis  # noqa: PLC0415
-
         self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
         self.key = f"{settings.key_prefix}{REPORT_MAILED_PREFIX}{tenant_id}:{day}"
 
@@ -83,7 +84,6 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
     if not isinstance(tenant_id, str) or not tenant_id:
         raise InvalidInput("tenant_id must be a non-empty string")
     day = parse_day(date)
-    from raysys.storage.postgres import NotFound as RowNotFound  # noqa: PLC0415
 
     async def tenant_row():
         async with open_db(settings) as db:

@@ -14,14 +14,20 @@ speaks most of the rest is the customer (:func:`raysys.analytics.callmetrics.map
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from raysys.actors.diarization import diarize_file
+from raysys.actors.transcription import transcribe_audio
 from raysys.analytics import callmetrics
 from raysys.config import Settings
 from raysys.errors import InvalidInput
+from raysys.models.transcription import words_to_turns
+from raysys.storage.postgres import NotFound as RowNotFound
+from raysys.storage.postgres import Turn
 from raysys.tasks.registry import TaskContext, task
 
 log = logging.getLogger(__name__)
@@ -43,12 +49,6 @@ def transcribe_recording(settings: Settings, audio: str | Path | bytes, *, layou
 
     Raises InvalidInput (bad audio or arguments), ModelUnavailable (a model cannot be loaded).
     """
-    import concurrent.futures  # noqa: PLC0415
-
-    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-    from raysys.actors.transcription import transcribe_audio  # noqa: PLC0415
-    from raysys.models.transcription import words_to_turns  # noqa: PLC0415
-
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     report = progress or (lambda f, m: None)
@@ -83,8 +83,6 @@ def transcribe_recording(settings: Settings, audio: str | Path | bytes, *, layou
 
 def stored_turns(result: dict[str, Any]) -> list[Any]:
     """``call_turns`` rows (:class:`raysys.storage.postgres.Turn`, source 'asr') from a transcription."""
-    from raysys.storage.postgres import Turn  # noqa: PLC0415
-
     version = f"{result['backend']}:{result['model_version']}"
     return [Turn(turn_index=i, speaker_role=t["role"] if t["role"] in callmetrics.ROLES else "unknown",
                  start_s=t["start"], end_s=t["end"], text=t["text"], source="asr", model_version=version,
@@ -101,7 +99,7 @@ def ensure_turns(settings: Settings, call: Any, turns: list[Any], audio: Path | 
     """
     if turns or audio is None:
         return turns, None, None
-    from raysys.tasks.analytics import open_db, run_sync  # noqa: PLC0415 - analytics imports this module
+    from raysys.tasks.analytics import open_db, run_sync  # noqa: PLC0415 - a cycle: tasks.analytics imports this module (its helpers move out of the tasks)
 
     result = transcribe_recording(settings, audio, layout=call.audio_layout or "auto", progress=progress)
     rows = stored_turns(result)
@@ -131,8 +129,7 @@ def transcribe_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str
     """
     if not isinstance(call_id, str) or not call_id:
         raise InvalidInput("call_id must be a non-empty string")
-    from raysys.storage.postgres import NotFound as RowNotFound  # noqa: PLC0415
-    from raysys.tasks.analytics import confined_audio, open_db, postgres_url, run_sync  # noqa: PLC0415
+    from raysys.tasks.analytics import confined_audio, open_db, postgres_url, run_sync  # noqa: PLC0415 - a cycle: tasks.analytics imports this module (its helpers move out of the tasks)
 
     path = confined_audio(ctx.settings, audio_path)
     call = None
