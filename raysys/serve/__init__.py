@@ -1,4 +1,8 @@
-"""The HTTP API on Ray Serve (see :mod:`raysys.serve.app`). ``deploy(settings) -> base_url`` starts it."""
+"""The HTTP API on Ray Serve (see :mod:`raysys.serve.app`). ``deploy(settings) -> base_url`` starts it.
+
+Layer 6, beside scheduler and jobs (none imports another): may import the queue and every layer
+below; imported by commands.
+"""
 
 from __future__ import annotations
 
