@@ -79,7 +79,7 @@ def placement_report(name: str, needs: dict[str, float]) -> str:
     try:
         free = ray.available_resources()
         parts.append(f"the cluster has {_fmt({k: free.get(k, 0.0) for k in wanted})} free")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the report is best effort: it is built while a job is already failing
         pass
     demand = pending_demand()
     if demand:

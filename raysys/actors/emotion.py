@@ -56,7 +56,7 @@ class EmotionActor(ModelServer):
                 try:
                     out.append({"scored": self.model.classify(item["pieces"], item.get("transcripts")),
                                 "model_version": self.model.model_version})
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - one item's failure is that item's result, not the batch's
                     out.append(exc)
             return out
         return [{"scored": scored[a:b], "model_version": self.model.model_version} for a, b in bounds]

@@ -251,7 +251,7 @@ class ModelPool:
         except ServiceTimeout:
             raise ServiceTimeout(f"{self.kind} actor {name} did not start within {timeout:.0f} s: "
                                  f"{deadline.placement_report(name, self.needs())}") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any load failure kills the actor, then is reported as its cause
             cause = _unwrap(exc)
             ray.kill(handle, no_restart=True)  # a fresh actor retries the load next time
             deadline.forget(name)
@@ -273,7 +273,7 @@ class ModelPool:
                                        f"{self.kind} actor {name}")
         except ServiceTimeout:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - unwrapped and re-raised as its cause
             cause = _unwrap(exc)
             if isinstance(cause, ModelUnavailable):
                 ray.kill(handle, no_restart=True)

@@ -53,7 +53,7 @@ class TranscriptionActor(ModelServer):
             try:
                 out.append(transcribe_chunk(self.model, item["audio"], offset=float(item.get("offset", 0.0)),
                                             language=item.get("language")))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one chunk's failure is that chunk's result, not the batch's
                 out.append(exc)
         return out
 
@@ -159,7 +159,7 @@ def _run_parallel(pool: ModelPool, items: list[dict], progress: Callable[[float,
         for ref in ready:
             try:
                 res = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - unwrapped and re-raised as its cause
                 cause = _unwrap(exc)
                 if isinstance(cause, RaysysError | ValueError):
                     raise cause from None

@@ -145,7 +145,7 @@ def _outline_headings(reader) -> dict[int, list[tuple[int, str]]]:
 
     try:
         walk(reader.outline, 1)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a broken outline only costs the headings
         return {}
     return out
 

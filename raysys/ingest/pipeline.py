@@ -205,7 +205,7 @@ async def _ingest_group(settings: Settings, tenant_id: str, items: list[tuple[An
             p.timings["embed"] = share
             try:
                 results[p.index] = await _store(settings, conn, p, vectors)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one document's failure is that document's result
                 results[p.index] = exc
     finally:
         await conn.close()

@@ -45,7 +45,7 @@ def make_diarizer(backend: str, *, model: str | None = None, token: str | None =
     if backend == "builtin":
         try:
             return BuiltinDiarizer(device=device)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any load failure is ModelUnavailable
             raise ModelUnavailable(f"builtin diarizer could not load: {exc}") from exc
     if backend == "pyannote":
         if not model:

@@ -158,7 +158,7 @@ def make_transcriber(backend: str, *, model: str | None = None, token: str | Non
             return PocketsphinxTranscriber(config=config, device=device)
         except ModelUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any load failure is ModelUnavailable
             raise ModelUnavailable(f"pocketsphinx could not load: {exc}") from exc
     if backend == "faster-whisper":
         if not model:
