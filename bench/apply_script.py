@@ -28,7 +28,7 @@ from raysys.stack import free_port, start_redis, terminate
 BATCH, BATCHES = 64, 20
 
 
-def load_baseline(rev: str):  # noqa: ANN201 - a module loaded from git
+def load_baseline(rev: str):  # a module loaded from git
     source = subprocess.run(["git", "show", f"{rev}:raysys/queue/redis.py"], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     path = Path(tempfile.mkdtemp()) / "baseline_redis.py"
@@ -51,7 +51,7 @@ def main() -> None:
         scripts = {k: r.register_script(m.APPLY) for k, m in modules.items()}
         template = protocol.encode_celery("raysys.ping", [], task_id="ID")
 
-        def batch(kind: str):  # noqa: ANN202
+        def batch(kind: str):
             ops = modules[kind].Ops()
             inflight = "raysys:inflight:bench:bench"
             raws = [template.replace('"ID"', f'"{uuid.uuid4()}"') for _ in range(BATCH)]

@@ -131,7 +131,7 @@ def run_celery(url: str, workdir: Path, args: argparse.Namespace) -> dict:
         [sys.executable, "-m", "celery", "-A", "bench_celery_app", "worker", "-Q", QUEUE, "--pool", "prefork",
          "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
          "--without-heartbeat"],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "celery.log", "wb"),  # noqa: SIM115
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "celery.log", "wb"),
         start_new_session=True)
     try:
         r = redis.Redis.from_url(url)

@@ -60,8 +60,8 @@ PEER_TRN_MEAN = 0.495
 
 
 def der_of(reference, segments, uri):
-    from pyannote.core import Annotation, Segment  # noqa: PLC0415
-    from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: PLC0415
+    from pyannote.core import Annotation, Segment
+    from pyannote.metrics.diarization import DiarizationErrorRate
 
     hyp = Annotation(uri=uri)
     for i, s in enumerate(segments):
@@ -86,10 +86,10 @@ def speakers_2s(reference, min_seconds: float = 2.0) -> int:
 
 def synthetic_table(builtin) -> None:
     """The synthetic calls (raysys.models.mixtures.validation_set): 1-4 LibriSpeech voices per call."""
-    import numpy as np  # noqa: PLC0415
-    from pyannote.core import Annotation, Segment  # noqa: PLC0415
+    import numpy as np
+    from pyannote.core import Annotation, Segment
 
-    from raysys.models.mixtures import validation_set  # noqa: PLC0415
+    from raysys.models.mixtures import validation_set
 
     if not READ.exists():
         print(f"synthetic calls: {READ} is absent; skipped.")
@@ -113,7 +113,7 @@ def synthetic_table(builtin) -> None:
         hyp = Annotation(uri=m.name)
         for i, s in enumerate(segs):
             hyp[Segment(s["start"], s["end"]), i] = s["speaker"]
-        from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: PLC0415
+        from pyannote.metrics.diarization import DiarizationErrorRate
 
         der = DiarizationErrorRate(collar=0.25, skip_overlap=False)(ref, hyp, uem=Segment(0, duration))
         nspk, ref_2s = len({s["speaker"] for s in segs}), speakers_2s(ref)
@@ -138,11 +138,11 @@ def main() -> int:
         print(f"bench/diarization: {DATA} is absent; nothing to measure.")
         return 0
 
-    import torch  # noqa: PLC0415
-    from pyannote.database.util import load_rttm  # noqa: PLC0415
+    import torch
+    from pyannote.database.util import load_rttm
 
-    from raysys.audio import load_audio  # noqa: PLC0415
-    from raysys.models.builtin_diarization import BuiltinDiarizer  # noqa: PLC0415
+    from raysys.audio import load_audio
+    from raysys.models.builtin_diarization import BuiltinDiarizer
 
     torch.set_num_threads(1)
     refs = load_rttm(DATA / "sample.rttm")
@@ -156,8 +156,8 @@ def main() -> int:
 
     pyannote = None
     if not args.no_pyannote:
-        from raysys.models.pyannote_backend import PyannoteDiarizer  # noqa: PLC0415
-        from raysys.models.random_checkpoints import build_pyannote_pipeline  # noqa: PLC0415
+        from raysys.models.pyannote_backend import PyannoteDiarizer
+        from raysys.models.random_checkpoints import build_pyannote_pipeline
 
         folder = build_pyannote_pipeline(Path(tempfile.mkdtemp(prefix="bench-pyannote-")) / "pipeline",
                                          chunk_seconds=10.0, step=0.1)
@@ -211,7 +211,7 @@ def main() -> int:
         err = sum(c["confusion"] + c["missed detection"] + c["false alarm"] for c in comps)
         return err / sum(c["total"] for c in comps)
 
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     print("-" * len(header))
     sample_der = der_of(refs["sample"], builtin.diarize(audio["sample"]), "sample")

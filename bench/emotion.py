@@ -50,7 +50,7 @@ TARGET_AUC, TARGET_UAR = 0.85, 0.60
 
 
 def auc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, s))
 
@@ -61,7 +61,7 @@ def uar(y: list[str], pred: list[str]) -> float:
 
 
 def metrics(emotions: list[str], arousal: np.ndarray, labels: list[str]) -> dict[str, float]:
-    from raysys.models.emotion_training import AROUSAL_OF, LABEL_OF  # noqa: PLC0415
+    from raysys.models.emotion_training import AROUSAL_OF, LABEL_OF
 
     a = [i for i, e in enumerate(emotions) if e in AROUSAL_OF]
     four = [i for i, e in enumerate(emotions) if e in LABEL_OF and e != "L"]
@@ -75,12 +75,12 @@ def main() -> int:
     if not EMODB.is_dir():
         print(f"skipped: EmoDB not found at {EMODB}")
         return 0
-    from emotion_heuristic import HeuristicEmotion, heuristic_scores  # noqa: PLC0415
+    from emotion_heuristic import HeuristicEmotion, heuristic_scores
 
-    from raysys.audio import load_audio  # noqa: PLC0415
-    from raysys.models import emotion_training as recipe  # noqa: PLC0415
-    from raysys.models.emotion import LABELS, BuiltinEmotion  # noqa: PLC0415
-    from raysys.models.emotion_features import telephone  # noqa: PLC0415
+    from raysys.audio import load_audio
+    from raysys.models import emotion_training as recipe
+    from raysys.models.emotion import LABELS, BuiltinEmotion
+    from raysys.models.emotion_features import telephone
 
     load = os.getloadavg()[0]
     clips = recipe.emodb_clips(EMODB)

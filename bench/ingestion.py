@@ -49,7 +49,7 @@ def paragraph(rng: random.Random, n: int) -> str:
 
 def make_pdf(path: Path, pages: int, seed: int = 0) -> Path:
     """``pages`` A4 pages, each a numbered heading and about 330 words in four paragraphs."""
-    from fpdf import FPDF  # noqa: PLC0415
+    from fpdf import FPDF
 
     rng = random.Random(seed)
     pdf = FPDF()
@@ -96,18 +96,18 @@ def main() -> int:
     parser.add_argument("--skip-batch", action="store_true")
     args = parser.parse_args()
 
-    import logging  # noqa: PLC0415
+    import logging
 
     logging.basicConfig(level=logging.WARNING)
-    import ray  # noqa: PLC0415
+    import ray
 
-    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
-    from raysys.config import Settings  # noqa: PLC0415
-    from raysys.constants import RAY_NAMESPACE  # noqa: PLC0415
-    from raysys.ingest.batch import ingest_many  # noqa: PLC0415
-    from raysys.ingest.pipeline import ingest_document, run_async  # noqa: PLC0415
-    from raysys.stack import start_postgres, stop_postgres  # noqa: PLC0415
-    from raysys.storage.postgres import migrate  # noqa: PLC0415
+    from raysys.actors.embedding import embed_texts
+    from raysys.config import Settings
+    from raysys.constants import RAY_NAMESPACE
+    from raysys.ingest.batch import ingest_many
+    from raysys.ingest.pipeline import ingest_document, run_async
+    from raysys.stack import start_postgres, stop_postgres
+    from raysys.storage.postgres import migrate
 
     tmp = Path(tempfile.mkdtemp(prefix="raysys-bench-ingest-"))
     settings = Settings.from_env().resolved()
@@ -131,9 +131,9 @@ def main() -> int:
 
         (tmp / "docs").mkdir()
         pdf = make_pdf(tmp / "docs" / "handbook.pdf", args.pages)
-        import psutil  # noqa: PLC0415 - Ray depends on it
+        import psutil  # Ray depends on it
 
-        from raysys.actors.embedding import embedding_actor  # noqa: PLC0415
+        from raysys.actors.embedding import embedding_actor
 
         actor = psutil.Process(ray.get(embedding_actor(settings).__ray_call__.remote(lambda self: os.getpid())))
         cpu_actor, cpu_self = sum(actor.cpu_times()[:2]), time.process_time()

@@ -81,7 +81,7 @@ def main() -> int:
     args = ap.parse_args()
     data = Path(args.data)
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(1)
     except ImportError:
@@ -90,7 +90,7 @@ def main() -> int:
     model = SentimentModel()
     vader_only = SentimentModel()
     vader_only._phrases = []  # the bare library: no phrases ...
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # noqa: PLC0415
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     vader_only._analyzer.lexicon = SentimentIntensityAnalyzer().lexicon  # ... and VADER's own lexicon
     scorers: dict[str, Callable[[str], float]] = {

@@ -48,8 +48,8 @@ def line(label: str, lat_s: list[float], wall: float | None = None) -> str:
 
 
 def one_minute_call(dest: Path) -> Path:
-    import numpy as np  # noqa: PLC0415
-    import soundfile as sf  # noqa: PLC0415
+    import numpy as np
+    import soundfile as sf
 
     parts = []
     for name in ("sample.wav", "trn00.wav"):
@@ -67,8 +67,8 @@ def one_minute_call(dest: Path) -> Path:
     return dest
 
 
-async def seed(settings, audio: Path) -> tuple[str, str, str]:  # noqa: ANN001
-    from raysys.storage.postgres import Call, Database, Turn  # noqa: PLC0415
+async def seed(settings, audio: Path) -> tuple[str, str, str]:
+    from raysys.storage.postgres import Call, Database, Turn
 
     tenant = "bench_tenant"
     db = await Database.open(settings.postgres_url, max_size=2)
@@ -94,7 +94,7 @@ async def seed(settings, audio: Path) -> tuple[str, str, str]:  # noqa: ANN001
 
 async def reads(url: str, headers: dict, job_id: str, n: int, concurrency: int,
                 path: str | None = None) -> tuple[list[float], float]:
-    import httpx  # noqa: PLC0415
+    import httpx
 
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -117,7 +117,7 @@ async def reads(url: str, headers: dict, job_id: str, n: int, concurrency: int,
 
 
 def celery_reads(redis_url: str, job_id: str, n: int) -> list[float]:
-    from celery import Celery  # noqa: PLC0415
+    from celery import Celery
 
     app = Celery("bench", broker=redis_url, backend=redis_url)
     out = []
@@ -137,17 +137,17 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="per analytics request, seconds")
     args = parser.parse_args()
 
-    import httpx  # noqa: PLC0415
-    import ray  # noqa: PLC0415
-    from ray import serve  # noqa: PLC0415
+    import httpx
+    import ray
+    from ray import serve
 
-    from raysys.config import Settings  # noqa: PLC0415
-    from raysys.constants import RAY_NAMESPACE  # noqa: PLC0415
-    from raysys.queue.bridge import start_bridges, stop_bridges  # noqa: PLC0415
-    from raysys.queue.client import Client  # noqa: PLC0415
-    from raysys.serve import deploy  # noqa: PLC0415
-    from raysys.stack import free_port, start_postgres, start_redis, stop_postgres, terminate  # noqa: PLC0415
-    from raysys.storage.postgres import migrate  # noqa: PLC0415
+    from raysys.config import Settings
+    from raysys.constants import RAY_NAMESPACE
+    from raysys.queue.bridge import start_bridges, stop_bridges
+    from raysys.queue.client import Client
+    from raysys.serve import deploy
+    from raysys.stack import free_port, start_postgres, start_redis, stop_postgres, terminate
+    from raysys.storage.postgres import migrate
 
     tmp = Path(tempfile.mkdtemp(prefix="raysys-bench-serve-"))
     redis_pid, redis_url = start_redis(tmp / "redis", free_port())
@@ -218,7 +218,7 @@ def main() -> int:
         print(line("peer: queue path (send_task -> bridge -> get)", queued))
         t0 = time.perf_counter()
         with httpx.Client(base_url=url, headers=headers, timeout=600) as c2:
-            import concurrent.futures  # noqa: PLC0415
+            import concurrent.futures
 
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 codes = list(pool.map(lambda _: c2.post(f"/v1/calls/{call_id}/analytics").status_code, range(8)))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput, TooLarge, UnsupportedMedia
@@ -81,8 +82,6 @@ def _decode(source: str | Path | bytes, max_seconds: float | None = None) -> tup
     block by block and the read stops as soon as it passes ``max_seconds``, so a header that
     understates the length cannot make the decoder expand the file without bound either.
     """
-    import soundfile as sf  # noqa: PLC0415
-
     if isinstance(source, bytes | bytearray | memoryview):
         handle: io.BytesIO | str = io.BytesIO(bytes(source))
     else:
@@ -151,8 +150,6 @@ def audio_info(source: str | Path | bytes) -> AudioInfo:
     Raises:
         InvalidInput: unreadable; UnsupportedMedia: a format soundfile cannot read.
     """
-    import soundfile as sf  # noqa: PLC0415
-
     handle = io.BytesIO(bytes(source)) if isinstance(source, bytes | bytearray | memoryview) else str(source)
     try:
         info = sf.info(handle)
@@ -207,7 +204,7 @@ def load_audio(source: str | Path | bytes, *, mono: bool = True, max_seconds: fl
     if mono:
         data = data.mean(axis=1, keepdims=True)
     if rate != SAMPLE_RATE:
-        import soxr  # noqa: PLC0415
+        import soxr  # noqa: PLC0415 - soxr (with librosa, not a declared dependency): only to resample
 
         data = soxr.resample(data, rate, SAMPLE_RATE, quality="HQ")
     out = np.ascontiguousarray(data.T, dtype=np.float32)

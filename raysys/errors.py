@@ -70,7 +70,7 @@ class ServiceTimeout(RaysysError):
     http_status = 504
 
 
-class Retry(RaysysError):  # noqa: N818 - named like Celery's Retry, which it stands for
+class Retry(RaysysError):  # named like Celery's Retry, which it stands for
     """Raise from a task to run it again after ``countdown`` seconds (``None``: the task's backoff)."""
 
     retryable = True

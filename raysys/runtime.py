@@ -18,7 +18,7 @@ def init_ray(settings: Settings, **kwargs) -> None:
     With no address at all, Ray starts a private local cluster for this process, which is what a
     one-off CLI call or a test wants. Idempotent.
     """
-    import ray  # noqa: PLC0415
+    import ray  # noqa: PLC0415 - Ray loads only when a command connects: the CLI starts without it
 
     if ray.is_initialized():
         return
@@ -34,7 +34,7 @@ def init_ray(settings: Settings, **kwargs) -> None:
         # Ray 2.60 heads use token auth, but ray.init(address=...) does not turn it on by itself when a
         # token exists; Ray's own helper does (only when RAY_AUTH_MODE is unset and a token exists).
         try:
-            from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415
+            from ray._private.authentication.authentication_token_setup import (  # noqa: PLC0415 - Ray's private auth setup, only when connecting
                 maybe_enable_token_auth_if_token_available,
             )
 
@@ -60,7 +60,7 @@ def _token_mode() -> None:
     Ray's cached config refreshed (it was read when ``ray`` was imported)."""
     os.environ["RAY_AUTH_MODE"] = "token"
     try:
-        from ray._raylet import Config  # noqa: PLC0415 - Ray's private config cache
+        from ray._raylet import Config  # noqa: PLC0415 - Ray's private config cache, only when connecting
 
         Config.initialize("")
     except (ImportError, AttributeError):  # a Ray without the cache reads the variable when it connects

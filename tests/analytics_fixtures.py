@@ -57,7 +57,7 @@ def smtp_server():
         def __init__(self):
             self.messages = []
 
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        async def handle_DATA(self, server, session, envelope):
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
             return "250 OK"
 

@@ -85,7 +85,7 @@ def stubborn(ctx: TaskContext, seconds: float) -> float:
     while time.time() < end:
         try:
             time.sleep(0.05)
-        except (KeyboardInterrupt, Exception):  # noqa: S110 - that is the point of this task
+        except (KeyboardInterrupt, Exception):  # noqa: BLE001 - that is the point of this task
             pass
     return seconds
 
@@ -176,7 +176,7 @@ def block(ctx: TaskContext, seconds: float) -> str:
 @task("tests.suicide", queue="analytics", num_cpus=0.1)
 def suicide(ctx: TaskContext, key: str) -> None:
     """Counts its runs in the hash ``key`` (by job id), then SIGKILLs its own worker process, every time."""
-    import signal  # noqa: PLC0415
+    import signal
 
     _r(ctx).hincrby(key, ctx.task_id, 1)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -186,9 +186,9 @@ def suicide(ctx: TaskContext, key: str) -> None:
 def pg_touch(ctx: TaskContext, key: str) -> int:
     """Needs PostgreSQL: one query on ``ctx.settings.postgres_url`` (a connection error while it is down is
     an infrastructure outage); counts its runs in the hash ``key``."""
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from raysys.storage.postgres import connect  # noqa: PLC0415
+    from raysys.storage.postgres import connect
 
     _r(ctx).hincrby(key, ctx.task_id, 1)
 

@@ -20,7 +20,7 @@ class HungWarehouse:
     def ready(self) -> str:
         return "hung"
 
-    def call(self, method, *args, **kwargs):  # noqa: ANN001
+    def call(self, method, *args, **kwargs):
         time.sleep(600)
 
 

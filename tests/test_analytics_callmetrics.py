@@ -98,7 +98,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
     requests: list = []
     status = 200
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append((self.path, self.headers.get("Authorization"), body))
         payload = json.dumps({"choices": [{"message": {"role": "assistant",

@@ -33,7 +33,7 @@ def auth_smtp():
         def __init__(self):
             self.messages = []
 
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        async def handle_DATA(self, server, session, envelope):
             self.messages.append(envelope.content)
             return "250 OK"
 

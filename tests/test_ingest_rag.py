@@ -35,7 +35,7 @@ def _handler(state: FakeRag):
         def log_message(self, *args):  # quiet
             pass
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with state.lock:
                 state.requests.append(("POST", self.path, dict(self.headers), body))

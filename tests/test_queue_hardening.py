@@ -419,7 +419,7 @@ def test_outage_classification_from_real_client_errors(tmp_path):
     ch = caught(lambda: clickhouse_connect.get_client(host="127.0.0.1", port=port, connect_timeout=2))
     assert all(is_outage(e) for e in (pg, pg_socket, rd, ch, ServiceUnavailable("warehouse down"))), \
         [type(e) for e in (pg, pg_socket, rd, ch)]
-    missing = caught(lambda: open(tmp_path / "no-such-recording.wav", "rb"))  # noqa: SIM115
+    missing = caught(lambda: open(tmp_path / "no-such-recording.wav", "rb"))
     wrapped = caught(lambda: _raise_from(InvalidInput("bad call id"), rd))
     assert not is_outage(missing) and not is_outage(wrapped) and not is_outage(ValueError("x"))
 

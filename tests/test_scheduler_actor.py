@@ -70,7 +70,7 @@ def test_actor_enqueues_a_due_job_that_the_bridge_runs_to_success(ray_cluster, r
 def _status(ray, handle, key, default):
     try:
         return ray.get(handle.status.remote(), timeout=5)[key]
-    except Exception:  # restarting
+    except Exception:  # noqa: BLE001 - restarting: any error means not yet
         return default
 
 

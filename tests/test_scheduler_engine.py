@@ -22,7 +22,7 @@ LONDON = ZoneInfo("Europe/London")
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-class Crash(BaseException):  # noqa: N818 - stands for the process dying; not caught like an Exception
+class Crash(BaseException):  # stands for the process dying; not caught like an Exception
     """The scheduler process dies here."""
 
 

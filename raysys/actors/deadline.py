@@ -79,7 +79,7 @@ def placement_report(name: str, needs: dict[str, float]) -> str:
     try:
         free = ray.available_resources()
         parts.append(f"the cluster has {_fmt({k: free.get(k, 0.0) for k in wanted})} free")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the report is best effort: it is built while a job is already failing
         pass
     demand = pending_demand()
     if demand:
@@ -90,7 +90,7 @@ def placement_report(name: str, needs: dict[str, float]) -> str:
 def pending_demand() -> str:
     """The cluster's unmet task/actor resource demand as Ray's autoscaler sees it, e.g. ``[1 {'GPU': 1.0}]``."""
     try:
-        from ray.autoscaler.v2.sdk import get_cluster_status  # noqa: PLC0415 - autoscaler SDK, only on failure
+        from ray.autoscaler.v2.sdk import get_cluster_status  # noqa: PLC0415 - Ray's autoscaler SDK, only when a deadline has passed
 
         status = get_cluster_status(ray.get_runtime_context().gcs_address)
         demands = status.resource_demands.ray_task_actor_demand + status.resource_demands.placement_group_demand

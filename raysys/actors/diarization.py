@@ -18,6 +18,8 @@ from raysys.actors.pool import ModelPool, ModelServer, get_pool
 from raysys.audio import is_stereo_call, load_audio
 from raysys.config import Settings
 from raysys.errors import InvalidInput
+from raysys.models.builtin_diarization import BuiltinDiarizer
+from raysys.models.diarization import diarize_waveform, make_diarizer
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +36,18 @@ class DiarizationActor(ModelServer):
     max_batch = 8
 
     def load(self, spec: dict, device: str) -> Any:
-        from raysys.models.diarization import make_diarizer  # noqa: PLC0415
-
         model = make_diarizer(spec["backend"], model=spec.get("model"), token=spec.get("token"), device=device)
         self.vad = model if spec["backend"] == "builtin" else None
         return model
 
     def _stereo_vad(self):
         if self.vad is None:
-            from raysys.models.builtin_diarization import BuiltinDiarizer  # noqa: PLC0415
-
             self.vad = BuiltinDiarizer(device="cpu")
         return self.vad
 
     def run_batch(self, items: list[dict]) -> list[Any]:
         # Files differ in length, so each runs on its own; the batch serialises access to the model
         # and lets one scheduling round trip carry many queued files.
-        from raysys.models.diarization import diarize_waveform  # noqa: PLC0415
 
         out: list[Any] = []
         for item in items:

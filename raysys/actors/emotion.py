@@ -10,16 +10,19 @@ see :mod:`raysys.models.emotion` for what it can and cannot tell) and ``speechbr
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raysys.actors.diarization import diarize_file
 from raysys.actors.pool import ModelPool, ModelServer, get_pool
 from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput
+from raysys.models.emotion import make_emotion_model, transcript_for
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +36,6 @@ class EmotionActor(ModelServer):
     max_batch = 32
 
     def load(self, spec: dict, device: str) -> Any:
-        import tempfile  # noqa: PLC0415
-
-        from raysys.models.emotion import make_emotion_model  # noqa: PLC0415
-
         return make_emotion_model(spec["backend"], model=spec.get("model"), token=spec.get("token"),
                                   savedir=tempfile.mkdtemp(prefix="raysys-emotion-"), device=device)
 
@@ -57,7 +56,7 @@ class EmotionActor(ModelServer):
                 try:
                     out.append({"scored": self.model.classify(item["pieces"], item.get("transcripts")),
                                 "model_version": self.model.model_version})
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - one item's failure is that item's result, not the batch's
                     out.append(exc)
             return out
         return [{"scored": scored[a:b], "model_version": self.model.model_version} for a, b in bounds]
@@ -117,15 +116,11 @@ def analyze_file(settings: Settings, audio_path: str | Path | bytes, *, segments
     Raises:
         InvalidInput: bad audio, segments or transcript. ModelUnavailable: the model cannot load.
     """
-    from raysys.models.emotion import transcript_for  # noqa: PLC0415
-
     if transcript is not None and not isinstance(transcript, list):
         raise InvalidInput("transcript must be a list of {start, end, text}.")
     audio, _ = load_audio(audio_path, mono=False, max_seconds=settings.max_audio_seconds)
     duration = audio.shape[1] / SAMPLE_RATE
     if segments is None:
-        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-
         segments = diarize_file(settings, audio_path)["segments"]
     checked = _check_segments(segments, duration)
     mono = audio.mean(axis=0)

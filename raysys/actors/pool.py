@@ -37,6 +37,9 @@ import threading
 import time
 from typing import Any
 
+import ray
+from ray.util import list_named_actors
+
 from raysys.actors import deadline
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE
@@ -59,8 +62,6 @@ RESOURCES_TTL = 30.0  # seconds a reading of the cluster's resources is reused (
 def cluster_resource(name: str) -> float:
     """The cluster's total ``name`` ("CPU", "GPU"); 0 when not connected. Read from the GCS at most every
     ``RESOURCES_TTL`` seconds per cluster: every model call builds its pool, and nodes come and go slowly."""
-    import ray  # noqa: PLC0415
-
     now = time.monotonic()
     try:
         cluster = ray.get_runtime_context().gcs_address
@@ -108,7 +109,7 @@ class ModelServer:
     batch_wait_s = 0.005
 
     def __init__(self, spec: dict, threads: int = 1, num_gpus: float = 0.0) -> None:
-        import torch  # noqa: PLC0415
+        import torch  # noqa: PLC0415 - torch: heavy, only in a model actor's process
 
         torch.set_num_threads(max(1, int(threads)))
         self.threads = max(1, int(threads))
@@ -145,7 +146,7 @@ class ModelServer:
 
     async def ready(self) -> dict:
         """The model's facts (backend, version, device, threads); raises ModelUnavailable if not loaded."""
-        import torch  # noqa: PLC0415
+        import torch  # noqa: PLC0415 - torch: heavy, only in a model actor's process
 
         if self.error is not None:
             raise ModelUnavailable(f"{self.spec.get('backend', self.spec)} model unavailable: {self.error}")
@@ -244,15 +245,13 @@ class ModelPool:
         return [self._ready_one(i, h, wait) for i, h in enumerate(self.handles())]
 
     def _ready_one(self, index: int, handle, timeout: float) -> dict:
-        import ray  # noqa: PLC0415
-
         name = f"{self.prefix}-{index}"
         try:
             return deadline.get_within(handle.ready.remote(), timeout, f"{self.kind} actor {name}")
         except ServiceTimeout:
             raise ServiceTimeout(f"{self.kind} actor {name} did not start within {timeout:.0f} s: "
                                  f"{deadline.placement_report(name, self.needs())}") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any load failure kills the actor, then is reported as its cause
             cause = _unwrap(exc)
             ray.kill(handle, no_restart=True)  # a fresh actor retries the load next time
             deadline.forget(name)
@@ -266,8 +265,6 @@ class ModelPool:
         The replica must be placed and loaded within ``start_timeout`` (checked once per process) and
         must answer within ``timeout`` (default ``call_timeout``); else :class:`ServiceTimeout`.
         """
-        import ray  # noqa: PLC0415
-
         index, handle = self.pick()
         name = f"{self.prefix}-{index}"
         try:
@@ -276,7 +273,7 @@ class ModelPool:
                                        f"{self.kind} actor {name}")
         except ServiceTimeout:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - unwrapped and re-raised as its cause
             cause = _unwrap(exc)
             if isinstance(cause, ModelUnavailable):
                 ray.kill(handle, no_restart=True)
@@ -294,8 +291,6 @@ _REMOTES: dict[type, Any] = {}
 
 def _remote(cls: type):
     """``ray.remote(cls)``, made once per class (each call would export the class again)."""
-    import ray  # noqa: PLC0415
-
     if cls not in _REMOTES:
         _REMOTES[cls] = ray.remote(cls)
     return _REMOTES[cls]
@@ -322,9 +317,6 @@ def shutdown_pools(kinds: tuple[str, ...] = MODEL_KINDS) -> list[str]:
 
     Pools come back on the next request. For tests, and for operators changing a model under load.
     """
-    import ray  # noqa: PLC0415
-    from ray.util import list_named_actors  # noqa: PLC0415
-
     killed = []
     for entry in list_named_actors(all_namespaces=True):
         name, namespace = entry["name"], entry["namespace"]

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
 from raysys.actors import deadline
-from raysys.actors.pool import ModelPool, ModelServer, get_pool
+from raysys.actors.diarization import choose_layout
+from raysys.actors.pool import ModelPool, ModelServer, _unwrap, get_pool
 from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput, ModelUnavailable, RaysysError, ServiceTimeout
+from raysys.models.transcription import CHUNK_SECONDS, make_transcriber, split_at_silences, transcribe_chunk
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,6 @@ class TranscriptionActor(ModelServer):
     max_batch = 4
 
     def load(self, spec: dict, device: str) -> Any:
-        from raysys.models.transcription import make_transcriber  # noqa: PLC0415
-
         # CTranslate2 keeps its own thread pool: give it the actor's threads, as torch gets them.
         return make_transcriber(spec["backend"], model=spec.get("model"), token=spec.get("token"), device=device,
                                 compute_type=spec.get("compute_type"), config=spec.get("options"),
@@ -46,14 +47,13 @@ class TranscriptionActor(ModelServer):
     def run_batch(self, items: list[dict]) -> list[Any]:
         # Pieces differ in length and the decoders keep state per utterance: one at a time, and one
         # bad piece must not fail the others.
-        from raysys.models.transcription import transcribe_chunk  # noqa: PLC0415
 
         out: list[Any] = []
         for item in items:
             try:
                 out.append(transcribe_chunk(self.model, item["audio"], offset=float(item.get("offset", 0.0)),
                                             language=item.get("language")))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one chunk's failure is that chunk's result, not the batch's
                 out.append(exc)
         return out
 
@@ -103,9 +103,6 @@ def transcribe_audio(settings: Settings, audio_path: str | Path | bytes, *, layo
         InvalidInput: bad, empty or corrupt audio, bad layout (TooLarge beyond MAX_AUDIO_SECONDS).
         ModelUnavailable: the backend's model cannot be loaded.
     """
-    from raysys.actors.diarization import choose_layout  # noqa: PLC0415
-    from raysys.models.transcription import CHUNK_SECONDS, split_at_silences  # noqa: PLC0415
-
     t0 = time.perf_counter()
     audio, _ = load_audio(audio_path, mono=False, max_seconds=settings.max_audio_seconds)
     chosen = choose_layout(audio, layout)
@@ -144,10 +141,6 @@ def _run_parallel(pool: ModelPool, items: list[dict], progress: Callable[[float,
 
     Each replica queues what it gets and decodes one piece at a time, so all replicas stay busy.
     """
-    import ray  # noqa: PLC0415
-
-    from raysys.actors.pool import _unwrap  # noqa: PLC0415
-
     picked = [pool.pick() for _ in items]
     for index_, handle in {i: h for i, h in picked}.items():  # placed and loaded, within ACTOR_START_TIMEOUT
         deadline.wait_started(handle, f"{pool.prefix}-{index_}", pool.needs(), pool.start_timeout)
@@ -166,7 +159,7 @@ def _run_parallel(pool: ModelPool, items: list[dict], progress: Callable[[float,
         for ref in ready:
             try:
                 res = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - unwrapped and re-raised as its cause
                 cause = _unwrap(exc)
                 if isinstance(cause, RaysysError | ValueError):
                     raise cause from None

@@ -53,7 +53,7 @@ def read_rttm(paths: Sequence[Path]) -> dict[str, list[tuple[float, float, str]]
 
 
 def _annotation(turns: Sequence[tuple[float, float, str]], uri: str):
-    from pyannote.core import Annotation, Segment  # noqa: PLC0415
+    from pyannote.core import Annotation, Segment  # noqa: PLC0415 - pyannote: heavy, only to score diarization
 
     ann = Annotation(uri=uri)
     for k, (start, end, speaker) in enumerate(turns):
@@ -76,7 +76,7 @@ def diarization_items(audit_dir: Path) -> list[tuple[Path, list[tuple[float, flo
 
 def diarization_error_rate(pairs: Sequence[tuple[Sequence[tuple[float, float, str]], Sequence[dict]]]) -> dict[str, Any]:
     """Global DER over (reference turns, hypothesis segments ``{start, end, speaker}``) pairs."""
-    from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: PLC0415
+    from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: PLC0415 - pyannote: heavy, only to score diarization
 
     metric = DiarizationErrorRate(collar=DER_COLLAR, skip_overlap=False)
     per_file = []
@@ -137,7 +137,7 @@ def audit_sentiment(audit_dir: Path) -> list[dict[str, Any]]:
     Returns ``[{"model": "sentiment", "version", "metric", "value", "rtf": 0.0, "details"}]``.
     Raises InvalidInput for a malformed ``sentiment.csv``.
     """
-    from raysys.analytics import sentiment  # noqa: PLC0415 - keeps VADER's lexicon load off other audits' path
+    from raysys.analytics import sentiment  # noqa: PLC0415 - keeps VADER's lexicon load off the other audits' path
 
     path = sentiment_set_path(audit_dir)
     rows = read_sentiment_set(path)

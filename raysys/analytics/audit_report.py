@@ -40,10 +40,10 @@ class AuditReport:
 
 
 def _chart(key: str, rows: Sequence[dict[str, Any]]) -> bytes:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 - matplotlib: heavy, only to draw charts
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib: heavy, only to draw charts
 
     model, metric = key.split(":", 1)
     fig, ax = plt.subplots(figsize=(7, 2.6))

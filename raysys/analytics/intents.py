@@ -83,7 +83,7 @@ class IntentModel:
         Raises:
             InvalidInput: fewer than two categories, or texts and categories of different lengths.
         """
-        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - heavy, only when training
+        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - scikit-learn: heavy, only when training
 
         if len(texts) != len(categories):
             raise InvalidInput("texts and categories must have the same length.")

@@ -59,20 +59,20 @@ def _fill_trend(rows: Sequence[dict[str, Any]], day: date, days: int = 7) -> lis
     return out
 
 
-def _png(fig) -> bytes:  # noqa: ANN001
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib: heavy, only to draw charts
 
     plt.close(fig)
     return buf.getvalue()
 
 
 def _charts(metrics: dict[str, Any], trend: list[dict[str, Any]], calls: Sequence[dict[str, Any]]) -> dict[str, bytes]:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # noqa: PLC0415 - matplotlib: heavy, only to draw charts
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib: heavy, only to draw charts
 
     colour = "#2f6db5"
     out: dict[str, bytes] = {}

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import httpx
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ def extractive_summary(turns: Sequence[dict], encode: Encoder, max_turns: int = 
 def llm_summary(turns: Sequence[dict], url: str, model: str, api_key: str | None = None,
                 timeout: float = 30.0) -> str:
     """Ask an OpenAI-compatible chat endpoint for a summary. Raises on any HTTP or format error."""
-    import httpx  # noqa: PLC0415
-
     endpoint = url.rstrip("/")
     if not endpoint.endswith("/chat/completions"):
         endpoint += "/chat/completions"

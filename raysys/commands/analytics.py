@@ -14,18 +14,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from raysys.analytics.audit import build_default_set
+from raysys.analytics.intents import IntentModel, read_catalogue
 from raysys.errors import InvalidInput
 
 
-def _encoder(settings):  # noqa: ANN001
-    import os  # noqa: PLC0415
-
+def _encoder(settings):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from raysys.actors.embedding import TextEncoder  # noqa: PLC0415
+    from raysys.actors.embedding import TextEncoder  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     enc = TextEncoder(settings.embedding_model)
     return enc, lambda texts: enc.encode(list(texts), batch_size=128)
@@ -56,9 +57,7 @@ def _read_inputs(path: str | None) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
-    from raysys.analytics.intents import IntentModel, read_catalogue  # noqa: PLC0415
-
+def _train(args: argparse.Namespace, settings) -> int:
     texts, cats = read_catalogue(args.csv)
     if not texts:
         raise InvalidInput(f"{args.csv} has no rows with both text and category")
@@ -71,9 +70,7 @@ def _train(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return 0
 
 
-def _classify(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
-    from raysys.analytics.intents import IntentModel  # noqa: PLC0415
-
+def _classify(args: argparse.Namespace, settings) -> int:
     model = IntentModel.load(args.model)
     texts = _read_inputs(args.input)
     _, encode = _encoder(settings)
@@ -92,11 +89,8 @@ def _classify(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return 0
 
 
-def _audit_set(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
-    from raysys.analytics.audit import build_default_set  # noqa: PLC0415
-    from raysys.analytics.intents import IntentModel  # noqa: PLC0415
-
-    def train(texts, cats, out):  # noqa: ANN001
+def _audit_set(args: argparse.Namespace, settings) -> int:
+    def train(texts, cats, out):
         enc, encode = _encoder(settings)
         IntentModel.train(texts, cats, encode, encoder_name=enc.model_name).save(out)
 
@@ -106,8 +100,8 @@ def _audit_set(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     return 0
 
 
-def _guard(fn):  # noqa: ANN001, ANN202
-    def run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+def _guard(fn):
+    def run(args: argparse.Namespace, settings) -> int:
         try:
             return fn(args, settings)
         except InvalidInput as exc:
@@ -117,7 +111,7 @@ def _guard(fn):  # noqa: ANN001, ANN202
     return run
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add ``intents`` and ``analytics`` to the `raysys` parser."""
     p = sub.add_parser("intents", help="train and run intent classifiers (catalogue CSV text,category)")
     isub = p.add_subparsers(dest="intents_command", metavar="ACTION", required=True)

@@ -16,19 +16,32 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import time
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
+import httpx
+import soundfile as sf
+
+from raysys import synthetic
+from raysys.analytics.intents import IntentModel
 from raysys.config import Settings
+from raysys.queue.client import Client
+from raysys.runtime import init_ray
+from raysys.serve import deploy
+from raysys.stack import LocalStack
+from raysys.storage.postgres import Call, open_db
+from raysys.synthetic import INTENTS
 
 TENANT = "demo"
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole story on the embedded default stack and print the results")
     p.add_argument("--calls", type=int, default=60, help="synthetic calls for the demo tenant")
     p.add_argument("--down", action="store_true",
@@ -41,12 +54,7 @@ def _step(n: int, text: str) -> None:
 
 
 def cmd_demo(args, settings: Settings) -> int:
-    from raysys import synthetic  # noqa: PLC0415
-    from raysys.queue.bridge import bridge_handles, start_bridges  # noqa: PLC0415
-    from raysys.queue.client import Client  # noqa: PLC0415
-    from raysys.runtime import init_ray  # noqa: PLC0415
-    from raysys.stack import LocalStack  # noqa: PLC0415
-    from raysys.storage.postgres import Call, open_db  # noqa: PLC0415
+    from raysys.queue.bridge import bridge_handles, start_bridges  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     t_start = time.monotonic()
     _step(1, "embedded stack")
@@ -101,7 +109,7 @@ def cmd_demo(args, settings: Settings) -> int:
     asyncio.run(seed())
     # The week before today as facts in the warehouse (what earlier analytics runs would have left), so
     # the report's 7-day trend has a history; today's calls go through the analytics queue below.
-    from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
+    from raysys.actors.warehouse import Warehouse  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     history = [synthetic.call_fact(sc) for sc in calls if sc.call.started_at.date() < today]
     print(f"   {Warehouse(settings).insert_call_facts(history)} call facts of the past 6 days in the warehouse")
@@ -110,7 +118,7 @@ def cmd_demo(args, settings: Settings) -> int:
     res = client.send_task("workers.tasks.ingest_document", kwargs={
         "document_id": "policy_cards", "tenant_id": TENANT, "source_path": str(policy)})
     print("   ingest_document:", _short(res.get(timeout=600)))
-    from raysys.ingest.pipeline import search  # noqa: PLC0415
+    from raysys.ingest.pipeline import search  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     question = "what do I do when a customer's card was stolen?"
     hit = search(settings, TENANT, question, top_k=1)[0]
@@ -148,7 +156,7 @@ def cmd_demo(args, settings: Settings) -> int:
     print(f"   report:         {files.get('html') or report}")
     print(f"   data directory: {settings.data_dir}")
     print(f"   total time:     {time.monotonic() - t_start:.0f} s")
-    import ray  # noqa: PLC0415
+    import ray  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     if args.down:
         _stop_serve()
@@ -162,7 +170,6 @@ def cmd_demo(args, settings: Settings) -> int:
 
 def _print_transcript(settings: Settings, call_id: str) -> None:
     """The turns analytics derived from the recording, each next to the reference words spoken there."""
-    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     reference = json.loads((resources.files("raysys") / "assets" / "demo_call_reference.json").read_text())
 
@@ -182,9 +189,7 @@ def _print_transcript(settings: Settings, call_id: str) -> None:
 
 def _train_intents(settings: Settings) -> str:
     """Train the tenant's intent classifier from the synthetic catalogue (text, category)."""
-    from raysys.actors.embedding import encoder  # noqa: PLC0415
-    from raysys.analytics.intents import IntentModel  # noqa: PLC0415
-    from raysys.synthetic import INTENTS  # noqa: PLC0415
+    from raysys.actors.embedding import encoder  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     texts, labels = [], []
     for intent, phrasings in INTENTS.items():
@@ -199,11 +204,6 @@ def _train_intents(settings: Settings) -> str:
 
 
 def _http_demo(settings: Settings, audio: Path) -> dict:
-    import httpx  # noqa: PLC0415
-
-    from raysys.serve import deploy  # noqa: PLC0415
-    from raysys.storage.postgres import open_db  # noqa: PLC0415
-
     base = deploy(settings)
 
     async def key() -> str:
@@ -218,9 +218,6 @@ def _http_demo(settings: Settings, audio: Path) -> dict:
         print(f"   POST {base}/v1/diarize -> {r.status_code}")
         body = r.json()
         # The recording's first utterance (5.5 s) through POST /v1/transcribe.
-        import io  # noqa: PLC0415
-
-        import soundfile as sf  # noqa: PLC0415
 
         wav, rate = sf.read(audio, dtype="float32")
         clip = io.BytesIO()
@@ -233,10 +230,8 @@ def _http_demo(settings: Settings, audio: Path) -> dict:
 
 
 def _stop_serve() -> None:
-    from contextlib import suppress  # noqa: PLC0415
-
     with suppress(Exception):
-        from ray import serve  # noqa: PLC0415
+        from ray import serve  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         serve.shutdown()
 

@@ -13,11 +13,15 @@ import os
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from raysys.config import Settings
+from raysys.errors import InvalidInput, RaysysError
+from raysys.runtime import init_ray
 from raysys.storage.postgres import database_url
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add this family's sub-commands to the `raysys` parser."""
     p = sub.add_parser("ingest", help="ingest documents (PDF, DOCX, HTML, Markdown, text) into the RAG index")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or directories (expanded recursively)")
@@ -44,10 +48,7 @@ def _ready(settings: Settings) -> Settings:
 
 
 def cmd_ingest(args, settings: Settings) -> int:
-    from tqdm import tqdm  # noqa: PLC0415
-
-    from raysys.ingest.batch import ingest_many  # noqa: PLC0415
-    from raysys.runtime import init_ray  # noqa: PLC0415
+    from raysys.ingest.batch import ingest_many  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     resolved = _ready(settings)
     if args.document_id and len(args.paths) != 1:
@@ -59,9 +60,8 @@ def cmd_ingest(args, settings: Settings) -> int:
     init_ray(resolved)
 
     if args.document_id:
-        from raysys.errors import RaysysError  # noqa: PLC0415
-        from raysys.ingest.batch import error_result  # noqa: PLC0415
-        from raysys.ingest.pipeline import ingest_document  # noqa: PLC0415
+        from raysys.ingest.batch import error_result  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
+        from raysys.ingest.pipeline import ingest_document  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         try:
             results = iter([ingest_document(resolved, args.tenant, paths[0], args.document_id)])
@@ -107,9 +107,7 @@ def cmd_ingest(args, settings: Settings) -> int:
 
 
 def cmd_search(args, settings: Settings) -> int:
-    from raysys.errors import InvalidInput  # noqa: PLC0415
-    from raysys.ingest.pipeline import search  # noqa: PLC0415
-    from raysys.runtime import init_ray  # noqa: PLC0415
+    from raysys.ingest.pipeline import search  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     resolved = _ready(settings)
     init_ray(resolved)

@@ -6,16 +6,16 @@ settings' ``RAY_ADDRESS``; with none, a private local Ray starts for the command
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from raysys.errors import InvalidInput, ModelUnavailable
+from raysys.runtime import init_ray
 
 
 def _positive(value: str) -> int:
-    import argparse  # noqa: PLC0415
-
     try:
         n = int(value)
     except ValueError:
@@ -25,7 +25,7 @@ def _positive(value: str) -> int:
     return n
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add this family's sub-commands to the `raysys` parser."""
     p = sub.add_parser("diarize", help="who spoke when in an audio file (JSON or RTTM)")
     p.add_argument("audio", help="WAV, FLAC or OGG (MP3/M4A with FFmpeg)")
@@ -69,7 +69,7 @@ def _load_json(path: str | None, what: str):
         raise InvalidInput(f"{what} file {path} is not readable JSON: {exc}") from None
 
 
-def _run(fn) -> int:  # noqa: ANN001
+def _run(fn) -> int:
     try:
         return fn()
     except (InvalidInput, ModelUnavailable) as exc:
@@ -77,10 +77,9 @@ def _run(fn) -> int:  # noqa: ANN001
         return 2 if isinstance(exc, InvalidInput) else 3
 
 
-def cmd_diarize(args, settings) -> int:  # noqa: ANN001
+def cmd_diarize(args, settings) -> int:
     def run() -> int:
-        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.actors.diarization import diarize_file  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         init_ray(settings.resolved())
         result = diarize_file(settings, args.audio, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
@@ -94,10 +93,9 @@ def cmd_diarize(args, settings) -> int:  # noqa: ANN001
     return _run(run)
 
 
-def cmd_emotion(args, settings) -> int:  # noqa: ANN001
+def cmd_emotion(args, settings) -> int:
     def run() -> int:
-        from raysys.actors.emotion import analyze_file  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.actors.emotion import analyze_file  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         segments = _load_json(args.segments, "segments")
         transcript = _load_json(args.transcript, "transcript")

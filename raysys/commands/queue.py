@@ -15,9 +15,14 @@ import time
 from typing import Any
 
 from raysys.config import Settings
+from raysys.errors import NotFound
+from raysys.queue import admin
+from raysys.queue.client import Client
+from raysys.runtime import init_ray
+from raysys.tasks.registry import load_all
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add this family's sub-commands to the `raysys` parser."""
     p = sub.add_parser("worker", help="run queue bridges on the Ray cluster (RAY_ADDRESS) until Ctrl-C",
                        description="Start QueueBridge actors consuming the queues; stay in the foreground "
@@ -81,14 +86,11 @@ def _print(data: Any, as_json: bool) -> None:
 
 
 def _ray(settings: Settings) -> None:
-    from raysys.runtime import init_ray  # noqa: PLC0415
-
     init_ray(settings)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from raysys.queue import admin  # noqa: PLC0415
-    from raysys.queue.bridge import bridge_handles, start_bridges, stop_bridges  # noqa: PLC0415
+    from raysys.queue.bridge import bridge_handles, start_bridges, stop_bridges  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     settings = settings.resolved()
     _ray(settings)
@@ -125,8 +127,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from raysys.queue.client import Client  # noqa: PLC0415
-
     try:
         call_args = json.loads(args.args)
         call_kwargs = json.loads(args.kwargs)
@@ -159,8 +159,6 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
-    from raysys.queue import admin  # noqa: PLC0415
-
     settings = settings.resolved()
     if args.what == "queues":
         _print(admin.queue_report(settings), args.json)
@@ -170,15 +168,13 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
         queues = [args.queue] if args.queue else list(settings.queues)
         _print([{"queue": q, **e} for q in queues for e in admin.dead_letters(settings, q, args.limit)], args.json)
     else:
-        import ray  # noqa: PLC0415
+        import ray  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
-        from raysys.queue.bridge import bridge_handles  # noqa: PLC0415
+        from raysys.queue.bridge import bridge_handles  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         _ray(settings)
         handles = bridge_handles()
         if args.what == "registered" and not handles:
-            from raysys.tasks.registry import load_all  # noqa: PLC0415
-
             specs = load_all(settings.task_modules).values()
             _print([{"name": s.name, "queue": s.queue, "light": s.light} for s in specs], args.json)
             return 0
@@ -197,16 +193,11 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dead_list(args: argparse.Namespace, settings: Settings) -> int:
-    from raysys.queue import admin  # noqa: PLC0415
-
     _print(admin.dead_letters(settings.resolved(), args.queue, args.limit), args.json)
     return 0
 
 
 def cmd_dead_requeue(args: argparse.Namespace, settings: Settings) -> int:
-    from raysys.errors import NotFound  # noqa: PLC0415
-    from raysys.queue import admin  # noqa: PLC0415
-
     if not args.all and not args.ids:
         print("raysys dead requeue: give job ids or --all", file=sys.stderr)
         return 2

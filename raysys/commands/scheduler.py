@@ -9,9 +9,13 @@ import time
 from datetime import UTC, datetime
 
 from raysys.config import Settings
+from raysys.runtime import init_ray
+from raysys.scheduler.engine import Engine, describe
+from raysys.scheduler.schedules import load_config
+from raysys.scheduler.store import Store
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("beat", help="start the scheduler on the cluster (RAY_ADDRESS) and show the jobs it fires")
     p.add_argument("--detach", action="store_true", help="return once it runs (needs RAY_ADDRESS or `raysys up`)")
     p.add_argument("--replace", action="store_true", help="restart a running scheduler with this configuration")
@@ -47,17 +51,14 @@ def _fmt_event(body: dict) -> str:
     return line
 
 
-def _interrupt(signum, frame) -> None:  # noqa: ANN001
+def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
 def cmd_beat(args, settings: Settings) -> int:
-    import ray  # noqa: PLC0415
+    import ray  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
-    from raysys.runtime import init_ray  # noqa: PLC0415
-    from raysys.scheduler.actor import ensure_scheduler, stop_scheduler  # noqa: PLC0415
-    from raysys.scheduler.schedules import load_config  # noqa: PLC0415
-    from raysys.scheduler.store import Store  # noqa: PLC0415
+    from raysys.scheduler.actor import ensure_scheduler, stop_scheduler  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
     settings = settings.resolved()
     if args.detach and not settings.ray_address:
@@ -101,10 +102,6 @@ def cmd_beat(args, settings: Settings) -> int:
 
 
 def cmd_schedule_list(args, settings: Settings) -> int:
-    from raysys.scheduler.engine import describe  # noqa: PLC0415
-    from raysys.scheduler.schedules import load_config  # noqa: PLC0415
-    from raysys.scheduler.store import Store  # noqa: PLC0415
-
     settings = settings.resolved()
     config = load_config(settings)
     store = Store.from_url(settings.redis_url, settings.key_prefix)
@@ -127,9 +124,6 @@ def cmd_schedule_list(args, settings: Settings) -> int:
 
 
 def cmd_schedule_run(args, settings: Settings) -> int:
-    from raysys.scheduler.engine import Engine  # noqa: PLC0415
-    from raysys.scheduler.schedules import load_config  # noqa: PLC0415
-
     settings = settings.resolved()
     config = load_config(settings)
     try:

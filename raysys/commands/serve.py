@@ -7,9 +7,11 @@ import sys
 import time
 
 from raysys.config import Settings
+from raysys.serve import deploy
+from raysys.storage.postgres import open_db
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("serve", help="deploy the HTTP API (Ray Serve) on the cluster at RAY_ADDRESS")
     p.add_argument("--host", default=None, help="bind address (default SERVE_HOST, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default SERVE_PORT, 8000)")
@@ -32,8 +34,6 @@ def register(sub) -> None:  # noqa: ANN001
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from raysys.serve import deploy  # noqa: PLC0415
-
     changes = {k: v for k, v in (("serve_host", args.host), ("serve_port", args.port)) if v is not None}
     settings = settings.replace(**changes).resolved()
     # Without a cluster address the API lives in this process's private Ray: leaving would stop it.
@@ -53,14 +53,13 @@ def cmd_serve(args, settings: Settings) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        from ray import serve  # noqa: PLC0415
+        from ray import serve  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         serve.delete("raysys")
     return 0
 
 
 def cmd_apikey_create(args, settings: Settings) -> int:
-    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     async def create() -> tuple[str, str]:
         async with open_db(settings, max_size=1) as db:
@@ -75,7 +74,6 @@ def cmd_apikey_create(args, settings: Settings) -> int:
 
 
 def cmd_apikey_revoke(args, settings: Settings) -> int:
-    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     async def revoke() -> bool:
         async with open_db(settings, max_size=1) as db:

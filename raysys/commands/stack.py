@@ -6,11 +6,14 @@ import asyncio
 import json
 from datetime import date
 
+from raysys import synthetic
 from raysys.config import Settings
+from raysys.runtime import init_ray
 from raysys.stack import LocalStack, status_dicts
+from raysys.storage.postgres import database_url, open_db
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     p = sub.add_parser("up", help="start the embedded Redis, PostgreSQL, chDB and Ray head that are not configured")
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("status", help="report each service as healthy or not")
@@ -54,8 +57,6 @@ def cmd_down(args, settings: Settings) -> int:
 
 
 def cmd_seed_data(args, settings: Settings) -> int:
-    from raysys import synthetic  # noqa: PLC0415
-    from raysys.storage.postgres import database_url, open_db  # noqa: PLC0415
 
     settings = settings.resolved()
     database_url(settings)  # ConfigError (exit code 2) before generating anything
@@ -72,8 +73,7 @@ def cmd_seed_data(args, settings: Settings) -> int:
     asyncio.run(write())
     facts = 0
     if not args.no_facts:
-        from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.actors.warehouse import Warehouse  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         init_ray(settings)
         facts = Warehouse(settings).insert_call_facts([synthetic.call_fact(sc) for sc in ds.calls])

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import sys
 
+from raysys.errors import InvalidInput, ModelUnavailable
+from raysys.runtime import init_ray
+
 FORMATS = ("json", "txt", "srt", "vtt")
 
 
-def register(sub) -> None:  # noqa: ANN001
+def register(sub) -> None:
     """Add ``transcribe`` to the `raysys` parser."""
     p = sub.add_parser("transcribe", help="speaker turns with words from an audio file")
     p.add_argument("audio", help="WAV, FLAC or OGG (MP3/M4A with FFmpeg)")
@@ -51,12 +54,9 @@ def render(result: dict, fmt: str) -> str:
     return ("WEBVTT\n\n" + text) if fmt == "vtt" else text
 
 
-def cmd_transcribe(args, settings) -> int:  # noqa: ANN001
-    from raysys.errors import InvalidInput, ModelUnavailable  # noqa: PLC0415
-
+def cmd_transcribe(args, settings) -> int:
     try:
-        from raysys.analytics.transcripts import transcribe_recording  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.analytics.transcripts import transcribe_recording  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
 
         init_ray(settings.resolved())
         result = transcribe_recording(settings, args.audio, layout=args.layout, backend=args.backend,

@@ -8,4 +8,7 @@ The index itself (documents and chunks in PostgreSQL, vector search) is :mod:`ra
 - :mod:`raysys.ingest.rag`      pushing chunks to the RAG service (``RAG_SERVICE_URL``)
 - :mod:`raysys.ingest.pipeline` one document end to end (:func:`ingest_document`, :func:`search`)
 - :mod:`raysys.ingest.batch`    many documents over the Ray cluster (:func:`ingest_many`)
+
+Layer 3, beside :mod:`raysys.analytics` (neither imports the other): may import actors, models,
+storage and the foundation; imported by tasks and above.
 """

@@ -21,8 +21,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from raysys.config import Settings
 from raysys.errors import Forbidden, InvalidInput, NotFound, RaysysError, TooLarge
+from raysys.ingest.pipeline import document_id_for, ingest_documents
 from raysys.paths import confine, inside_any, tenant_roots
 
 log = logging.getLogger(__name__)
@@ -95,12 +98,8 @@ def expand_paths(settings: Settings, paths: Iterable[str | os.PathLike[str]], li
 
 
 def _remote_ingest():
-    import ray  # noqa: PLC0415
-
     @ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)
     def ingest_group(settings: Settings, tenant_id: str, files: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        from raysys.ingest.pipeline import document_id_for, ingest_documents  # noqa: PLC0415
-
         items = [(real, document_id_for(real)) for _, real in files]
         try:
             outcomes = ingest_documents(settings, tenant_id, items)
@@ -122,7 +121,6 @@ def _remote_ingest():
 def default_in_flight(settings: Settings) -> int:
     if settings.worker_concurrency:
         return settings.worker_concurrency
-    import ray  # noqa: PLC0415
 
     return max(1, min(16, int(ray.cluster_resources().get("CPU", 2))))
 
@@ -159,8 +157,6 @@ def ingest_many(settings: Settings, tenant_id: str, paths: Iterable[str | os.Pat
     given) or ``failed`` entries from :func:`error_result`. ``max_in_flight`` bounds the Ray tasks
     running at once; each takes a group of small files (:func:`group_files`) or one large file.
     """
-    import ray  # noqa: PLC0415
-
     files, failed = expand_paths(settings, paths, tenant_id=tenant_id)
     if on_total:
         on_total(len(files) + len(failed))

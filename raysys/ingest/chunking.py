@@ -54,7 +54,7 @@ class TokenCounter:
         path = Path(model_path)
         seq = 256
         if (path / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer  # noqa: PLC0415
+            from tokenizers import Tokenizer  # noqa: PLC0415 - tokenizers: only when the model's tokenizer is loaded
 
             tok = Tokenizer.from_file(str(path / "tokenizer.json"))
             tok.no_truncation()
@@ -62,7 +62,7 @@ class TokenCounter:
             self._encode_batch = lambda texts: [(e.ids, e.offsets) for e in
                                                 tok.encode_batch(list(texts), add_special_tokens=False)]
         else:  # a hub id or a folder without a fast tokenizer file
-            from transformers import AutoTokenizer  # noqa: PLC0415
+            from transformers import AutoTokenizer  # noqa: PLC0415 - transformers: heavy, only when no tokenizer.json is found
 
             auto = AutoTokenizer.from_pretrained(model_path)
             seq = min(seq, int(getattr(auto, "model_max_length", seq) or seq))

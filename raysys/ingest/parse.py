@@ -127,11 +127,11 @@ def _looks_like_heading(line: str) -> int | None:
     return None
 
 
-def _outline_headings(reader) -> dict[int, list[tuple[int, str]]]:  # noqa: ANN001
+def _outline_headings(reader) -> dict[int, list[tuple[int, str]]]:
     """page index -> [(level, title)] from the PDF outline, if it has one."""
     out: dict[int, list[tuple[int, str]]] = {}
 
-    def walk(items, level: int) -> None:  # noqa: ANN001
+    def walk(items, level: int) -> None:
         for item in items:
             if isinstance(item, list):
                 walk(item, level + 1)
@@ -145,14 +145,14 @@ def _outline_headings(reader) -> dict[int, list[tuple[int, str]]]:  # noqa: ANN0
 
     try:
         walk(reader.outline, 1)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a broken outline only costs the headings
         return {}
     return out
 
 
 def parse_pdf(data: bytes, *, max_pages: int | None = None) -> ParsedDocument:
-    from pypdf import PdfReader  # noqa: PLC0415
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError  # noqa: PLC0415
+    from pypdf import PdfReader  # noqa: PLC0415 - pypdf: only PDF files need it
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError  # noqa: PLC0415 - pypdf: only PDF files need it
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -231,9 +231,9 @@ def _join_lines(lines: list[str]) -> str:
 
 
 def parse_docx(data: bytes, *, max_pages: int | None = None) -> ParsedDocument:
-    import docx  # noqa: PLC0415
-    from docx.opc.exceptions import OpcError  # noqa: PLC0415
-    from docx.table import Table  # noqa: PLC0415
+    import docx  # noqa: PLC0415 - python-docx: only DOCX files need it
+    from docx.opc.exceptions import OpcError  # noqa: PLC0415 - python-docx: only DOCX files need it
+    from docx.table import Table  # noqa: PLC0415 - python-docx: only DOCX files need it
 
     try:
         document = docx.Document(io.BytesIO(data))
@@ -285,7 +285,7 @@ _MARK = "\x01"
 
 
 def parse_html(data: bytes, *, max_pages: int | None = None) -> ParsedDocument:
-    from bs4 import BeautifulSoup, Comment, NavigableString  # noqa: PLC0415
+    from bs4 import BeautifulSoup, Comment, NavigableString  # noqa: PLC0415 - BeautifulSoup: only HTML files need it
 
     soup = BeautifulSoup(decode_text(data), "lxml")
     title_tag = soup.find("title")

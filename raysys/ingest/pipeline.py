@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from raysys.actors.embedding import embed_texts, model_name
 from raysys.config import Settings
 from raysys.constants import EMBEDDING_DIM
 from raysys.errors import InvalidInput, NotFound, TooLarge
 from raysys.ingest import chunking
 from raysys.ingest.detect import sniff
 from raysys.ingest.parse import parse
+from raysys.ingest.rag import RagClient
 from raysys.paths import confine
 from raysys.storage import documents
 from raysys.storage.postgres import connect, database_url
@@ -73,15 +75,11 @@ def document_id_for(path: str | os.PathLike[str]) -> str:
 
 
 def model_path(settings: Settings) -> str:
-    from raysys.actors.embedding import model_name  # noqa: PLC0415
-
     return model_name(settings)
 
 
 def cluster_embedder(settings: Settings) -> Embedder:
     """Embed through the cluster's embedding actor pool."""
-    from raysys.actors.embedding import embed_texts  # noqa: PLC0415
-
     return lambda texts: embed_texts(settings, texts)
 
 
@@ -208,7 +206,7 @@ async def _ingest_group(settings: Settings, tenant_id: str, items: list[tuple[An
             p.timings["embed"] = share
             try:
                 results[p.index] = await _store(settings, conn, p, vectors)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one document's failure is that document's result
                 results[p.index] = exc
     finally:
         await conn.close()
@@ -308,8 +306,6 @@ def record_meta(record: documents.DocumentRecord | dict[str, Any]) -> dict[str, 
 def _push(settings: Settings, meta: dict[str, Any], tenant_id: str, document_id: str, content_hash: str,
           rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Push one document version to the RAG service (blocking HTTP; run it in a thread from async code)."""
-    from raysys.ingest.rag import RagClient  # noqa: PLC0415
-
     with RagClient(settings.rag_service_url) as client:
         return client.push_document(tenant_id, document_id, content_hash, rows, meta)
 

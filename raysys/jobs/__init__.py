@@ -1,4 +1,8 @@
-"""Batch work for `ray job submit`: backfills and directory ingestion (``python -m raysys.jobs.<name>``)."""
+"""Batch work for `ray job submit`: backfills and directory ingestion (``python -m raysys.jobs.<name>``).
+
+Layer 6, beside serve and scheduler (none imports another): may import the queue and every layer
+below; imported by commands.
+"""
 
 from __future__ import annotations
 

@@ -22,8 +22,13 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
+from tqdm import tqdm
+
 from raysys.config import Settings
-from raysys.jobs import job_settings
+from raysys.jobs import job_settings, runner
+from raysys.queue.client import Client
+from raysys.runtime import init_ray
+from raysys.storage.postgres import open_db
 
 log = logging.getLogger("raysys.jobs.backfill")
 TASK = "workers.tasks.process_call_analytics"
@@ -47,7 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def call_ids(settings: Settings, tenant: str, start: date, end: date) -> list[str]:
-    from raysys.storage.postgres import open_db  # noqa: PLC0415
 
     async def fetch() -> list[str]:
         async with open_db(settings, max_size=1) as db:
@@ -63,14 +67,12 @@ class Progress:
     when it is a terminal (a bar redrawn into a log file floods it)."""
 
     def __init__(self, total: int, every: int, what: str, unit: str = "call") -> None:
-        from tqdm import tqdm  # noqa: PLC0415
-
         self.bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, mininterval=2.0,
                         disable=not sys.stderr.isatty())
         self.total, self.every, self.done, self.failed = total, max(1, every), 0, 0
         self.started = time.perf_counter()
 
-    def __call__(self, key: str, ok: bool, value) -> None:  # noqa: ANN001
+    def __call__(self, key: str, ok: bool, value) -> None:
         self.done += 1
         self.failed += 0 if ok else 1
         self.bar.update(1)
@@ -87,8 +89,6 @@ class Progress:
 
 
 def run_via_queue(settings: Settings, ids: list[str], progress: Progress) -> dict:
-    from raysys.queue.client import Client  # noqa: PLC0415
-
     client = Client(settings)
     started = time.perf_counter()
     results = {cid: client.send_task(TASK, args=[cid], task_id=f"backfill:{cid}:{int(started)}") for cid in ids}
@@ -118,9 +118,6 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         summary = {"total": len(ids), "succeeded": 0, "failed": 0, "elapsed_s": 0.0, "per_second": 0.0,
                    "failures": {}, "dry_run": args.dry_run}
     else:
-        from raysys.jobs import runner  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
-
         init_ray(settings)
         progress = Progress(len(ids), args.log_every, f"backfill {args.tenant}")
         try:

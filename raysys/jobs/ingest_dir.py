@@ -23,8 +23,11 @@ from pathlib import Path
 
 from raysys.config import Settings
 from raysys.errors import Forbidden
+from raysys.ingest.batch import ingest_many
 from raysys.jobs import job_settings
 from raysys.jobs.backfill import Progress
+from raysys.paths import confine
+from raysys.runtime import init_ray
 
 log = logging.getLogger("raysys.jobs.ingest_dir")
 EXTENSIONS = frozenset({".pdf", ".docx", ".html", ".htm", ".md", ".markdown", ".txt", ".text"})
@@ -56,7 +59,6 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     settings = job_settings("ingest_dir", settings)
     if settings is None:
         return 2
-    from raysys.paths import confine  # noqa: PLC0415
 
     try:
         root = confine(args.directory, settings.allowed_roots)
@@ -75,9 +77,6 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     failures: dict[str, str] = {}
     started = time.perf_counter()
     if docs:
-        from raysys.ingest.batch import ingest_many  # noqa: PLC0415
-        from raysys.runtime import init_ray  # noqa: PLC0415
-
         init_ray(settings)
         progress = Progress(len(docs), args.log_every, f"ingest {args.tenant}", unit="doc")
         try:

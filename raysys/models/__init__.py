@@ -13,4 +13,7 @@
 - :mod:`raysys.models.transcription` — the :class:`Transcriber` interface (words with times and
   confidence), PocketSphinx and faster-whisper backends, chunking at pauses, words → speaker turns;
   :mod:`.random_whisper` builds a random-weight Whisper folder offline for tests and benchmarks.
+
+Layer 1, beside :mod:`raysys.storage` (neither imports the other): may import only the foundation
+(config, errors, constants, paths, audio, runtime); imported by actors and every layer above.
 """

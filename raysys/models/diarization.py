@@ -18,6 +18,8 @@ import numpy as np
 
 from raysys.constants import SAMPLE_RATE
 from raysys.errors import InvalidInput, ModelUnavailable
+from raysys.models.builtin_diarization import BuiltinDiarizer
+from raysys.models.pyannote_backend import PyannoteDiarizer
 
 BACKENDS = ("builtin", "pyannote")
 STEREO_SPEAKERS = ("agent", "customer")
@@ -41,15 +43,11 @@ def make_diarizer(backend: str, *, model: str | None = None, token: str | None =
         InvalidInput: unknown backend. ModelUnavailable: the model cannot be loaded.
     """
     if backend == "builtin":
-        from raysys.models.builtin_diarization import BuiltinDiarizer  # noqa: PLC0415
-
         try:
             return BuiltinDiarizer(device=device)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any load failure is ModelUnavailable
             raise ModelUnavailable(f"builtin diarizer could not load: {exc}") from exc
     if backend == "pyannote":
-        from raysys.models.pyannote_backend import PyannoteDiarizer  # noqa: PLC0415
-
         if not model:
             raise ModelUnavailable("the pyannote backend needs DIARIZATION_MODEL (a local folder or hub id).")
         return PyannoteDiarizer(model, token=token, device=device)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -191,11 +192,10 @@ def make_emotion_model(backend: str, *, model: str | None = None, savedir: str |
     if backend == "builtin":
         return BuiltinEmotion()
     if backend == "speechbrain":
-        from raysys.models.speechbrain_backend import SpeechBrainEmotion  # noqa: PLC0415
+        from raysys.models.speechbrain_backend import SpeechBrainEmotion  # noqa: PLC0415 - a cycle: the speechbrain backend imports this module's labels
 
         if not model:
             raise ModelUnavailable("the speechbrain backend needs EMOTION_MODEL (a local folder or hub id).")
-        import tempfile  # noqa: PLC0415
 
         return SpeechBrainEmotion(model, savedir=savedir or tempfile.mkdtemp(prefix="raysys-sb-"), device=device,
                                   token=token)

@@ -94,7 +94,7 @@ def segment_features(wav: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
     t = _tables()
     x = np.asarray(wav, dtype=np.float64).ravel()
     if rate != RATE and len(x):
-        import soxr  # noqa: PLC0415 - a dependency of raysys.audio already
+        import soxr  # noqa: PLC0415 - soxr (with librosa, not a declared dependency): only to resample
 
         x = soxr.resample(x, rate, RATE, quality="MQ")
     x = x - x.mean() if len(x) else x
@@ -195,8 +195,8 @@ def telephone(wav: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
 
     Deterministic (no noise is added), so training data built with it is reproducible.
     """
-    import soxr  # noqa: PLC0415 - only training and benchmarks simulate the channel
-    from scipy.signal import butter, sosfiltfilt  # noqa: PLC0415
+    import soxr  # noqa: PLC0415 - soxr: only training and benchmarks simulate the channel
+    from scipy.signal import butter, sosfiltfilt  # noqa: PLC0415 - scipy: only training and benchmarks simulate the channel
 
     x = np.asarray(wav, dtype=np.float64)
     narrow = soxr.resample(x, rate, 8000, quality="HQ")

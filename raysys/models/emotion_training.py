@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysys.audio import load_audio
 from raysys.models.emotion_features import FEATURE_NAMES, segment_features, telephone
 
 LABEL_OF = {"N": "neutral", "L": "neutral", "T": "sad", "W": "angry", "F": "happy"}
@@ -85,8 +86,6 @@ def fingerprint(clips: list[Clip]) -> str:
 
 def featurize(clips: list[Clip], conditions: tuple[str, ...] = CONDITIONS) -> dict[str, np.ndarray]:
     """Feature matrices ``{condition: [len(clips), N_FEATURES]}`` (float64) for each channel condition."""
-    from raysys.audio import load_audio  # noqa: PLC0415
-
     out = {c: np.zeros((len(clips), len(FEATURE_NAMES))) for c in conditions}
     for i, clip in enumerate(clips):
         wav, rate = load_audio(clip.path)
@@ -97,7 +96,7 @@ def featurize(clips: list[Clip], conditions: tuple[str, ...] = CONDITIONS) -> di
 
 def channel(wav: np.ndarray, condition: str, rate: int) -> np.ndarray:
     """``wav`` through one of the training :data:`CONDITIONS` (deterministic)."""
-    from scipy.signal import lfilter  # noqa: PLC0415
+    from scipy.signal import lfilter  # noqa: PLC0415 - scipy: only the training recipe filters
 
     if condition == "full":
         return wav
@@ -124,7 +123,7 @@ def fit(features: dict[str, np.ndarray], clips: list[Clip]) -> dict:
     ``label`` (softmax over :data:`HEAD_LABELS`) and ``arousal`` (logistic, P(high)), each with
     ``classes``, ``coef`` (rows per class) and ``intercept``.
     """
-    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - training only
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - scikit-learn: heavy, only when training
 
     emotions = np.array([c.emotion for c in clips] * len(features))
     x = np.vstack([features[c] for c in sorted(features)])

@@ -25,8 +25,8 @@ class PyannoteDiarizer:
 
     def __init__(self, source: str, *, token: str | None = None, device: str = "cpu") -> None:
         os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
-        import torch  # noqa: PLC0415
-        from pyannote.audio import Pipeline  # noqa: PLC0415
+        import torch  # noqa: PLC0415 - torch: heavy, only where the model runs
+        from pyannote.audio import Pipeline  # noqa: PLC0415 - pyannote.audio: heavy, only in the diarization actor
 
         self.torch = torch
         try:
@@ -39,7 +39,7 @@ class PyannoteDiarizer:
         self.pipeline = pipeline.to(torch.device(device))
         self.device = device
         self.source = source
-        import pyannote.audio  # noqa: PLC0415
+        import pyannote.audio  # noqa: PLC0415 - pyannote.audio: heavy, only in the diarization actor
 
         self.model_version = f"pyannote.audio {pyannote.audio.__version__} {os.path.basename(str(source).rstrip('/'))}"
         self.lock = threading.Lock()

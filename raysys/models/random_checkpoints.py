@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 CUSTOM_INTERFACE = '''"""Interface of speechbrain/emotion-recognition-wav2vec2-IEMOCAP (its custom_interface.py)."""
 import torch
 from speechbrain.inference.interfaces import Pretrained
@@ -60,8 +62,8 @@ class CustomEncoderWav2vec2Classifier(Pretrained):
 
 def _save_pyannote_model(model, folder: Path) -> None:
     """Save as pyannote's hub checkpoints are saved: a Lightning checkpoint named pytorch_model.bin."""
-    import lightning  # noqa: PLC0415
-    import torch  # noqa: PLC0415
+    import lightning  # noqa: PLC0415 - lightning: heavy, only to build the test checkpoint
+    import torch  # noqa: PLC0415 - torch: heavy, only where the model runs
 
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = {"state_dict": model.state_dict(), "pytorch-lightning_version": lightning.__version__,
@@ -78,13 +80,12 @@ def build_pyannote_pipeline(root: str | Path, *, chunk_seconds: float = 5.0, ste
     fraction of it; tests use short windows and a large step to stay fast.
     """
     os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
-    import numpy as np  # noqa: PLC0415
-    import pyannote.audio  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    import yaml  # noqa: PLC0415
-    from pyannote.audio.core.task import Problem, Resolution, Specifications  # noqa: PLC0415
-    from pyannote.audio.models.embedding import WeSpeakerResNet34  # noqa: PLC0415
-    from pyannote.audio.models.segmentation import PyanNet  # noqa: PLC0415
+    import pyannote.audio  # noqa: PLC0415 - pyannote.audio: heavy, only to build the test checkpoint
+    import torch  # noqa: PLC0415 - torch: heavy, only where the model runs
+    import yaml  # noqa: PLC0415 - PyYAML (with Ray, not a declared dependency): only for the checkpoint's config
+    from pyannote.audio.core.task import Problem, Resolution, Specifications  # noqa: PLC0415 - pyannote.audio: heavy, only to build the test checkpoint
+    from pyannote.audio.models.embedding import WeSpeakerResNet34  # noqa: PLC0415 - pyannote.audio: heavy, only to build the test checkpoint
+    from pyannote.audio.models.segmentation import PyanNet  # noqa: PLC0415 - pyannote.audio: heavy, only to build the test checkpoint
 
     root = Path(root)
     torch.manual_seed(seed)
@@ -128,9 +129,9 @@ def build_pyannote_pipeline(root: str | Path, *, chunk_seconds: float = 5.0, ste
 
 def build_speechbrain_emotion(root: str | Path, *, seed: int = 0) -> Path:
     """Write a random-weight wav2vec2-IEMOCAP-shaped recipe folder; returns it."""
-    import torch  # noqa: PLC0415
-    from hyperpyyaml import load_hyperpyyaml  # noqa: PLC0415
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - torch: heavy, only where the model runs
+    from hyperpyyaml import load_hyperpyyaml  # noqa: PLC0415 - hyperpyyaml (with speechbrain): only to build the test checkpoint
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model  # noqa: PLC0415 - transformers: heavy, only to build the test checkpoint
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

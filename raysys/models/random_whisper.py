@@ -37,7 +37,7 @@ def _byte_alphabet() -> list[str]:
 
 
 def _special_tokens() -> list[str]:
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES  # noqa: PLC0415
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES  # noqa: PLC0415 - transformers: heavy, only to build the test checkpoint
 
     languages = [f"<|{code}|>" for code in list(LANGUAGES)[:N_LANGUAGES]]
     return ["<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>", "<|startoflm|>",
@@ -46,7 +46,7 @@ def _special_tokens() -> list[str]:
 
 def build_tokenizer():
     """A ``tokenizers.Tokenizer`` with Whisper's multilingual ids (text tokens are bytes and fillers)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # noqa: PLC0415 - tokenizers: only to build the test checkpoint
 
     vocab: dict[str, int] = {}
     for ch in _byte_alphabet():
@@ -75,9 +75,9 @@ def build_random_whisper(root: str | Path, *, d_model: int = 64, layers: int = 2
 
     Offline: nothing is downloaded. The folder loads with ``faster_whisper.WhisperModel(path)``.
     """
-    import torch  # noqa: PLC0415
-    from ctranslate2.converters import TransformersConverter  # noqa: PLC0415
-    from transformers import (  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - torch: heavy, only where the model runs
+    from ctranslate2.converters import TransformersConverter  # noqa: PLC0415 - ctranslate2: heavy, only to build the test checkpoint
+    from transformers import (  # noqa: PLC0415 - transformers: heavy, only to build the test checkpoint
         GenerationConfig,
         WhisperConfig,
         WhisperFeatureExtractor,

@@ -140,12 +140,12 @@ class SentimentModel:
     def __init__(self) -> None:
         # vaderSentiment is imported here, not at module import: the emotion model imports this module and
         # only some of its callers score text.
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer, SentiText  # noqa: PLC0415
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer, SentiText  # noqa: PLC0415 - vaderSentiment: its lexicon loads only when the model is built
 
         model = self
 
         class _Analyzer(SentimentIntensityAnalyzer):
-            def score_valence(self, sentiments, text):  # noqa: ANN001, ANN202 - VADER's signature
+            def score_valence(self, sentiments, text):  # VADER's signature
                 # VADER calls this with one valence per word of SentiText(text); phrases replace their words.
                 words = SentiText(text).words_and_emoticons
                 sentiments, extra, fired = model._apply_phrases(words, list(sentiments))

@@ -28,8 +28,8 @@ class SpeechBrainEmotion:
     name = "speechbrain"
 
     def __init__(self, source: str, *, savedir: str, device: str = "cpu", token: str | None = None) -> None:
-        import torch  # noqa: PLC0415
-        from speechbrain.inference.interfaces import foreign_class  # noqa: PLC0415
+        import torch  # noqa: PLC0415 - torch: heavy, only where the model runs
+        from speechbrain.inference.interfaces import foreign_class  # noqa: PLC0415 - speechbrain: heavy, only in the emotion actor
 
         self.torch = torch
         try:

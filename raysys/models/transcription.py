@@ -18,6 +18,7 @@ turns. Nothing here knows Ray.
 from __future__ import annotations
 
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,7 +57,7 @@ class PocketsphinxTranscriber:
     name = "pocketsphinx"
 
     def __init__(self, config: dict[str, Any] | None = None, device: str = "cpu") -> None:
-        import pocketsphinx  # noqa: PLC0415 - optional heavy dependency, loaded in the actor
+        import pocketsphinx  # noqa: PLC0415 - pocketsphinx: heavy, only in the transcription actor
 
         self.device = "cpu"  # PocketSphinx has no GPU path
         self.options = {**POCKETSPHINX_CONFIG, **(config or {})}
@@ -107,7 +108,7 @@ class FasterWhisperTranscriber:
     def __init__(self, model: str, *, token: str | None = None, device: str = "cpu", compute_type: str | None = None,
                  cpu_threads: int = 0, options: dict[str, Any] | None = None) -> None:
         try:
-            from faster_whisper import WhisperModel  # noqa: PLC0415 - optional heavy dependency
+            from faster_whisper import WhisperModel  # noqa: PLC0415 - faster_whisper: heavy, only in the transcription actor
         except ImportError as exc:
             raise ModelUnavailable(f"faster-whisper is not installed: {exc}") from exc
         self.device = "cuda" if device.startswith("cuda") else "cpu"
@@ -157,7 +158,7 @@ def make_transcriber(backend: str, *, model: str | None = None, token: str | Non
             return PocketsphinxTranscriber(config=config, device=device)
         except ModelUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any load failure is ModelUnavailable
             raise ModelUnavailable(f"pocketsphinx could not load: {exc}") from exc
     if backend == "faster-whisper":
         if not model:
@@ -280,8 +281,6 @@ def words_to_turns(words: list[dict], segments: list[dict], roles: dict[str, str
 
 
 def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
     try:
         return version(dist)
     except PackageNotFoundError:

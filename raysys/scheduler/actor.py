@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import ray
+from ray.util import metrics
 
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE, SCHEDULER_ACTOR
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 class _Metrics:
     def __init__(self) -> None:
-        from ray.util import metrics  # noqa: PLC0415
-
         tags = ("schedule",)
         self.is_leader = metrics.Gauge("raysys_scheduler_is_leader", "1 while this scheduler holds the lease")
         self.runs = metrics.Counter("raysys_scheduler_runs", "scheduled jobs enqueued", tag_keys=("schedule", "how"))

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from raysys.config import Settings
+from raysys.queue.client import Client
 from raysys.scheduler.schedules import Schedule, SchedulerConfig
 from raysys.scheduler.slots import next_slot, slot_label, slots_between
 from raysys.scheduler.store import SLOT_RETENTION, Job, NotLeader, Store
@@ -117,8 +118,6 @@ def build_jobs(schedule: Schedule, slot: datetime, tenants: list[str] | None, *,
 
 def client_encoder(settings: Settings) -> Callable[[Job], tuple[str, bytes, str]]:
     """What the producer client would push for a job: ``(list key, message, id)``, for the fenced send."""
-    from raysys.queue.client import Client  # noqa: PLC0415 - the queue package sits beside us, imported late
-
     client = Client(settings)
 
     def encode(job: Job) -> tuple[str, bytes, str]:

@@ -44,6 +44,7 @@ and the field, so a scheduler refuses to start rather than silently never run a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -57,6 +58,8 @@ from typing import Any
 from croniter import croniter
 
 from raysys.config import ConfigError, Settings
+from raysys.errors import UnknownTask
+from raysys.queue.client import resolve_task
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +127,6 @@ class SchedulerConfig:
 
     def digest(self) -> str:
         """A fingerprint of the definitions, to tell whether a running scheduler has this configuration."""
-        import hashlib  # noqa: PLC0415
-
         blob = json.dumps([s.describe() for s in self.schedules] + [self.lease_seconds, self.tick_seconds],
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -267,14 +268,14 @@ def read_file(path: str | Path) -> dict[str, Any]:
         elif suffix == ".json":
             data = json.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml  # noqa: PLC0415 - PyYAML comes with Ray
+            import yaml  # noqa: PLC0415 - PyYAML (with Ray, not a declared dependency): only for .yaml schedule files
 
             data = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"{what} must end in .toml, .json, .yaml or .yml.")
     except ConfigError:
         raise
-    except Exception as exc:  # each parser has its own error type; the message is what matters
+    except Exception as exc:  # noqa: BLE001 - each parser has its own error type; the message is what matters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{what} is not valid {suffix.lstrip('.').upper()}: {first}.") from None
     if not isinstance(data, Mapping):
@@ -322,9 +323,6 @@ def resolve_queues(config: SchedulerConfig, settings: Settings) -> SchedulerConf
     that cannot be routed at all fails here with one sentence. A queue outside ``RAYSYS_QUEUES`` is only
     warned about: bridges on other nodes may consume it.
     """
-    from raysys.errors import UnknownTask  # noqa: PLC0415
-    from raysys.queue.client import resolve_task  # noqa: PLC0415 - the producer's own routing
-
     out = []
     for s in config.schedules:
         queue = s.queue

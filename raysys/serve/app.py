@@ -29,6 +29,7 @@ Serve on the cluster at ``settings.ray_address`` and returns the base URL.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import time
@@ -37,6 +38,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import ray
+import ray.exceptions as rex
 from fastapi import Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -44,11 +47,20 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.context import _get_global_client
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raysys import errors
+from raysys.actors.diarization import diarization_pool
+from raysys.actors.emotion import emotion_pool
+from raysys.actors.warehouse import Warehouse
+from raysys.analytics.transcripts import transcribe_recording
 from raysys.config import Settings
+from raysys.ingest.pipeline import search
 from raysys.jobs import runner
+from raysys.paths import confine, confine_to_tenant
+from raysys.queue.client import Client
+from raysys.runtime import init_ray
 from raysys.serve import uploads
 from raysys.serve.auth import Unauthorized, key_from_headers
 from raysys.serve.edge import Edge, scope_tenant
@@ -125,10 +137,8 @@ class Service:
             await self.jobs.close()
 
     @property
-    def client(self):  # noqa: ANN201 - raysys.queue.client.Client, imported late (bridge engineer's module)
+    def client(self) -> Client:
         if self._client is None:
-            from raysys.queue.client import Client  # noqa: PLC0415
-
             self._client = Client(self.settings)
         return self._client
 
@@ -174,7 +184,7 @@ class Service:
         log.info("enqueued job=%s task=%s queue=%s tenant=%s", job_id, spec.name, queue, tenant_id)
         return JobAccepted(job_id=job_id, task=spec.name, queue=queue, status_url=f"/v1/jobs/{job_id}")
 
-    async def scope_arguments(self, tenant_id: str, spec, args: list, kwargs: dict) -> tuple[list, dict]:  # noqa: ANN001
+    async def scope_arguments(self, tenant_id: str, spec, args: list, kwargs: dict) -> tuple[list, dict]:
         """Bind the job's arguments to the task and hold them to the caller's tenant.
 
         - ``tenant_id`` (positional or keyword, null or absent; also into a task's ``**kwargs``) is set
@@ -231,8 +241,6 @@ class Service:
 
         Raises InvalidInput (not a non-empty string) or Forbidden; the message names the path as given.
         """
-        from raysys.paths import confine, confine_to_tenant  # noqa: PLC0415
-
         if not isinstance(path, str) or not path:
             raise errors.InvalidInput("a path argument must be a non-empty string")
         if call is None:
@@ -269,12 +277,10 @@ class Service:
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
         except TimeoutError:
-            import ray  # noqa: PLC0415
-
             ray.cancel(ref)
             raise GatewayTimeout(f"analytics of call {call_id!r} did not finish within {timeout:g} s; "
                                  "use wait=false to enqueue it") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         elapsed = time.perf_counter() - started
         log.info("analytics call=%s job=%s tenant=%s elapsed=%.3f", call_id, job_id, tenant_id, elapsed)
@@ -291,7 +297,7 @@ class Service:
         """
         checks: dict[str, str] = {}
 
-        async def check(name: str, probe) -> None:  # noqa: ANN001
+        async def check(name: str, probe) -> None:
             try:
                 await asyncio.wait_for(probe(), 10.0)
                 checks[name] = "ok"
@@ -306,7 +312,6 @@ class Service:
             await self.db.ping()
 
         async def warehouse() -> None:
-            from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
 
             if not await asyncio.to_thread(Warehouse(self.settings).ping):
                 raise RuntimeError("warehouse did not answer")
@@ -338,9 +343,6 @@ def models_ready(settings: Settings) -> list[dict]:
 
     Raises ModelUnavailable when a model cannot load.
     """
-    from raysys.actors.diarization import diarization_pool  # noqa: PLC0415 - model engineer's modules
-    from raysys.actors.emotion import emotion_pool  # noqa: PLC0415
-
     return [*diarization_pool(settings).ready(), *emotion_pool(settings).ready()]
 
 
@@ -359,8 +361,6 @@ def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None =
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map raysys' error hierarchy (and Ray's) to JSON bodies; nothing internal reaches the client."""
-    import ray.exceptions as rex  # noqa: PLC0415
-
     @app.exception_handler(errors.RaysysError)
     async def raysys_error(request: Request, exc: Exception) -> JSONResponse:
         exc = runner.unwrap(exc)
@@ -412,7 +412,7 @@ def create_app(service: Service) -> FastAPI:
     upload_limit = settings.max_upload_bytes + MULTIPART_SLACK
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         await service.start()
         try:
             yield
@@ -428,7 +428,7 @@ def create_app(service: Service) -> FastAPI:
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <api key>")
     header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <api key>")
 
-    async def tenant(request: Request, _b=Security(bearer), _k=Security(header_key)) -> str:  # noqa: ANN001
+    async def tenant(request: Request, _b=Security(bearer), _k=Security(header_key)) -> str:
         return await service.tenant_for(request)
 
     # --- health -------------------------------------------------------------------------------------
@@ -451,7 +451,7 @@ def create_app(service: Service) -> FastAPI:
               responses={202: {"model": JobAccepted}, 404: {"description": "no such call for this tenant"},
                          504: {"description": "did not finish within timeout"}})
     async def call_analytics(call_id: str, tenant_id: str = Depends(tenant), wait: bool = True,
-                             timeout: float = Query(300.0, gt=0, le=3600)):  # noqa: ANN202
+                             timeout: float = Query(300.0, gt=0, le=3600)):
         if not wait:
             accepted = await service.enqueue(tenant_id, ANALYTICS_TASK, [call_id], {})
             return JSONResponse(accepted.model_dump(), status_code=202)
@@ -478,7 +478,7 @@ def create_app(service: Service) -> FastAPI:
             diarize_file = model_function("diarization", "diarize_file")
             return await asyncio.to_thread(diarize_file, settings, str(path), num_speakers=num_speakers,
                                            min_speakers=min_speakers, max_speakers=max_speakers, layout=layout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         finally:
             uploads.remove(path)
@@ -495,7 +495,7 @@ def create_app(service: Service) -> FastAPI:
             segments = None if diarize else [{"start": 0.0, "end": 1e9, "speaker": "SPEAKER_00"}]
             analyze_file = model_function("emotion", "analyze_file")
             return await asyncio.to_thread(analyze_file, settings, str(path), segments=segments)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         finally:
             uploads.remove(path)
@@ -511,13 +511,12 @@ def create_app(service: Service) -> FastAPI:
                          language: str | None = Form(None, pattern="^[a-z]{2,3}$")) -> dict:
         path = await uploads.save_upload(file, settings, tenant_id)
         try:
-            from raysys.analytics.transcripts import transcribe_recording  # noqa: PLC0415
 
             result = await asyncio.to_thread(transcribe_recording, settings, str(path), layout=layout,
                                              language=language)
             return {**{k: v for k, v in result.items() if k != "diarization"},
                     "num_speakers": result["diarization"]["num_speakers"]}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
             raise runner.unwrap(exc) from None
         finally:
             uploads.remove(path)
@@ -551,7 +550,6 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/metrics/daily", tags=["metrics"], summary="the tenant's daily metrics (AHT, FCR, CSAT proxy ...)")
     async def daily_metrics(tenant_id: str = Depends(tenant), start: date | None = None,
                             end: date | None = None) -> dict:
-        from raysys.actors.warehouse import Warehouse  # noqa: PLC0415
 
         end = end or datetime.now(UTC).date()
         start = start or end - timedelta(days=6)
@@ -571,10 +569,8 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-def model_function(module: str, name: str):  # noqa: ANN201
+def model_function(module: str, name: str):
     """``raysys.actors.<module>.<name>`` (the shared model actors' entry points), or ModelUnavailable."""
-    import importlib  # noqa: PLC0415
-
     try:
         return getattr(importlib.import_module(f"raysys.actors.{module}"), name)
     except (ImportError, AttributeError) as exc:
@@ -582,11 +578,7 @@ def model_function(module: str, name: str):  # noqa: ANN201
 
 
 def search_documents(settings: Settings, tenant_id: str, query: str, k: int) -> list[dict]:
-    """The ingestion engineer's search over the tenant's chunks (pgvector), called from a thread."""
-    try:
-        from raysys.ingest.pipeline import search  # noqa: PLC0415
-    except ImportError as exc:
-        raise errors.ModelUnavailable("document search is not available in this build") from exc
+    """The tenant's chunks nearest to ``query`` (pgvector search), called from a thread."""
     return [hit.to_dict() if hasattr(hit, "to_dict") else hit for hit in search(settings, tenant_id, query, top_k=k)]
 
 
@@ -609,7 +601,7 @@ class Ingress:
         logging.getLogger("raysys").setLevel(logging.INFO)
         self.service = Service(settings)
 
-    def __serve_build_asgi_app__(self):  # noqa: ANN204
+    def __serve_build_asgi_app__(self):
         return create_app(self.service)
 
     async def check_health(self) -> None:
@@ -620,7 +612,7 @@ class Ingress:
             await self.service.jobs.ping()
 
 
-def build_app(settings: Settings, **options: Any):  # noqa: ANN201 - ray.serve.Application
+def build_app(settings: Settings, **options: Any):  # ray.serve.Application
     """The Serve application for ``settings``; ``options`` go to the ingress deployment's ``.options``."""
     check_settings(settings)
     ingress = Ingress
@@ -641,16 +633,12 @@ def deploy(settings: Settings, *, blocking: bool = False, name: str = APP_NAME, 
     interrupted and then deletes the application. Raises :class:`ConfigError` when PostgreSQL or Redis
     is not configured.
     """
-    from raysys.runtime import init_ray  # noqa: PLC0415
-
     settings = settings.resolved()
     app = build_app(settings)
     init_ray(settings)
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
     host, port = settings.serve_host, settings.serve_port
     try:
-        from ray.serve.context import _get_global_client  # noqa: PLC0415
-
         http = _get_global_client().http_config
         host, port = http.host, http.port
     except Exception:  # noqa: BLE001 - private API; fall back to what we asked for

@@ -17,7 +17,7 @@ from raysys.config import Settings
 from raysys.serve.app import build_app
 
 
-def app_builder(args: dict[str, Any]):  # noqa: ANN201 - ray.serve.Application
+def app_builder(args: dict[str, Any]):  # ray.serve.Application
     env = {**os.environ, **{str(k): str(v) for k, v in (args or {}).items()}}
     return build_app(Settings.from_env(env).resolved())
 

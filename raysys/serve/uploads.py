@@ -50,7 +50,7 @@ def _tenant_dir(settings: Settings, tenant_id: str) -> Path:
     return path
 
 
-async def save_upload(upload, settings: Settings, tenant_id: str) -> Path:  # noqa: ANN001 - starlette UploadFile
+async def save_upload(upload, settings: Settings, tenant_id: str) -> Path:  # starlette UploadFile
     """Copy ``upload`` to a new file under the tenant's upload directory and return its path.
 
     Raises:

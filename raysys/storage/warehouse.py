@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 SCHEMA: tuple[str, ...] = (
@@ -96,12 +97,10 @@ class Warehouse:
     """A clickhouse-connect client on chDB or a server, with raysys' schema applied on open."""
 
     def __init__(self, dsn: str) -> None:
-        import clickhouse_connect  # noqa: PLC0415 - heavy import, only where the warehouse lives
+        import clickhouse_connect  # noqa: PLC0415 - clickhouse_connect: heavy, only where the warehouse is a server
 
         self.dsn = dsn
         if dsn.startswith("chdb://"):
-            from pathlib import Path  # noqa: PLC0415
-
             Path(dsn[len("chdb://"):]).mkdir(parents=True, exist_ok=True)
             self.client = clickhouse_connect.get_client(dsn=dsn)
         else:
@@ -206,7 +205,7 @@ class Warehouse:
         with self._lock:
             self.client.close()
 
-    # call archive (analytics engineer: cleanup_expired_sessions) ---------------------------------------
+    # call archive (used by cleanup_expired_sessions) -----------------------------------------
 
     def _ensure_archive(self) -> None:
         if not getattr(self, "_archive_ready", False):
@@ -238,7 +237,7 @@ class Warehouse:
         return self.query("SELECT * FROM calls_archive FINAL WHERE tenant_id = {t:String} ORDER BY started_at "
                           "LIMIT {n:UInt32}", {"t": tenant_id, "n": limit})
 
-    # model audits (analytics engineer: audit_models) ----------------------------------------------------
+    # model audits (written by audit_models) -------------------------------------------------------
 
     def insert_model_audits(self, rows: Sequence[dict[str, Any]]) -> int:
         """One row per (model, metric) of an audit run; dicts with the :data:`AUDIT_COLUMNS`."""

@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from raysys.actors.diarization import diarize_file
 from raysys.actors.embedding import encoder
+from raysys.actors.emotion import analyze_file
 from raysys.actors.warehouse import Warehouse
 from raysys.analytics import callmetrics, intents, summary
 from raysys.analytics import sentiment as call_sentiment
@@ -45,7 +47,7 @@ def _turn_dicts(turns: list[Any]) -> list[dict[str, Any]]:
 
 
 def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path | None,
-                 progress=lambda f, m: None, diarization: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ANN001
+                 progress=lambda f, m: None, diarization: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything ``process_call_analytics`` computes, without storing it. Needs Ray for the models.
 
     ``diarization``: the recording's diarization when the caller already has it (transcription ran it).
@@ -66,7 +68,7 @@ def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path
             "timings": {k: round(v, 3) for k, v in timings.items()}}
 
 
-def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Path | None, progress,  # noqa: ANN001
+def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Path | None, progress,
                      timings: dict[str, float], versions: dict[str, str],
                      diarization: dict[str, Any] | None = None) -> dict[str, Any]:
     """Diarization, emotion, speaker roles, timeline and sentiment (from the turns when there is no audio)."""
@@ -74,9 +76,6 @@ def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Pat
     emotion: dict[str, Any] | None = None
     mapping: dict[str, Any] = {"mapping": {}, "method": "none"}
     if audio is not None:
-        from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-        from raysys.actors.emotion import analyze_file  # noqa: PLC0415
-
         if diarization is None:
             progress(0.1, "diarization")
             diarization = diarize_file(settings, str(audio), layout=call.audio_layout or "auto")
@@ -239,7 +238,6 @@ def diarize_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str, A
     Raises Forbidden (outside the allowed roots), NotFound (no such file), InvalidInput (bad audio).
     """
     path = confined_audio(ctx.settings, audio_path)
-    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
 
     result = diarize_file(ctx.settings, str(path))
     return {"call_id": call_id, **result}
@@ -253,8 +251,6 @@ def analyze_emotion(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str
     speakers: {speaker: {seconds, valence, arousal, label}}, backend, model_version}``.
     """
     path = confined_audio(ctx.settings, audio_path)
-    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-    from raysys.actors.emotion import analyze_file  # noqa: PLC0415
 
     diar = diarize_file(ctx.settings, str(path))
     ctx.progress(0.5, "emotion")

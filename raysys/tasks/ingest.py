@@ -13,6 +13,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from raysys.errors import InvalidInput
+from raysys.ingest.batch import ingest_many
+from raysys.ingest.pipeline import ingest_document as run
+from raysys.runtime import init_ray
 from raysys.tasks.registry import TaskContext, task
 
 
@@ -23,8 +27,6 @@ def ingest_document(ctx: TaskContext, document_id: str, tenant_id: str, source_p
     Returns ``{"document_id", "tenant_id", "source_path", "status": "ingested"|"unchanged", "chunks",
     "pages", "mime_type", "title", "bytes", "content_hash", "seconds", "rag"}``.
     """
-    from raysys.ingest.pipeline import ingest_document as run  # noqa: PLC0415
-
     return run(ctx.settings, tenant_id, source_path, document_id, progress=ctx.progress)
 
 
@@ -39,10 +41,6 @@ def ingest_batch(ctx: TaskContext, tenant_id: str, source_paths: list[str] | str
     "error": {"type", "message", "http_status", "retryable"}}]}``. The task itself succeeds even when
     some documents fail; it fails only for bad arguments.
     """
-    from raysys.errors import InvalidInput  # noqa: PLC0415
-    from raysys.ingest.batch import ingest_many  # noqa: PLC0415
-    from raysys.runtime import init_ray  # noqa: PLC0415
-
     if isinstance(source_paths, str):
         source_paths = [source_paths]
     if not isinstance(source_paths, (list, tuple)):

@@ -34,9 +34,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from raysys.actors.diarization import diarize_file
 from raysys.actors.embedding import encoder
+from raysys.actors.emotion import analyze_file
 from raysys.actors.warehouse import Warehouse
 from raysys.analytics import audit, audit_report, intents
+from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.errors import InvalidInput
 from raysys.storage import retention
@@ -155,7 +160,6 @@ def _clean_temp(root: Path, max_age_hours: float, now: float) -> dict[str, int]:
 
 def cleanup(settings: Settings, wh: Warehouse | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The work of :func:`cleanup_expired_sessions`; ``wh`` (default: the cluster's) is the warehouse."""
-    import redis  # noqa: PLC0415
 
     wh = wh or Warehouse(settings)
     now = now or datetime.now(UTC)
@@ -203,9 +207,6 @@ def _emotion_rows(settings: Settings, audit_dir: Path, classify: Callable[[str],
     if not items:
         return []
     if classify is None:
-        from raysys.actors.emotion import analyze_file  # noqa: PLC0415 - Ray and the emotion pool only here
-        from raysys.audio import load_audio  # noqa: PLC0415
-
         def classify(path: str) -> dict:
             # one clip, one label: the whole clip is one segment, through the configured backend's actor
             samples, rate = load_audio(path, max_seconds=settings.max_audio_seconds)
@@ -248,8 +249,6 @@ def run_audit(settings: Settings, audit_dir: Path, wh: Warehouse | None = None,
     items = audit.diarization_items(audit_dir)
     if items:
         if diarize is None:
-            from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-
             def diarize(path: str) -> dict:
                 return diarize_file(settings, path)
 

@@ -18,7 +18,7 @@ from raysys.tasks.registry import TaskContext, task
 
 
 @task("workers.tasks.aggregate_daily_metrics", queue="analytics", num_cpus=ORCHESTRATION_CPUS)
-def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str | None = None) -> dict[str, Any]:  # noqa: A002
+def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str | None = None) -> dict[str, Any]:
     """Aggregate one day (and re-aggregate the FCR window before it), for one tenant or all.
 
     Returns ``{"day", "recomputed": [first, last], "tenants": n, "metrics": [{tenant_id, total_calls,

@@ -21,6 +21,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import redis
+
 from raysys.actors.warehouse import Warehouse
 from raysys.analytics import mail
 from raysys.analytics.aggregation import aggregate_days, days_to_recompute, parse_day
@@ -40,8 +42,6 @@ class _MailMarker:
     """The per tenant-and-day marker that keeps a report from being e-mailed twice (see the module docstring)."""
 
     def __init__(self, settings: Settings, tenant_id: str, day: str) -> None:
-        import redis  # noqa: PLC0415
-
         self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
         self.key = f"{settings.key_prefix}{REPORT_MAILED_PREFIX}{tenant_id}:{day}"
 
@@ -72,7 +72,7 @@ def _safe(name: str) -> str:
 
 
 @task("workers.tasks.generate_daily_report", queue="reports")
-def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) -> dict[str, Any]:  # noqa: A002
+def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) -> dict[str, Any]:
     """Render, save and e-mail one tenant's daily report.
 
     Returns ``{"tenant_id", "day", "files": {...}, "emailed": bool, "already_emailed_by": job id or None,
