@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from raysys import logs
 from raysys.config import ConfigError, Settings
 
 
@@ -13,7 +14,7 @@ def job_settings(job: str, settings: Settings | None = None) -> Settings | None:
 
     Both jobs need PostgreSQL (the calls to backfill, the index to fill).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logging.INFO, logs.log_format_or_text())
     try:
         settings = (settings or Settings.from_env()).resolved()
         if not settings.postgres_url:
