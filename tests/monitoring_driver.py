@@ -10,6 +10,7 @@ alive (their metrics exported) until its stdin closes.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import ray
 import redis
 
+from raysys import logs
 from raysys.actors.embedding import embed_texts
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE
@@ -44,6 +46,7 @@ def scheduler_config(settings: Settings):
 
 def main() -> int:
     settings = Settings.from_env()
+    logs.setup(logging.INFO, settings.log_format)  # as `raysys worker` does: the bridges log at this level
     ray.init(address=os.environ["RAY_ADDRESS"], namespace=RAY_NAMESPACE, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}})
     bridges = start_bridges(settings, queues=["ingest", "analytics", "reports"], concurrency=2)
@@ -74,7 +77,7 @@ def main() -> int:
     assert client.AsyncResult(f"mon_fire:{slot.isoformat()}").get(timeout=120) == slot.isoformat()
 
     assert embed_texts(settings, ["my card was charged twice"]).shape[0] == 1
-    print("DRIVEN", flush=True)
+    print("DRIVEN", ok.id, flush=True)
     sys.stdin.read()  # until the test has scraped what it needs
     stop_scheduler(name)
     stop_bridges(bridges)

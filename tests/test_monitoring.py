@@ -147,13 +147,20 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_exported_after_real_job
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYSYS_", "CELERY_", "POSTGRES", "CLICKHOUSE"))}
     env.update(RAY_ADDRESS=address, RAY_AUTH_MODE="token", CELERY_BROKER_URL=redis_url,
                RAYSYS_DATA_DIR=str(tmp_path / "data"), RAYSYS_TASK_MODULES="queue_tasks",
-               RAYSYS_HEARTBEAT_SECONDS="0.5", RETRY_BACKOFF_MAX="1",
+               RAYSYS_HEARTBEAT_SECONDS="0.5", RETRY_BACKOFF_MAX="1", RAYSYS_LOG_FORMAT="json",
                PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]))
     driver = subprocess.Popen([sys.executable, str(ROOT / "tests" / "monitoring_driver.py")], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     driven = threading.Event()
-    threading.Thread(target=lambda: any(line.startswith("DRIVEN") and not driven.set() for line in driver.stdout),
-                     daemon=True).start()
+    ok_job: list[str] = []
+
+    def read_driver() -> None:
+        for line in driver.stdout:
+            if line.startswith("DRIVEN "):
+                ok_job.append(line.split()[1])
+                driven.set()
+
+    threading.Thread(target=read_driver, daemon=True).start()
     try:
         deadline = time.monotonic() + 420
         while not driven.wait(1.0):
@@ -173,6 +180,15 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_exported_after_real_job
                 lacking = labels - exported[metric] - {"le"} if not metric.endswith("_bucket") else \
                     labels - exported[metric]
                 assert not lacking, f"{what}: {metric} is exported without the labels {sorted(lacking)}"
+
+        # RAYSYS_LOG_FORMAT=json reached the bridges: their job lines (in Ray's worker logs) are JSON objects.
+        lines = [json.loads(line) for path in temp.glob("session_*/logs/worker-*") for line in
+                 path.read_text(errors="replace").splitlines() if line.startswith("{") and ok_job[0] in line]
+        done = [entry for entry in lines if entry.get("transition") == "succeeded"]
+        assert done and done[0]["task"] == "tests.add" and done[0]["queue"] == "ingest", (lines, [
+            (p.name, line) for p in temp.glob("session_*/logs/*") if p.is_file()
+            for line in p.read_text(errors="replace").splitlines() if ok_job[0] in line][:10])
+        assert done[0]["elapsed"] >= 0 and done[0]["logger"].startswith("raysys.")
     finally:
         if driver.poll() is None:
             driver.stdin.close()
