@@ -15,6 +15,7 @@ import warnings
 
 import redis
 
+from raysys import logs
 from raysys.config import ConfigError, Settings
 from raysys.errors import RaysysError
 from raysys.stack import StackError
@@ -49,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO, logs.log_format_or_text())
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -332,6 +332,8 @@ class Settings:
     dashboard_port: int = _env("RAYSYS_DASHBOARD_PORT", _int(1), DEFAULT_DASHBOARD_PORT)
     serve_host: str = _env("SERVE_HOST", _str, "127.0.0.1")
     serve_port: int = _env("SERVE_PORT", _int(1), 8000)
+    # Log lines: "text" (readable, the default) or "json" (one object per line, for log aggregation).
+    log_format: str = _env("RAYSYS_LOG_FORMAT", _choice("text", "json"), "text")
     schedule_file: str | None = _env("RAYSYS_SCHEDULE_FILE", _opt_str, None)  # scheduler: TOML/JSON/YAML
 
     def __repr__(self) -> str:

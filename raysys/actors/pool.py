@@ -98,6 +98,35 @@ def pool_settings(settings: Settings, kind: str) -> tuple[int, float]:
     return replicas, resolve_num_gpus(kind, getattr(settings, f"{kind}_num_gpus"))
 
 
+class ModelMetrics:
+    """A model actor's Ray metrics (``model`` label: diarization, emotion, embedding, transcription).
+
+    ``raysys_model_batch_seconds`` (histogram): one batch on the model; ``raysys_model_requests``
+    (counter, ``outcome`` ok/error): requests answered; ``raysys_model_loads`` (counter, ``outcome``,
+    ``device``): model loads — more than one per replica means the actor restarted.
+    """
+
+    def __init__(self, model: str) -> None:
+        from ray.util import metrics  # noqa: PLC0415 - ray's metrics exist only inside a Ray worker
+
+        self.model = model
+        self.batch = metrics.Histogram("raysys_model_batch_seconds", description="time to run one batch on a model",
+                                       boundaries=[0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300], tag_keys=("model",))
+        self.requests = metrics.Counter("raysys_model_requests", description="model requests answered, by outcome",
+                                        tag_keys=("model", "outcome"))
+        self.loads = metrics.Counter("raysys_model_loads", description="model loads (actor starts), by outcome",
+                                     tag_keys=("model", "outcome", "device"))
+
+    def loaded(self, ok: bool, device: str) -> None:
+        self.loads.inc(1.0, tags={"model": self.model, "outcome": "ok" if ok else "error", "device": device})
+
+    def ran(self, seconds: float, ok: int, failed: int) -> None:
+        self.batch.observe(seconds, tags={"model": self.model})
+        for outcome, n in (("ok", ok), ("error", failed)):
+            if n:
+                self.requests.inc(float(n), tags={"model": self.model, "outcome": outcome})
+
+
 class ModelServer:
     """Base of the model actors: load once, batch concurrent requests, fail loudly when not ready.
 
@@ -130,6 +159,8 @@ class ModelServer:
             shown = {k: ("***" if k == "token" and v else v) for k, v in spec.items()}  # an HF token
             log.error("model %s failed to load: %s", shown, self.error)
         self.load_seconds = time.perf_counter() - t0
+        self.metrics = ModelMetrics(type(self).__name__.removesuffix("Actor").lower())
+        self.metrics.loaded(self.error is None, self.device)
 
     # --- to implement ---------------------------------------------------------------------------
 
@@ -179,10 +210,13 @@ class ModelServer:
                 except (TimeoutError, asyncio.QueueEmpty):
                     break
             items = [b[0] for b in batch]
+            started = time.perf_counter()
             try:
                 results = await asyncio.to_thread(self.run_batch, items)
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: every caller hears it
                 results = [exc] * len(batch)
+            failed = sum(isinstance(r, BaseException) for r in results)
+            self.metrics.ran(time.perf_counter() - started, len(results) - failed, failed)
             self.batches += 1
             self.items += len(batch)
             for (_, fut), res in zip(batch, results, strict=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from raysys import logs
 from raysys.config import ConfigError, Settings
 from raysys.storage.postgres import database_url
 
@@ -18,7 +19,7 @@ def job_settings(job: str, settings: Settings | None = None) -> Settings | None:
 
     Both jobs need PostgreSQL (the calls to backfill, the index to fill).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logging.INFO, logs.log_format_or_text())
     try:
         settings = (settings or Settings.from_env()).resolved()
         database_url(settings)  # both jobs need PostgreSQL

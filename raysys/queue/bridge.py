@@ -58,7 +58,6 @@ import math
 import os
 import random
 import socket
-import sys
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from typing import Any
 import ray
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 
+from raysys import logs
 from raysys.config import Settings
 from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
 from raysys.errors import Refused, UnknownTask
@@ -585,6 +585,7 @@ class BridgeCore:
         now = time.time()
         for job in batch:
             job.started = now
+            self.metrics.observe_wait(job.msg.queue, job.spec.name, now - max(job.claimed, job.msg.eta or 0.0))
         limits = [self._limits(j) for j in batch]
         payload = [(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue, soft)
                    for j, (soft, _) in zip(batch, limits, strict=True)]
@@ -740,6 +741,7 @@ class BridgeCore:
                 self.flush_event.set()
                 return
             job.started = time.time()
+            self.metrics.observe_wait(queue, job.spec.name, job.started - max(job.claimed, job.msg.eta or 0.0))
             if not from_light and not job.msg.ignore_result:
                 self.buf.result(job.id, protocol.started_json(job.id, {"hostname": self.worker_name, "pid": None}),
                                 self.settings.result_expires)
@@ -971,6 +973,7 @@ class BridgeCore:
                 while True:
                     try:
                         done = await self.broker.apply(ops)
+                        self.metrics.wrote(True)
                         self._writes_back()
                         self.last_token = ops.token
                         break
@@ -978,12 +981,14 @@ class BridgeCore:
                         # Nothing was written (Redis at maxmemory, or read-only): the jobs stay in flight and
                         # keep their slots, so the bridge claims nothing more; the same batch goes again later.
                         refusals += 1
+                        self.metrics.wrote(False)
                         self.stats["batches_refused"] += 1
                         level = logging.ERROR if refusals == 1 else logging.DEBUG
                         log.log(level, "bridge %s: Redis refused a batch of %d transitions (%s); nothing was "
                                 "written, its jobs stay in flight; retrying", self.name, len(ops), exc)
                         await asyncio.sleep(min(0.05 * 2 ** min(refusals, 6), 2.0))
                     except (RedisError, OSError) as exc:  # retried: the batch's token makes a re-run a no-op
+                        self.metrics.wrote(False)
                         await self._redis_down(exc)
                 if refusals:
                     log.warning("bridge %s: Redis took the batch after %d refusals", self.name, refusals)
@@ -1239,7 +1244,10 @@ def _log_job(msg: protocol.Message, transition: str, elapsed: float, run_time: f
     if log.isEnabledFor(level):
         run = f" run={run_time:.4f}s" if run_time is not None else ""
         log.log(level, "job %s %s try=%d queue=%s %s elapsed=%.4fs%s", msg.id, msg.task, msg.retries, msg.queue,
-                transition, elapsed, run)
+                transition, elapsed, run,
+                extra=logs.job_fields(msg.id, msg.task, msg.queue, transition.split(" ", 1)[0].rstrip(":"),
+                                      elapsed=elapsed, run_time=run_time, retries=msg.retries,
+                                      tenant=logs.tenant_of(msg.args, msg.kwargs)))
 
 
 async def _await(ref: ray.ObjectRef) -> Any:
@@ -1250,13 +1258,8 @@ async def _own_pid() -> int:
     return os.getpid()
 
 
-def _setup_logging(level: int) -> None:
-    root = logging.getLogger("raysys")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level)
+def _setup_logging(level: int, fmt: str) -> None:
+    logs.setup(level, fmt, logger="raysys")
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, max_concurrency=100)
@@ -1268,7 +1271,7 @@ class QueueBridge:
 
     def __init__(self, settings: Settings, name: str, queues: tuple[str, ...], concurrency: int,
                  executors: int | None = None, batch_size: int | None = None, log_level: int = logging.INFO) -> None:
-        _setup_logging(log_level)
+        _setup_logging(log_level, settings.log_format)
         self.core = BridgeCore(settings, name, tuple(queues), concurrency,
                                settings.bridge_executors if executors is None else executors,
                                batch_size or settings.bridge_batch_size)

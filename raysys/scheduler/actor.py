@@ -25,6 +25,7 @@ from typing import Any
 import ray
 from ray.util import metrics
 
+from raysys import logs
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE, SCHEDULER_ACTOR
 from raysys.scheduler.engine import Engine, TickReport, describe
@@ -79,7 +80,7 @@ class SchedulerActor:
     """
 
     def __init__(self, settings: Settings, config: SchedulerConfig, clock_offset: float = 0.0) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.setup(logging.INFO, settings.log_format)
         self.settings = settings
         self.config = config
         self.clock_offset = float(clock_offset)
