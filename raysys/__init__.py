@@ -7,7 +7,7 @@
 3 work       ``ingest/``, ``analytics/`` (independent of one another)
 2 actors     ``actors/``
 1 backends   ``models/``, ``storage/`` (independent of one another)
-0 foundation ``config.py``, ``errors.py``, ``constants.py``, ``paths.py``, ``audio.py``, ``runtime.py``
+0 foundation ``config.py``, ``errors.py``, ``constants.py``, ``paths.py``, ``audio.py``, ``runtime.py``, ``logs.py``
 
 A module imports from its own layer and the layers below, never above.
 """

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("work", ("ingest", "analytics")),
     ("actors", ("actors",)),
     ("backends", ("models", "storage")),
-    ("foundation", ("config", "errors", "constants", "paths", "audio", "runtime")),
+    ("foundation", ("config", "errors", "constants", "paths", "audio", "runtime", "logs")),
 )
 # Layers whose packages must not import one another.
 INDEPENDENT = ("services", "work", "backends")
