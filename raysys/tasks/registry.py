@@ -69,6 +69,7 @@ class TaskSpec:
 
 
 REGISTRY: dict[str, TaskSpec] = {}
+_LOADED = {"builtin": False}  # whether load_all() imported the built-in task modules in this process
 _ALIASES: dict[str, str] = {}
 
 
@@ -98,6 +99,7 @@ def load_all(extra: Iterable[str] = ()) -> dict[str, TaskSpec]:
         except ModuleNotFoundError as exc:
             if exc.name != module:
                 raise
+    _LOADED["builtin"] = True
     for module in extra:
         importlib.import_module(module)
     return REGISTRY
@@ -110,9 +112,10 @@ def names_of(spec: TaskSpec) -> tuple[str, ...]:
 
 def lookup(name: str) -> TaskSpec:
     """The task registered as ``name`` or an alias of it. Raises :class:`UnknownTask`."""
-    if not REGISTRY:
-        load_all()
     spec = REGISTRY.get(name) or REGISTRY.get(_ALIASES.get(name, ""))
+    if spec is None and not _LOADED["builtin"]:  # tasks of another module may be registered already
+        load_all()
+        spec = REGISTRY.get(name) or REGISTRY.get(_ALIASES.get(name, ""))
     if spec is None:
         raise UnknownTask(f"unknown task {name!r}")
     return spec
