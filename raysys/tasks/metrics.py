@@ -37,8 +37,9 @@ def parse_day(value: Any) -> date:
 def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str | None = None) -> dict[str, Any]:  # noqa: A002
     """Aggregate one day (and re-aggregate the FCR window before it), for one tenant or all.
 
-    Returns ``{"day", "recomputed": [first, last], "tenants": n, "metrics": [{tenant_id, total_calls,
-    aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents}]}`` for the target day.
+    Returns ``{"day", "recomputed": [first, last], "tenants": n, "agents": n, "metrics": [{tenant_id,
+    total_calls, aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents}]}`` for the target day
+    (``agents``: the per-agent scorecard rows of that day, see :mod:`raysys.storage.agent_metrics`).
     """
     settings = ctx.settings
     day = parse_day(date)
@@ -47,6 +48,8 @@ def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str |
     first, last = days_to_recompute(day, settings.fcr_window_days)
     aggregate_days(lambda sql, params: warehouse_call(settings, "command", sql, params), first, last,
                    window_days=settings.fcr_window_days, tenant_id=tenant_id)
+    agents = warehouse_call(settings, "aggregate_agents", first, last, window_days=settings.fcr_window_days,
+                            tenant_id=tenant_id)
     where = "day = {d:Date}" + (" AND tenant_id = {t:String}" if tenant_id else "")
     rows = warehouse_call(settings, "query",
                           "SELECT tenant_id, total_calls, aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents "
@@ -54,4 +57,4 @@ def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str |
                           {"d": day, "t": tenant_id or ""})
     metrics = [{**r, "top_intents": [list(t) for t in r["top_intents"]]} for r in rows]
     return {"day": day.isoformat(), "recomputed": [first.isoformat(), last.isoformat()],
-            "tenants": len(metrics), "metrics": metrics}
+            "tenants": len(metrics), "agents": agents, "metrics": metrics}
