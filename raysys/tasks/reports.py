@@ -99,13 +99,14 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
         aggregate_days(lambda sql, params: warehouse_call(settings, "command", sql, params), first, last,
                        window_days=settings.fcr_window_days, tenant_id=tenant_id)
         rows = warehouse_call(settings, "daily_metrics", tenant_id, day - timedelta(days=6), day)
+    agent_rows = _agent_rows(settings, tenant_id, day, rows)
     ctx.progress(0.3, "loading calls")
     calls = warehouse_call(
         settings, "query",
         f"SELECT {', '.join(CALL_FIELDS)} FROM call_facts FINAL WHERE tenant_id = {{t:String}} AND day = {{d:Date}} "
         "ORDER BY started_at LIMIT {n:UInt32}", {"t": tenant_id, "d": day, "n": MAX_CALL_ROWS})
     ctx.progress(0.5, "rendering")
-    report = build_report(tenant_id, day, rows, calls)
+    report = build_report(tenant_id, day, rows, calls, agent_rows)
     directory = settings.reports_dir / _safe(tenant_id) / day.isoformat()
     files = save_report(report, directory)
     recipients = list(tenant.get("report_recipients") or [])
@@ -122,7 +123,21 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
     return {"tenant_id": tenant_id, "day": day.isoformat(), "directory": str(directory), "files": files,
             "emailed": emailed, "not_emailed_reason": reason or None, "recipients": recipients,
             "already_emailed_by": already,
-            "total_calls": int(report.metrics.get("total_calls", 0)), "calls_in_csv": len(calls)}
+            "total_calls": int(report.metrics.get("total_calls", 0)), "calls_in_csv": len(calls),
+            "agents": len(report.agents)}
+
+
+def _agent_rows(settings: Settings, tenant_id: str, day: Any, daily_rows: list[dict]) -> list[dict]:
+    """The tenant's agent scorecards of the report's seven days; the day's are aggregated first when it
+    has calls but no agent rows (a day aggregated before the scorecards existed)."""
+    rows = warehouse_call(settings, "agent_metrics", tenant_id, day - timedelta(days=6), day)
+    has_calls = any(r["day"] == day and r["total_calls"] for r in daily_rows)
+    if has_calls and not any(r["day"] == day for r in rows):
+        first, last = days_to_recompute(day, settings.fcr_window_days)
+        warehouse_call(settings, "aggregate_agents", first, last, window_days=settings.fcr_window_days,
+                       tenant_id=tenant_id)
+        rows = warehouse_call(settings, "agent_metrics", tenant_id, day - timedelta(days=6), day)
+    return rows
 
 
 def _send_once(settings: Settings, task_id: str, tenant_id: str, day: str, report: object,
