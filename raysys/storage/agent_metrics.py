@@ -149,7 +149,7 @@ def agent_aggregate_sql(*, tenant: bool) -> str:
 class AgentMetrics:
     """The per-agent methods of the Warehouse (a mixin: it uses the Warehouse's ``command`` and ``query``)."""
 
-    def aggregate_agents(self, first: date, last: date, *, window_days: int, tenant_id: str | None = None,
+    def aggregate_agents(self, first: date, last: date, window_days: int, tenant_id: str | None = None,
                          today: date | None = None) -> int:
         """Recompute the agents' rows of ``first..last`` (one tenant or all) with one statement.
 

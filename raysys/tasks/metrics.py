@@ -48,8 +48,7 @@ def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str |
     first, last = days_to_recompute(day, settings.fcr_window_days)
     aggregate_days(lambda sql, params: warehouse_call(settings, "command", sql, params), first, last,
                    window_days=settings.fcr_window_days, tenant_id=tenant_id)
-    agents = warehouse_call(settings, "aggregate_agents", first, last, window_days=settings.fcr_window_days,
-                            tenant_id=tenant_id)
+    agents = warehouse_call(settings, "aggregate_agents", first, last, settings.fcr_window_days, tenant_id)
     where = "day = {d:Date}" + (" AND tenant_id = {t:String}" if tenant_id else "")
     rows = warehouse_call(settings, "query",
                           "SELECT tenant_id, total_calls, aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents "

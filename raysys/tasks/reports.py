@@ -134,8 +134,7 @@ def _agent_rows(settings: Settings, tenant_id: str, day: Any, daily_rows: list[d
     has_calls = any(r["day"] == day and r["total_calls"] for r in daily_rows)
     if has_calls and not any(r["day"] == day for r in rows):
         first, last = days_to_recompute(day, settings.fcr_window_days)
-        warehouse_call(settings, "aggregate_agents", first, last, window_days=settings.fcr_window_days,
-                       tenant_id=tenant_id)
+        warehouse_call(settings, "aggregate_agents", first, last, settings.fcr_window_days, tenant_id)
         rows = warehouse_call(settings, "agent_metrics", tenant_id, day - timedelta(days=6), day)
     return rows
 
