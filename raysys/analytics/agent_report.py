@@ -153,3 +153,23 @@ def render_html(today: Sequence[dict[str, Any]], trend: dict[str, list], chart_n
             + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>\n" + "\n".join(rows) + "\n</table>\n"
             + "<p>Sparklines: the agent's last 7 days, oldest first (· a day without calls). "
               "Every agent's figures are in agents.csv.</p>\n" + images + "\n")
+
+
+def scorecard_text(row: dict[str, Any]) -> list[str]:
+    """One agent's day as a few lines of plain text (the demo prints it)."""
+    cs = (f"{_signed(row.get('customer_sentiment_start'))} -> {_signed(row.get('customer_sentiment_end'))} "
+          f"({int(row['customer_sentiment_calls'])} calls)" if row.get("customer_sentiment_calls") else "–")
+    esc = (f"{int(row['escalations'])} of {int(row['escalations_known'])} known" if row.get("escalations_known")
+           else "unknown")
+    return [
+        f"agent {row['agent_id']} on {row['day']}: {int(row['calls'])} calls, FCR {_pct(row['fcr'])}"
+        + ("" if row.get("fcr_final") else " (provisional)"),
+        f"AHT {float(row['aht_mean']) / 60:.1f} min (p90 {float(row['aht_p90']) / 60:.1f}) = talk "
+        f"{float(row['talk_mean']) / 60:.1f} + hold {float(row['hold_mean']) / 60:.1f} + ACW "
+        f"{float(row['acw_mean']) / 60:.1f} min",
+        f"sentiment {_signed(row['sentiment_start'])} -> {_signed(row['sentiment_end'])}; customer {cs}",
+        f"talk share {_pct(row.get('talk_share'))}, interruptions by the agent "
+        f"{float(row.get('agent_interruptions_per_call') or 0):.2f}/call, silence {float(row['silence_mean']):.0f} s, "
+        f"overlap {float(row['overlap_mean']):.1f} s per call; escalations {esc}",
+        "top intents: " + (", ".join(f"{n} ({c})" for n, c in row.get("top_intents") or []) or "–"),
+    ]
