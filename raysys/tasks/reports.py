@@ -3,7 +3,8 @@
 Builds the tenant's report for the day (default yesterday, UTC): HTML with charts and CSV files saved
 under ``<data dir>/reports/<tenant>/<day>/``, then e-mailed through ``SMTP_URL`` from
 ``REPORT_SENDER`` to the tenant's ``report_recipients`` with the charts inline and the CSVs attached.
-If the day has not been aggregated yet it is aggregated first. An SMTP failure is retried.
+The report has the day's agent scorecards too (:mod:`raysys.analytics.agent_report`). If the day (or
+its agents) has not been aggregated yet it is aggregated first. An SMTP failure is retried.
 
 One e-mail per tenant and day: a marker ``{p}raysys:report-mailed:<tenant>:<day>`` is claimed in Redis
 before sending (``SET NX``, a few minutes) and kept for a week once the mail went out, so a retry or a
