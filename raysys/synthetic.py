@@ -134,5 +134,19 @@ def call_fact(sc: SyntheticCall) -> dict:
         "agent_id": c.agent_id or "", "channel": c.channel, "intent": c.intent or "", "resolved": bool(c.resolved),
         "talk_seconds": c.talk_seconds, "hold_seconds": c.hold_seconds, "acw_seconds": c.acw_seconds,
         "aht_seconds": c.aht_seconds, "sentiment_mean": sc.sentiment, "sentiment_start": sc.sentiment,
-        "sentiment_end": sc.sentiment, "num_speakers": 2,
+        "sentiment_end": sc.sentiment, "num_speakers": 2, **_agent_fields(sc),
     }
+
+
+def _agent_fields(sc: SyntheticCall) -> dict:
+    """The scorecard columns: agent talk share from the turns, the customer's sentiment, escalation from the
+    words (the unresolved calls' agent says "I'll need to escalate this")."""
+    speech = {"agent": 0.0, "customer": 0.0}
+    for t in sc.turns:
+        speech[t.speaker_role] = speech.get(t.speaker_role, 0.0) + t.end_s - t.start_s
+    total = sum(speech.values())
+    # Customers of resolved calls arrive less happy than they leave; the others leave less happy.
+    start = max(-1.0, min(1.0, sc.sentiment - (0.4 if sc.call.resolved else -0.2)))
+    return {"agent_talk_share": round(speech["agent"] / total, 4) if total else None,
+            "customer_sentiment_start": round(start, 3), "customer_sentiment_end": sc.sentiment,
+            "escalated": any("escalate" in t.text for t in sc.turns if t.speaker_role == "agent")}

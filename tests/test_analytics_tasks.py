@@ -66,6 +66,10 @@ def test_call_without_audio_gets_text_analytics_stored_once(ctx, intent_settings
     fact = wh(intent_settings, "call_fact", tenant_id, call_id)
     assert fact["intent"] == "card_lost" and fact["aht_seconds"] == pytest.approx(150) and fact["resolved"] == 1
     assert str(fact["day"]) == "2025-03-10"
+    # The agent scorecards' inputs: 7.5 of the 13 s of speech are the agent's, its one interruption, the
+    # customer's own sentiment at the end, and words that show no escalation.
+    assert fact["agent_talk_share"] == pytest.approx(7.5 / 13, abs=1e-3) and fact["agent_interruptions"] == 1
+    assert fact["customer_sentiment_end"] > 0.3 and fact["escalated"] == 0
 
     # Re-running replaces: one analytics row, one fact (the newest).
     seed(intent_settings, tenant_id, call_id, turns=[*TURNS[:3], Turn(3, "customer", 12.5, 14.0, "This is useless.")])

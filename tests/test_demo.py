@@ -35,11 +35,12 @@ def test_demo_runs_the_whole_story_on_a_fresh_home_and_down_leaves_nothing(tmp_p
     assert {"money", "bank", "imprisonment"} <= set(heard)
     assert "/v1/transcribe -> 200" in out
     assert "aggregate_daily_metrics" in out and '"total_calls"' in out
+    assert "scorecard of the busiest of" in out and "= talk" in out and "top intents:" in out  # one agent's day
     assert "/v1/diarize -> 200" in out
     assert "Ray dashboard:  http://127.0.0.1:" in out
     report = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("report:"))
     html = open(report).read()
-    assert "<img" in html and "demo" in html
+    assert "<img" in html and "demo" in html and '<table class="agents">' in html
     assert "Token authentication is enabled" not in proc.stderr and "Traceback" not in proc.stderr
     # --down stopped everything the stack started: nothing listens on its ports, no process is left.
     state = json.loads((data / "stack.json").read_text())

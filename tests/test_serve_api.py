@@ -114,7 +114,7 @@ def test_healthz_and_openapi_docs(api):
     assert api.http.get("/healthz").json() == {"status": "ok"}
     spec = api.http.get("/openapi.json").json()
     for path in ("/v1/calls/{call_id}/analytics", "/v1/diarize", "/v1/emotion", "/v1/tasks/{name}",
-                 "/v1/jobs/{job_id}", "/v1/metrics/daily", "/v1/search", "/readyz"):
+                 "/v1/jobs/{job_id}", "/v1/metrics/daily", "/v1/metrics/agents", "/v1/search", "/readyz"):
         assert path in spec["paths"], path
     schemes = spec["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} >= {"http", "apiKey"}
@@ -386,6 +386,33 @@ def test_daily_metrics_are_the_tenants_own(api):
     bad = api.http.get("/v1/metrics/daily", params={"start": "2026-03-03", "end": "2026-03-01"}, headers=api.auth("a"))
     assert bad.status_code == 422
     assert api.http.get("/v1/metrics/daily", params={"start": "nope"}, headers=api.auth("a")).status_code == 422
+
+
+def test_agent_metrics_are_the_tenants_own(api):
+    from raysys.actors.warehouse import wh_call
+
+    day = date(2026, 3, 2)
+    facts = [{"tenant_id": api.tenants[t], "call_id": f"{t}{k}", "started_at": datetime(2026, 3, 2, 9, k, tzinfo=UTC),
+              "customer_id": f"{t}{k}", "agent_id": agent, "intent": "card_lost", "resolved": True, "aht_seconds": aht}
+             for t, k, agent, aht in (("a", 1, "a1", 100.0), ("a", 2, "a1", 300.0), ("a", 3, "shared", 50.0),
+                                      ("b", 1, "shared", 900.0), ("b", 2, "b1", 10.0))]
+    wh_call(api.settings, "insert_call_facts", facts)
+    for t in ("a", "b"):
+        wh_call(api.settings, "aggregate_agents", day, day, 7, api.tenants[t])
+    r = api.http.get("/v1/metrics/agents", params={"day": "2026-03-02"}, headers=api.auth("a"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tenant_id"] == api.tenants["a"] and body["day"] == "2026-03-02"
+    assert [(x["agent_id"], x["calls"], x["aht_mean"]) for x in body["agents"]] == [("a1", 2, 200.0), ("shared", 1, 50.0)]
+    assert {x["tenant_id"] for x in body["agents"]} == {api.tenants["a"]}
+    b = api.http.get("/v1/metrics/agents", params={"day": "2026-03-02", "agent_id": "shared"}, headers=api.auth("b"))
+    assert [(x["agent_id"], x["aht_mean"]) for x in b.json()["agents"]] == [("shared", 900.0)]
+    other = api.http.get("/v1/metrics/agents", params={"day": "2026-03-02", "agent_id": "b1"}, headers=api.auth("a"))
+    assert other.status_code == 200 and other.json()["agents"] == []
+    for bad in ("2026-02-30", "nope", "03/02/2026"):
+        r = api.http.get("/v1/metrics/agents", params={"day": bad}, headers=api.auth("a"))
+        assert r.status_code == 422 and r.json()["error"] == "InvalidInput", bad
+    assert api.http.get("/v1/metrics/agents", params={"day": "2026-03-02"}).status_code == 401
 
 
 def test_search_finds_the_tenants_documents_only(api):

@@ -103,6 +103,14 @@ class Warehouse:
         """The tenant's ``call_facts`` of ``day``, earliest first."""
         return self._call("calls_of_day", tenant_id, day, list(columns), limit)
 
+    def aggregate_agents(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> int:
+        """Recompute the per-agent daily rows of days ``first``..``last``; the number of rows written."""
+        return self._call("aggregate_agents", first, last, window_days, tenant_id)
+
+    def agent_metrics(self, tenant_id: str, start: date, end: date, agent_id: str | None = None) -> list[dict[str, Any]]:
+        """A tenant's agent scorecards of days ``start``..``end`` (one agent's with ``agent_id``)."""
+        return self._call("agent_metrics", tenant_id, start, end, agent_id)
+
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         """Run one statement (the daily aggregation of :mod:`raysys.analytics.aggregation`)."""
         return self._call("command", sql, parameters)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from raysys.analytics.report import CHARTS, Report
+from raysys.analytics.report import Report
 from raysys.errors import InvalidInput
 
 
@@ -32,7 +32,7 @@ def build_message(report: Report, sender: str, recipients: Sequence[str]) -> Ema
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
     domain = sender.rsplit("@", 1)[-1] or "raysys"
-    cids = {name: make_msgid(idstring=name, domain=domain) for name in CHARTS if name in report.charts}
+    cids = {name: make_msgid(idstring=name, domain=domain) for name in report.charts}
     m = report.metrics
     msg.set_content(
         f"{report.subject}\n\nTotal calls: {int(m.get('total_calls', 0))}\n"

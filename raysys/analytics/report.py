@@ -17,6 +17,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from raysys.analytics import agent_report
+
 CHARTS = ("volume_by_hour", "aht", "sentiment", "top_intents", "trend")
 CHART_TITLES = {
     "volume_by_hour": "Call volume by hour (UTC)",
@@ -39,6 +41,8 @@ class Report:
     trend: list[dict[str, Any]]             # one row per day of the last seven, oldest first (gaps filled)
     charts: dict[str, bytes] = field(default_factory=dict)      # name -> PNG
     csv_files: dict[str, bytes] = field(default_factory=dict)   # filename -> CSV
+    agents: list[dict[str, Any]] = field(default_factory=list)  # the day's agent scorecards, busiest first
+    agent_trend: dict[str, list] = field(default_factory=dict)  # agent -> row or None per day of the last 7
 
     @property
     def subject(self) -> str:
@@ -163,8 +167,10 @@ def _cell(v: Any) -> Any:
 
 
 def build_report(tenant_id: str, day: date, daily_rows: Sequence[dict[str, Any]],
-                 calls: Sequence[dict[str, Any]]) -> Report:
-    """Charts, HTML and CSVs (``metrics.csv``: seven days; ``calls.csv``: the day's calls) in memory."""
+                 calls: Sequence[dict[str, Any]], agent_rows: Sequence[dict[str, Any]] = ()) -> Report:
+    """Charts, HTML and CSVs (``metrics.csv``: seven days; ``calls.csv``: the day's calls; ``agents.csv``:
+    the day's agent scorecards from ``agent_rows``, the ``agent_daily_metrics`` rows of the seven days, when
+    the day has any)."""
     trend = _fill_trend(daily_rows, day)
     metrics = next((r for r in daily_rows if r["day"] == day), {})
     for r in trend:
@@ -173,6 +179,10 @@ def build_report(tenant_id: str, day: date, daily_rows: Sequence[dict[str, Any]]
     report.charts = _charts(metrics, trend, calls)
     report.csv_files = {"metrics.csv": _csv(trend, METRIC_FIELDS),
                         "calls.csv": _csv(sorted(calls, key=lambda c: str(c.get("started_at"))), CALL_FIELDS)}
+    report.agents, report.agent_trend = agent_report.split_rows(agent_rows, day)
+    report.charts.update(agent_report.charts(report.agents, report.agent_trend, _png))
+    if report.agents:
+        report.csv_files["agents.csv"] = _csv(agent_report.csv_rows(report.agents), agent_report.AGENT_FIELDS)
     return report
 
 
@@ -217,10 +227,12 @@ def _render_html(report: Report, src: Callable[[str], str]) -> str:
         f"<td>{float(r['fcr']) * 100:.1f} %</td><td>{float(r['csat_proxy']):+.2f}</td></tr>" for r in report.trend)
     charts = "\n".join(f'<h2>{e(CHART_TITLES[name])}</h2>\n<img src="{e(src(name))}" alt="{e(CHART_TITLES[name])}">'
                        for name in CHARTS if name in report.charts)
+    agents = agent_report.render_html(report.agents, report.agent_trend, list(report.charts), src)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(report.subject)}</title>
 <style>body{{font-family:sans-serif;max-width:820px;margin:auto}} table{{border-collapse:collapse}}
-th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} img{{max-width:100%}}</style></head>
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} img{{max-width:100%}}
+.spark{{color:#2f6db5}}</style></head>
 <body>
 <h1>Daily report — {e(report.tenant_id)} — {report.day.isoformat()}</h1>
 <table class="kpis">
@@ -234,7 +246,7 @@ th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} img{{max-width:10
 <table class="trend"><tr><th>day</th><th>calls</th><th>AHT mean</th><th>FCR</th><th>CSAT proxy</th></tr>
 {trend_rows}
 </table>
-{charts}
+{agents}{charts}
 <p>Per-call data and the seven-day metrics are in the attached CSV files.</p>
 </body></html>
 """

@@ -21,7 +21,7 @@ import json
 import shutil
 import time
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import httpx
 import soundfile as sf
 
 from raysys import synthetic
+from raysys.analytics.agent_report import scorecard_text
 from raysys.analytics.intents import IntentModel
 from raysys.config import Settings
 from raysys.queue.client import Client
@@ -141,6 +142,7 @@ def cmd_demo(args, settings: Settings) -> int:
                              kwargs={"date": day.isoformat(), "tenant_id": TENANT}) for day in days]
     agg = [a.get(timeout=600) for a in aggs][-1]
     print(f"   aggregate_daily_metrics for {days[0]} .. {days[-1]}; today:", _short(agg))
+    _print_scorecard(settings, today)
     report = client.send_task("workers.tasks.generate_daily_report",
                               kwargs={"tenant_id": TENANT, "date": today.isoformat()}).get(timeout=600)
     print("   generate_daily_report:", _short(report))
@@ -166,6 +168,18 @@ def cmd_demo(args, settings: Settings) -> int:
         ray.shutdown()
         print("   the stack, the bridges and the HTTP API keep running; stop them with: ./dev raysys down")
     return 0
+
+
+def _print_scorecard(settings: Settings, day: date) -> None:
+    """The busiest agent's scorecard of ``day`` (GET /v1/metrics/agents has every agent's)."""
+    from raysys.actors.warehouse import Warehouse  # noqa: PLC0415 - loads Ray, and the CLI imports every command module to build its parser
+
+    rows = Warehouse(settings).agent_metrics(TENANT, day, day)
+    if rows:
+        best = max(rows, key=lambda r: (r["calls"], r["agent_id"]))
+        print(f"   scorecard of the busiest of {len(rows)} agents today:")
+        for line in scorecard_text(best):
+            print("     " + line)
 
 
 def _print_transcript(settings: Settings, call_id: str) -> None:

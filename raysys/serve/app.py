@@ -10,6 +10,7 @@ Routes (all under ``/v1`` need an API key — ``Authorization: Bearer <key>`` or
 - ``GET  /v1/tasks``, ``POST /v1/tasks/{name}`` list the tasks a tenant may enqueue / enqueue one
 - ``GET  /v1/jobs/{job_id}``              state and result of a job this tenant enqueued
 - ``GET  /v1/metrics/daily``              the tenant's daily metrics (warehouse)
+- ``GET  /v1/metrics/agents?day=``        the tenant's agent scorecards of one day (warehouse)
 - ``GET  /v1/search``                     search the tenant's document index
 - ``GET  /healthz`` (process up), ``GET /readyz`` (dependencies and models ready, else 503), ``/docs``.
 
@@ -559,6 +560,15 @@ def create_app(service: Service) -> FastAPI:
             raise errors.InvalidInput(f"a metrics range is at most {MAX_METRICS_DAYS} days")
         rows = await asyncio.to_thread(Warehouse(settings).daily_metrics, tenant_id, start, end)
         return {"tenant_id": tenant_id, "start": start, "end": end, "days": jsonable_encoder(rows)}
+
+    @app.get("/v1/metrics/agents", tags=["metrics"], summary="the tenant's agent scorecards of one day")
+    async def agent_metrics(tenant_id: str = Depends(tenant), day: date | None = None,
+                            agent_id: str | None = Query(None, min_length=1, max_length=200)) -> dict:
+        """Per-agent calls, AHT and its parts, FCR, sentiment, talk share, interruptions, silence, overlap,
+        escalations and top intents of ``day`` (default yesterday, UTC); 422 for a malformed day."""
+        day = day or datetime.now(UTC).date() - timedelta(days=1)
+        rows = await asyncio.to_thread(Warehouse(settings).agent_metrics, tenant_id, day, day, agent_id)
+        return {"tenant_id": tenant_id, "day": day, "agents": jsonable_encoder(rows)}
 
     @app.get("/v1/search", tags=["documents"], summary="search the tenant's document index")
     async def search(q: str = Query(..., min_length=1, max_length=2000), k: int = Query(5, ge=1, le=50),

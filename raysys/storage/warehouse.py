@@ -17,6 +17,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from raysys.storage.agent_metrics import AGENT_FACT_DEFAULTS, AGENT_SCHEMA, AgentMetrics
+
 SCHEMA: tuple[str, ...] = (
     """
     CREATE TABLE IF NOT EXISTS call_facts (
@@ -75,13 +77,13 @@ SCHEMA: tuple[str, ...] = (
     ) ENGINE = MergeTree
     ORDER BY (model, metric, run_at)
     """,
-)
+) + AGENT_SCHEMA
 
 CALL_FACT_COLUMNS: tuple[str, ...] = (
     "tenant_id", "call_id", "day", "started_at", "customer_id", "agent_id", "channel", "intent", "resolved",
     "talk_seconds", "hold_seconds", "acw_seconds", "aht_seconds", "sentiment_mean", "sentiment_start",
     "sentiment_end", "num_speakers", "silence_seconds", "overlap_seconds", "interruptions", "version",
-)
+) + tuple(AGENT_FACT_DEFAULTS)
 
 DAILY_COLUMNS: tuple[str, ...] = (
     "tenant_id", "day", "total_calls", "aht_mean", "aht_p90", "fcr", "fcr_final", "csat_proxy", "top_intents",
@@ -93,7 +95,7 @@ AUDIT_COLUMNS: tuple[str, ...] = (
 )
 
 
-class Warehouse:
+class Warehouse(AgentMetrics):
     """A clickhouse-connect client on chDB or a server, with raysys' schema applied on open."""
 
     def __init__(self, dsn: str) -> None:
@@ -146,7 +148,7 @@ class Warehouse:
             row = {"agent_id": "", "channel": "voice", "intent": "", "resolved": 0, "num_speakers": 0,
                    "silence_seconds": 0.0, "overlap_seconds": 0.0, "interruptions": 0, "sentiment_start": 0.0,
                    "sentiment_end": 0.0, "sentiment_mean": 0.0, "talk_seconds": 0.0, "hold_seconds": 0.0,
-                   "acw_seconds": 0.0, "aht_seconds": 0.0, "version": now, **f}
+                   "acw_seconds": 0.0, "aht_seconds": 0.0, "version": now, **AGENT_FACT_DEFAULTS, **f}
             if isinstance(row["started_at"], str):
                 row["started_at"] = datetime.fromisoformat(row["started_at"])
             row.setdefault("day", row["started_at"].date())
@@ -155,6 +157,8 @@ class Warehouse:
             row["resolved"] = int(bool(row["resolved"]))
             row["agent_id"] = row["agent_id"] or ""
             row["intent"] = row["intent"] or ""
+            if row["escalated"] is not None:
+                row["escalated"] = int(bool(row["escalated"]))
             rows.append([row[c] for c in CALL_FACT_COLUMNS])
         return self.insert("call_facts", rows, CALL_FACT_COLUMNS)
 
@@ -169,7 +173,7 @@ class Warehouse:
 
     def delete_tenant(self, tenant_id: str) -> None:
         """Remove a tenant's rows (tests and tenant off-boarding)."""
-        for table in ("call_facts", "daily_metrics"):
+        for table in ("call_facts", "daily_metrics", "agent_daily_metrics"):
             self.command(f"DELETE FROM {table} WHERE tenant_id = {{t:String}}", {"t": tenant_id})
 
     # daily metrics ---------------------------------------------------------------------------------------

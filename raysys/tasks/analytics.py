@@ -21,7 +21,7 @@ from raysys.actors.diarization import diarize_file
 from raysys.actors.embedding import encoder
 from raysys.actors.emotion import analyze_file
 from raysys.actors.warehouse import Warehouse
-from raysys.analytics import callmetrics, intents, summary
+from raysys.analytics import agentmetrics, callmetrics, intents, summary
 from raysys.analytics import sentiment as call_sentiment
 from raysys.analytics.transcripts import ensure_turns
 from raysys.config import Settings
@@ -65,7 +65,7 @@ def analyse_call(settings: Settings, call: Any, turns: list[Any], *, audio: Path
     handling = callmetrics.aht(call, result["timeline"]["duration_seconds"])
     timings["total"] = time.perf_counter() - t0
     return {**result, "intent": intent, "summary": summ, "aht": handling, "versions": versions,
-            "timings": {k: round(v, 3) for k, v in timings.items()}}
+            "timings": {k: round(v, 3) for k, v in timings.items()}, "escalated": agentmetrics.escalated(turns)}
 
 
 def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Path | None, progress,
@@ -111,7 +111,8 @@ def _audio_analytics(settings: Settings, call: Any, turns: list[Any], audio: Pat
     versions["sentiment"] = call_sentiment.model_version()
     sentiment = callmetrics.sentiment_summary(sentiment_items)
     return {"diarization": diarization, "emotion": emotion, "mapping": mapping, "timeline": timeline,
-            "sentiment": sentiment, "sentiment_source": sentiment_source}
+            "sentiment": sentiment, "sentiment_source": sentiment_source,
+            "customer_sentiment": agentmetrics.customer_sentiment(sentiment_items)}
 
 
 def _text_analytics(settings: Settings, call: Any, turns: list[Any]) -> tuple[dict, dict, dict[str, str], float]:
@@ -171,7 +172,7 @@ def _fact(call: Any, values: dict[str, Any], result: dict[str, Any]) -> dict[str
         "sentiment_mean": values["sentiment_mean"] or 0.0, "sentiment_start": values["sentiment_start"] or 0.0,
         "sentiment_end": values["sentiment_end"] or 0.0, "num_speakers": min(255, int(values["num_speakers"] or 0)),
         "silence_seconds": values["silence_seconds"], "overlap_seconds": values["overlap_seconds"],
-        "interruptions": values["interruptions"],
+        "interruptions": values["interruptions"], **agentmetrics.fact_fields(result),
     }
 
 

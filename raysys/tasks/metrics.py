@@ -21,8 +21,9 @@ from raysys.tasks.registry import TaskContext, task
 def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str | None = None) -> dict[str, Any]:
     """Aggregate one day (and re-aggregate the FCR window before it), for one tenant or all.
 
-    Returns ``{"day", "recomputed": [first, last], "tenants": n, "metrics": [{tenant_id, total_calls,
-    aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents}]}`` for the target day.
+    Returns ``{"day", "recomputed": [first, last], "tenants": n, "agents": n, "metrics": [{tenant_id,
+    total_calls, aht_mean, aht_p90, fcr, fcr_final, csat_proxy, top_intents}]}`` for the target day
+    (``agents``: the per-agent scorecard rows of that day, see :mod:`raysys.storage.agent_metrics`).
     """
     settings = ctx.settings
     day = parse_day(date)
@@ -31,6 +32,7 @@ def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str |
     first, last = days_to_recompute(day, settings.fcr_window_days)
     wh = Warehouse(settings)
     aggregate_days(wh.command, first, last, window_days=settings.fcr_window_days, tenant_id=tenant_id)
+    agents = wh.aggregate_agents(first, last, settings.fcr_window_days, tenant_id)
     metrics = wh.day_metrics(day, tenant_id)
     return {"day": day.isoformat(), "recomputed": [first.isoformat(), last.isoformat()],
-            "tenants": len(metrics), "metrics": metrics}
+            "tenants": len(metrics), "agents": agents, "metrics": metrics}

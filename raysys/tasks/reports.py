@@ -3,7 +3,8 @@
 Builds the tenant's report for the day (default yesterday, UTC): HTML with charts and CSV files saved
 under ``<data dir>/reports/<tenant>/<day>/``, then e-mailed through ``SMTP_URL`` from
 ``REPORT_SENDER`` to the tenant's ``report_recipients`` with the charts inline and the CSVs attached.
-If the day has not been aggregated yet it is aggregated first. An SMTP failure is retried.
+The report has the day's agent scorecards too (:mod:`raysys.analytics.agent_report`). If the day (or
+its agents) has not been aggregated yet it is aggregated first. An SMTP failure is retried.
 
 One e-mail per tenant and day: a marker ``{p}raysys:report-mailed:<tenant>:<day>`` is claimed in Redis
 before sending (``SET NX``, a few minutes) and kept for a week once the mail went out, so a retry or a
@@ -95,10 +96,11 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
         first, last = days_to_recompute(day, settings.fcr_window_days)
         aggregate_days(wh.command, first, last, window_days=settings.fcr_window_days, tenant_id=tenant_id)
         rows = wh.daily_metrics(tenant_id, day - timedelta(days=6), day)
+    agent_rows = _agent_rows(settings, tenant_id, day, rows)
     ctx.progress(0.3, "loading calls")
     calls = wh.calls_of_day(tenant_id, day, CALL_FIELDS, MAX_CALL_ROWS)
     ctx.progress(0.5, "rendering")
-    report = build_report(tenant_id, day, rows, calls)
+    report = build_report(tenant_id, day, rows, calls, agent_rows)
     directory = settings.reports_dir / _safe(tenant_id) / day.isoformat()
     files = save_report(report, directory)
     recipients = list(tenant.get("report_recipients") or [])
@@ -115,7 +117,21 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
     return {"tenant_id": tenant_id, "day": day.isoformat(), "directory": str(directory), "files": files,
             "emailed": emailed, "not_emailed_reason": reason or None, "recipients": recipients,
             "already_emailed_by": already,
-            "total_calls": int(report.metrics.get("total_calls", 0)), "calls_in_csv": len(calls)}
+            "total_calls": int(report.metrics.get("total_calls", 0)), "calls_in_csv": len(calls),
+            "agents": len(report.agents)}
+
+
+def _agent_rows(settings: Settings, tenant_id: str, day: Any, daily_rows: list[dict]) -> list[dict]:
+    """The tenant's agent scorecards of the report's seven days; the day's are aggregated first when it
+    has calls but no agent rows (a day aggregated before the scorecards existed)."""
+    wh = Warehouse(settings)
+    rows = wh.agent_metrics(tenant_id, day - timedelta(days=6), day)
+    has_calls = any(r["day"] == day and r["total_calls"] for r in daily_rows)
+    if has_calls and not any(r["day"] == day for r in rows):
+        first, last = days_to_recompute(day, settings.fcr_window_days)
+        wh.aggregate_agents(first, last, settings.fcr_window_days, tenant_id)
+        rows = wh.agent_metrics(tenant_id, day - timedelta(days=6), day)
+    return rows
 
 
 def _send_once(settings: Settings, task_id: str, tenant_id: str, day: str, report: object,
