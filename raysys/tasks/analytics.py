@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from raysys.analytics import callmetrics, intents, summary
+from raysys.analytics import callmetrics, intents, redaction_turns, summary
 from raysys.analytics import sentiment as call_sentiment
 from raysys.config import ConfigError, Settings
 from raysys.errors import InvalidInput, NotFound
@@ -93,6 +93,26 @@ def confined_audio(settings: Settings, audio_path: str) -> Path:
     if not path.is_file():
         raise NotFound(f"recording {audio_path!r} does not exist")
     return path
+
+
+def redact_stored_turns(settings: Settings, call: Any, turns: list[Any], policy: redaction_turns.Policy,
+                        earlier: dict[str, int] | None = None) -> tuple[list[Any], dict[str, int]]:
+    """The call's turns with PII redacted (stored in place of the originals) and the counts per kind, with
+    ``earlier`` counts (transcribed turns were redacted before they were stored) added."""
+    counts = dict(earlier or {})
+    if not policy.calls or not turns:
+        return turns, counts
+    redacted, found = redaction_turns.redact_call_turns(turns, policy.regions)
+    changed = [t for t, spans in zip(redacted, found.spans, strict=True) if spans]
+    if changed:
+        async def store():
+            async with open_db(settings) as db:
+                await db.redact_turns(call.tenant_id, call.id, changed)
+
+        run_sync(store())
+    for kind, n in found.counts.items():
+        counts[kind] = counts.get(kind, 0) + n
+    return redacted, counts
 
 
 # --- analysis ----------------------------------------------------------------------------------------------
@@ -256,23 +276,27 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
                 call = await db.get_call(call_id)
             except RowNotFound:
                 raise NotFound(f"call {call_id!r} does not exist") from None
-            return call, await db.get_turns(call.tenant_id, call_id)
+            return call, await db.get_turns(call.tenant_id, call_id), await db.tenant_pii(call.tenant_id)
 
-    call, turns = run_sync(load())
+    call, turns, tenant_pii = run_sync(load())
+    policy = redaction_turns.Policy.for_tenant(settings, tenant_pii)
     audio = confined_audio(settings, call.audio_path) if call.audio_path else None
     # A recording without turns is transcribed first (stored as source='asr'; platform turns win).
     from raysys.tasks.transcription import ensure_turns  # noqa: PLC0415 - it imports this module's helpers
 
     t_asr = time.perf_counter()
     turns, diarization, transcribed = ensure_turns(
-        settings, call, turns, audio, progress=lambda f, m: ctx.progress(0.05 + 0.45 * f, m))
+        settings, call, turns, audio, progress=lambda f, m: ctx.progress(0.05 + 0.45 * f, m), policy=policy)
+    turns, pii_counts = redact_stored_turns(settings, call, turns, policy, (transcribed or {}).get("pii_counts"))
     result = analyse_call(settings, call, turns, audio=audio, diarization=diarization,
                           progress=ctx.progress if transcribed is None else lambda f, m: ctx.progress(0.5 + f / 2, m))
     if transcribed is not None:
         result["timings"]["transcription"] = round(time.perf_counter() - t_asr - result["timings"]["total"], 3)
         result["timings"]["total"] = round(time.perf_counter() - t_asr, 3)
         result["versions"]["transcription"] = f"{transcribed['backend']}:{transcribed['model_version']}"
+    result["summary"]["text"] = policy.text(result["summary"]["text"])  # a chat model may echo what it guessed
     values = _values(result, call)
+    values.update(pii_redactions=sum(pii_counts.values()), pii_redaction_counts=pii_counts)
     if transcribed is not None:
         values["details"]["transcription"] = transcribed
     ctx.progress(0.9, "storing")
@@ -293,6 +317,7 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
         "aht_seconds": values["aht_seconds"], "sentiment": result["sentiment"], "summary": values["summary"],
         "has_audio": audio is not None, "timings": result["timings"],
         "transcribed": transcribed is not None, "turn_source": turns[0].source if turns else None,
+        "pii_redactions": values["pii_redactions"],
     }
 
 

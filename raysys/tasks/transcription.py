@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysys.analytics import callmetrics
+from raysys.analytics import callmetrics, redaction_turns
 from raysys.config import Settings
 from raysys.errors import InvalidInput
 from raysys.tasks.registry import TaskContext, task
@@ -92,7 +92,8 @@ def stored_turns(result: dict[str, Any]) -> list[Any]:
 
 
 def ensure_turns(settings: Settings, call: Any, turns: list[Any], audio: Path | None,
-                 progress=lambda f, m: None) -> tuple[list[Any], dict | None, dict | None]:  # noqa: ANN001
+                 progress=lambda f, m: None,  # noqa: ANN001
+                 policy: redaction_turns.Policy | None = None) -> tuple[list[Any], dict | None, dict | None]:
     """The call's turns, transcribed from ``audio`` and stored when the call has none.
 
     Returns ``(turns, diarization, transcription facts)``; the last two are None when nothing was
@@ -104,6 +105,8 @@ def ensure_turns(settings: Settings, call: Any, turns: list[Any], audio: Path | 
     from raysys.tasks.analytics import open_db, run_sync  # noqa: PLC0415 - analytics imports this module
 
     result = transcribe_recording(settings, audio, layout=call.audio_layout or "auto", progress=progress)
+    # PII is redacted before the turns are stored (``policy``: the tenant's; default: the settings').
+    result, found = redaction_turns.redact_transcription(result, policy or redaction_turns.Policy.for_tenant(settings))
     rows = stored_turns(result)
 
     async def store():
@@ -114,7 +117,8 @@ def ensure_turns(settings: Settings, call: Any, turns: list[Any], audio: Path | 
     saved, current = run_sync(store())
     facts = {"backend": result["backend"], "model_version": result["model_version"], "language": result["language"],
              "turns": len(rows), "words": sum(len(t["words"]) for t in result["turns"]), "stored": saved,
-             "rtf": result["rtf"], "chunks": result["chunks"], "seconds": result["timings"]["total"]}
+             "rtf": result["rtf"], "chunks": result["chunks"], "seconds": result["timings"]["total"],
+             "pii_counts": found.counts if found is not None else {}}
     log.info("call %s transcribed: %d turns, %d words, stored=%s (%s)", call.id, facts["turns"], facts["words"],
              saved, result["backend"])
     return current, result["diarization"], facts
@@ -135,17 +139,21 @@ def transcribe_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str
     from raysys.tasks.analytics import confined_audio, open_db, postgres_url, run_sync  # noqa: PLC0415
 
     path = confined_audio(ctx.settings, audio_path)
-    call = None
+    call, tenant_pii = None, None
     if _has_db(ctx.settings, postgres_url):
         async def load():
             async with open_db(ctx.settings) as db:
                 try:
-                    return await db.get_call(call_id)
+                    found = await db.get_call(call_id)
                 except RowNotFound:
-                    return None
-        call = run_sync(load())
+                    return None, None
+                return found, await db.tenant_pii(found.tenant_id)
+        call, tenant_pii = run_sync(load())
     layout = call.audio_layout if call is not None and call.audio_layout else "auto"
     result = transcribe_recording(ctx.settings, path, layout=layout, progress=ctx.progress)
+    # Stored and returned (the job result lands in Redis) only redacted, under the call's tenant's policy.
+    result, _ = redaction_turns.redact_transcription(result, redaction_turns.Policy.for_tenant(ctx.settings,
+                                                                                                 tenant_pii))
     stored = False
     if call is not None:
         rows = stored_turns(result)
