@@ -144,7 +144,10 @@ def _digit_view(text: str) -> tuple[str, list[tuple[int, int, int, int]]]:
             end = last = words[j].end()
             j += 1
         if spoken and len(digits.replace(" ", "")) >= 3 and last is not None:
-            runs.append((words[i].start(), last, digits.strip()))
+            begin = words[i].start()
+            if i and words[i - 1].group().lower() == "plus" and not text[words[i - 1].end():begin].strip():
+                begin, digits = words[i - 1].start(), "+" + digits.strip()  # "plus four four ..."
+            runs.append((begin, last, digits.strip()))
             i = j
         else:
             i += 1

@@ -207,3 +207,12 @@ def _redact_words(words: list[dict], spans: list[Span]) -> list[dict]:
         else:
             out[-1]["end"] = w.get("end", out[-1].get("end"))
     return [{k: v for k, v in w.items() if k != "_span"} for w in out]
+
+
+def redact_turn_dicts(rows: list[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+    """Turn rows as dicts (``speaker_role``, ``text``, ``words``: an archive's) redacted under ``policy``."""
+    if not policy.calls or not rows:
+        return rows
+    done, _ = _redact_rows([(r.get("speaker_role") or "unknown", r.get("text") or "", r.get("words")) for r in rows],
+                           policy.regions)
+    return [{**r, "text": text, "words": words} for r, (text, words) in zip(rows, done, strict=True)]

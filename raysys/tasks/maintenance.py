@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from raysys.analytics import audit, audit_report, intents
+from raysys.analytics import audit, audit_report, intents, redaction_turns
 from raysys.config import Settings
 from raysys.errors import InvalidInput
 from raysys.tasks.analytics import encoder, open_db, run_sync, warehouse_call
@@ -84,7 +84,8 @@ async def _expire_sessions(db: Any, redis_client: Any, now: datetime, key_prefix
     return {"sessions_deleted": sessions, "redis_keys_deleted": keys, "redis_keys_refused": refused}
 
 
-async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[str, Any]:
+async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime,
+                         settings: Settings | None = None) -> dict[str, Any]:
     archived = deleted = failed = 0
     errors: list[str] = []
     for tenant in await db.list_tenants():
@@ -105,6 +106,9 @@ async def _archive_calls(db: Any, wh: WarehouseCall, cutoff: datetime) -> dict[s
                         "WHERE tenant_id = $1 AND call_id = ANY($2::text[]) ORDER BY call_id, turn_index", tenant, ids):
                     turns[t["call_id"]].append({k: _jsonable(v) for k, v in dict(t).items()
                                                 if k not in ("tenant_id", "call_id")})
+                if settings is not None:  # turns of calls never analysed still carry their PII
+                    policy = redaction_turns.Policy.for_tenant(settings, await db.tenant_pii(tenant))
+                    turns = {cid: redaction_turns.redact_turn_dicts(rows, policy) for cid, rows in turns.items()}
                 analytics = {a["call_id"]: {k: _jsonable(v) for k, v in dict(a).items()} for a in await conn.fetch(
                     "SELECT * FROM call_analytics WHERE tenant_id = $1 AND call_id = ANY($2::text[])", tenant, ids)}
                 rows, sums = [], {}
@@ -177,7 +181,7 @@ def cleanup(settings: Settings, wh: WarehouseCall | None = None, now: datetime |
     async def database_part() -> dict[str, Any]:
         async with open_db(settings) as db:
             out = await _expire_sessions(db, client, now, settings.session_key_prefix)
-            out.update(await _archive_calls(db, wh, now - timedelta(days=settings.call_retention_days)))
+            out.update(await _archive_calls(db, wh, now - timedelta(days=settings.call_retention_days), settings))
             return out
 
     try:
