@@ -202,7 +202,7 @@ _CUES = {
 _KEEP_CUE = re.compile(r"\b(order|reference|ref|ticket|case|invoice|tracking|confirmation|booking|policy|"
                        r"claim|parcel|receipt|transaction|model|serial|product|item|flight|pin|customer|member|membership)"
                        r"(?: number| no\b\.?| num\b| id\b)?")
-_WEAK_PHONE = re.compile(r"\b(?:number|no\.|reach|contact)\b")
+_WEAK_PHONE = re.compile(r"\b(?:number|no\.|reach|contact|call|ring|dial)\b")
 _NOT_BIRTH = re.compile(r"\b(since|opened|joined|purchased|bought|ordered|paid|payment|moved|started|signed|"
                         r"delivered|delivery|arrived|appointment|due|expir\w*|issued|renew\w*|booked|until|by|"
                         r"from|on|last|next)\b\W*$")
@@ -238,7 +238,11 @@ def _phone_ok(digits: str, plus: bool, regions: Sequence[str]) -> bool:
     tries += [] if plus else [(digits, r) for r in regions]
     for number, region in tries:
         try:
-            if phonenumbers.is_valid_number(phonenumbers.parse(number, region)):
+            parsed = phonenumbers.parse(number, region)
+            # Valid for its country; or of a possible length and dialled with a trunk or "+" prefix (a number
+            # in a range the metadata reserves, such as 07700 900xxx, is still somebody's to read out).
+            if phonenumbers.is_valid_number(parsed) or (
+                    (plus or digits[0] == "0") and phonenumbers.is_possible_number(parsed)):
                 return True
         except phonenumbers.NumberParseException:
             continue
