@@ -40,6 +40,10 @@ from raysys.storage.postgres import Turn
     ("I was born on 14/02/1979.", "I was born on [DOB]."),
     ("I live at 22 Acacia Avenue, Leeds LS1 4AP", "I live at [ADDRESS]"),
     ("it's forty two Wallaby Way, Sydney", "it's [ADDRESS]"),
+    ("send it to 167 Green Hill Gardens, Glasgow G12 8QQ", "send it to [ADDRESS]"),
+    ("my postcode is sw1a 1aa", "my postcode is [ADDRESS]"),
+    ("and my pin is 4821", "and my pin is [PIN]"),
+    ("reach me at +33 6 12 34 56 78", "reach me at [PHONE]"),
 ])
 def test_pii_is_replaced_by_typed_tags(utterance, expected):
     assert redact(utterance).text == expected
@@ -56,6 +60,11 @@ def test_pii_is_replaced_by_typed_tags(utterance, expected):
     "Your ticket number is 20031987",
     "it took about 10 to 15 minutes, maybe 20",
     "I opened the account in March 2001",
+    "my card ending 4242 was declined",  # the last four digits may be kept (PCI DSS)
+    "I'd like 2 tickets for the 14th of February 2026",
+    "it expired on 12/08/2009, version 2.3.1 of the app",
+    "I was on hold from 9.15 to 9.45 and the total was 1,234.56 dollars",
+    "my customer number is 10293847",
     "we have 2 lines, 3 phones and 4 tablets",
 ])
 def test_text_that_must_survive(utterance):

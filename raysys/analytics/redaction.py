@@ -3,7 +3,8 @@
 What is found (issue 17 part 3), each replaced by its tag:
 
 - ``[CARD]`` payment card numbers (13-19 digits, Luhn-checked, a known card prefix; or any 13-19 digits
-  right after card words such as "card number"), ``[CVV]`` the card's security code after its cue;
+  right after card words such as "card number"), ``[CVV]`` the card's security code after its cue,
+  ``[PIN]`` a PIN or passcode after its cue;
 - ``[ACCOUNT]`` bank account numbers (after "account"), IBANs (mod-97 checked), US routing numbers
   (ABA-checked, after "routing"); ``[SORT_CODE]`` UK sort codes (``12-34-56``, or 6 digits after "sort code");
 - ``[PHONE]`` phone numbers valid for their country (Google's ``phonenumbers`` metadata; national numbers
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 
 import phonenumbers
 
-KINDS = ("CARD", "CVV", "ACCOUNT", "SORT_CODE", "PHONE", "EMAIL", "SSN", "NINO", "DOB", "ADDRESS")
+KINDS = ("CARD", "CVV", "PIN", "ACCOUNT", "SORT_CODE", "PHONE", "EMAIL", "SSN", "NINO", "DOB", "ADDRESS")
 DEFAULT_REGIONS = ("GB", "US")
 
 
@@ -190,6 +191,7 @@ _CUES = {
     "CARD": re.compile(r"\b(card|visa|master ?card|amex|american express|debit|credit|long number)(?: number)?\b"),
     "CVV": re.compile(r"\b(security code|cvv|cvc|cv2|three digits|3 digits|back of the card)\b"),
     "ACCOUNT": re.compile(r"\b(account|acct|a/c|iban|routing)(?: number| no\b\.?| num\b)?"),
+    "PIN": re.compile(r"\b(pin|pin number|passcode)\b"),
     "SORT_CODE": re.compile(r"\bsort ?code\b"),
     "SSN": re.compile(r"\b(social security|ssn|social)(?: number)?\b"),
     "PHONE": re.compile(r"\b(phone|mobile|cell|landline|telephone|call me|call you|reach me|text me|"
@@ -200,7 +202,7 @@ _CUES = {
 }
 # Numbers that are not personal data: an order or ticket number read out is kept.
 _KEEP_CUE = re.compile(r"\b(order|reference|ref|ticket|case|invoice|tracking|confirmation|booking|policy|"
-                       r"claim|parcel|receipt|transaction|model|serial|product|item|flight|pin|customer|member|membership)"
+                       r"claim|parcel|receipt|transaction|model|serial|product|item|flight|customer|member|membership)"
                        r"(?: number| no\b\.?| num\b| id\b)?")
 _WEAK_PHONE = re.compile(r"\b(?:number|no\.|reach|contact|call|ring|dial)\b")
 _NOT_BIRTH = re.compile(r"\b(since|opened|joined|purchased|bought|ordered|paid|payment|moved|started|signed|"
@@ -283,6 +285,8 @@ def _classify_group(view: str, m: re.Match, before: str, regions: Sequence[str])
         return []
     if cue == "CVV" and n in (3, 4):
         return [(start, end, "CVV")]
+    if cue == "PIN" and 4 <= n <= 6:
+        return [(start, end, "PIN")]
     if cue == "SORT_CODE" and n == 6:
         return [(start, end, "SORT_CODE")]
     if cue == "ACCOUNT" and 6 <= n <= 17:
@@ -319,6 +323,7 @@ _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]){11,30}\b")
 _NINO = re.compile(r"\b([A-CEGHJ-PR-TW-Z])\s?([A-CEGHJ-NPR-TW-Z])\s?((?:\d\s?){6})([A-D])\b", re.I)
 _NINO_BAD_PREFIX = {"BG", "GB", "NK", "KN", "TN", "NT", "ZZ"}
 _POSTCODE = re.compile(r"\b[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b")
+_POSTCODE_ANY_CASE = re.compile(_POSTCODE.pattern, re.I)
 
 _MONTHS = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
            r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
@@ -345,7 +350,7 @@ _STOP = {"the", "a", "an", "on", "in", "at", "to", "for", "of", "my", "your", "o
          "was", "it", "this", "that", "off", "by", "with", "from", "per", "percent", "items", "people", "calls"}
 _HOUSE = rf"(?:\d{{1,5}}[a-z]?|{_UNDER_100}(?:\s+hundred(?:\s+(?:and\s+)?{_UNDER_100})?)?)"
 _ADDRESS = re.compile(
-    rf"\b(?:(?:flat|apartment|apt|unit|suite)\s+\w+,?\s+)?{_HOUSE}\s+((?:[a-z'\-]+\s+){{1,3}}?){_STREET_TYPES}\b\.?"
+    rf"\b(?:(?:flat|apartment|apt|unit|suite)\s+\w+,?\s+)?{_HOUSE}\s+((?:[a-z'\-]+\s+){{1,3}}){_STREET_TYPES}\b\.?"
     rf"(?:,?\s+(?:[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)(?=,|\s+[A-Z]{{1,2}}\d|\s*$|\.))?"
     rf"(?:,?\s+[A-Z]{{1,2}}\d[A-Z\d]?\s*\d[A-Z]{{2}}|,?\s+[A-Z]{{2}}\s+\d{{5}}(?:-\d{{4}})?)?", re.I)
 
@@ -398,6 +403,9 @@ def _text_spans(text: str, context: str) -> list[tuple[int, int, str]]:
             out.append((m.start(), m.end(), "ADDRESS"))
     for m in _POSTCODE.finditer(text):
         out.append((m.start(), m.end(), "ADDRESS"))
+    for m in _POSTCODE_ANY_CASE.finditer(text):  # "my postcode is sw1a 1aa": lower case only after its cue
+        if _cue("ZIP", context + " " + text[:m.start()], 30):
+            out.append((m.start(), m.end(), "ADDRESS"))
     return out
 
 
