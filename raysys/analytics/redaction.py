@@ -191,7 +191,7 @@ _CUES = {
     "CARD": re.compile(r"\b(card|visa|master ?card|amex|american express|debit|credit|long number)(?: number)?\b"),
     "CVV": re.compile(r"\b(security code|cvv|cvc|cv2|three digits|3 digits|back of the card)\b"),
     "ACCOUNT": re.compile(r"\b(account|acct|a/c|iban|routing)(?: number| no\b\.?| num\b)?"),
-    "PIN": re.compile(r"\b(pin|pin number|passcode)\b"),
+    "PIN": re.compile(r"\b(pin|passcode)(?: number)?\b"),
     "SORT_CODE": re.compile(r"\bsort ?code\b"),
     "SSN": re.compile(r"\b(social security|ssn|social)(?: number)?\b"),
     "PHONE": re.compile(r"\b(phone|mobile|cell|landline|telephone|call me|call you|reach me|text me|"
