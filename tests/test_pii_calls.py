@@ -89,6 +89,10 @@ def test_analytics_stores_redacted_turns_and_the_count_and_the_summary_endpoint_
         assert secret not in _Chat.bodies[0]
         assert secret not in json.dumps(out) and secret not in (row["summary"] or "")
     assert row["summary"] == "Customer paid by card; call [PHONE]."  # the model's answer is redacted too
+    # A re-run reads the already redacted turns: same text, and the count of the first run is kept.
+    process_call_analytics(ctx, call_id)
+    again, row = stored(asettings, tenant_id, call_id)
+    assert [t.text for t in again] == texts and row["pii_redactions"] == 5
 
 
 def test_a_tenant_with_redaction_off_keeps_its_text(ctx, asettings, tenant_id):

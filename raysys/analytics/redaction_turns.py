@@ -15,8 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from raysys.analytics.redaction import DEFAULT_REGIONS, Span, apply_spans, find_pii, redact
+from raysys.analytics.redaction import DEFAULT_REGIONS, KINDS, Span, apply_spans, find_pii, redact
 from raysys.config import Settings
+
+_TAG = re.compile(r"\[(?:" + "|".join(KINDS) + r")\]")
+
+
+def has_tags(text: str) -> bool:
+    """Whether ``text`` holds a redaction tag (it was redacted before)."""
+    return bool(text) and _TAG.search(text) is not None
 
 
 @dataclass(frozen=True)

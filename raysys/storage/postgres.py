@@ -336,6 +336,12 @@ class Database:
             call_id, tenant_id, *values.values(),
         )
 
+    async def pii_counts(self, tenant_id: str, call_id: str) -> dict[str, int]:
+        """The PII redaction counts of the call's last analytics run (``{}`` when it has none)."""
+        counts = await self.pool.fetchval(
+            "SELECT pii_redaction_counts FROM call_analytics WHERE tenant_id = $1 AND call_id = $2", tenant_id, call_id)
+        return dict(counts or {})
+
     async def get_analytics(self, tenant_id: str, call_id: str) -> dict[str, Any]:
         row = await self.pool.fetchrow("SELECT * FROM call_analytics WHERE tenant_id = $1 AND call_id = $2",
                                        tenant_id, call_id)

@@ -104,12 +104,17 @@ def redact_stored_turns(settings: Settings, call: Any, turns: list[Any], policy:
         return turns, counts
     redacted, found = redaction_turns.redact_call_turns(turns, policy.regions)
     changed = [t for t, spans in zip(redacted, found.spans, strict=True) if spans]
-    if changed:
-        async def store():
+    # Turns redacted by an earlier run carry tags only: that run's counts still hold (a re-run keeps them).
+    tagged = any(redaction_turns.has_tags(t.text) for t in turns)
+    if changed or tagged:
+        async def store() -> dict[str, int]:
             async with open_db(settings) as db:
-                await db.redact_turns(call.tenant_id, call.id, changed)
+                if changed:
+                    await db.redact_turns(call.tenant_id, call.id, changed)
+                return await db.pii_counts(call.tenant_id, call.id) if tagged else {}
 
-        run_sync(store())
+        for kind, n in run_sync(store()).items():
+            counts[kind] = counts.get(kind, 0) + n
     for kind, n in found.counts.items():
         counts[kind] = counts.get(kind, 0) + n
     return redacted, counts
