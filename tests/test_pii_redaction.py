@@ -44,6 +44,9 @@ from raysys.storage.postgres import Turn
     ("my postcode is sw1a 1aa", "my postcode is [ADDRESS]"),
     ("and my pin is 4821", "and my pin is [PIN]"),
     ("reach me at +33 6 12 34 56 78", "reach me at [PHONE]"),
+    ("it's forty one eleven, eleven eleven, eleven eleven, eleven eleven", "it's [CARD]"),
+    ("my number is oh two oh, seven nine four six, oh nine fifty eight", "my number is [PHONE]"),
+    ("send it to 1600 Pennsylvania Avenue NW, Washington, DC 20500 please", "send it to [ADDRESS] please"),
 ])
 def test_pii_is_replaced_by_typed_tags(utterance, expected):
     assert redact(utterance).text == expected
@@ -65,6 +68,7 @@ def test_pii_is_replaced_by_typed_tags(utterance, expected):
     "it expired on 12/08/2009, version 2.3.1 of the app",
     "I was on hold from 9.15 to 9.45 and the total was 1,234.56 dollars",
     "my customer number is 10293847",
+    "I'll call back at ten thirty, twenty past at the latest",
     "we have 2 lines, 3 phones and 4 tablets",
 ])
 def test_text_that_must_survive(utterance):

@@ -107,6 +107,10 @@ def _iban_ok(raw: str) -> bool:
 
 _DIGIT_WORDS = {"zero": "0", "nought": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "three": "3",
                 "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9"}
+_TEEN_DIGITS = {w: str(10 + i) for i, w in enumerate(("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen",
+                                                 "sixteen", "seventeen", "eighteen", "nineteen"))}
+_TENS_DIGIT = {w: str(2 + i) for i, w in enumerate(("twenty", "thirty", "forty", "fifty", "sixty", "seventy",
+                                                    "eighty", "ninety"))}
 _REPEAT = {"double": 2, "triple": 3}
 _FILLERS = {"um", "uh", "er", "erm", "ah", "hmm"}
 _WORD = re.compile(r"[A-Za-z]+|\d+")
@@ -132,6 +136,18 @@ def _digit_view(text: str) -> tuple[str, list[tuple[int, int, int, int]]]:
             if w in _DIGIT_WORDS:
                 digits += gap + _DIGIT_WORDS[w]
                 spoken += w not in ("oh", "o")
+            elif w in _TEEN_DIGITS:
+                digits += gap + _TEEN_DIGITS[w]
+                spoken += 1
+            elif w in _TENS_DIGIT:  # "forty one eleven" is 4111; "twenty" alone 20
+                unit = words[j + 1].group().lower() if j + 1 < len(words) else ""
+                if unit in _DIGIT_WORDS and unit not in ("zero", "nought", "oh", "o") and \
+                        not text[words[j].end():words[j + 1].start()].strip(" -"):
+                    digits += gap + _TENS_DIGIT[w] + _DIGIT_WORDS[unit]
+                    j += 1
+                else:
+                    digits += gap + _TENS_DIGIT[w] + "0"
+                spoken += 1
             elif w in _REPEAT and j + 1 < len(words) and words[j + 1].group().lower() in _DIGIT_WORDS:
                 digits += gap + _DIGIT_WORDS[words[j + 1].group().lower()] * _REPEAT[w]
                 spoken += 1
@@ -350,9 +366,10 @@ _STOP = {"the", "a", "an", "on", "in", "at", "to", "for", "of", "my", "your", "o
          "was", "it", "this", "that", "off", "by", "with", "from", "per", "percent", "items", "people", "calls"}
 _HOUSE = rf"(?:\d{{1,5}}[a-z]?|{_UNDER_100}(?:\s+hundred(?:\s+(?:and\s+)?{_UNDER_100})?)?)"
 _ADDRESS = re.compile(
-    rf"\b(?:(?:flat|apartment|apt|unit|suite)\s+\w+,?\s+)?{_HOUSE}\s+((?:[a-z'\-]+\s+){{1,3}}){_STREET_TYPES}\b\.?"
-    rf"(?:,?\s+(?:[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)(?=,|\s+[A-Z]{{1,2}}\d|\s*$|\.))?"
-    rf"(?:,?\s+[A-Z]{{1,2}}\d[A-Z\d]?\s*\d[A-Z]{{2}}|,?\s+[A-Z]{{2}}\s+\d{{5}}(?:-\d{{4}})?)?", re.I)
+    rf"\b(?i:(?:(?:flat|apartment|apt|unit|suite)\s+\w+,?\s+)?{_HOUSE}\s+((?:[a-z'\-]+\s+){{1,3}}){_STREET_TYPES}\b\.?)"
+    rf"(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b\.?)?"  # a US street's direction
+    rf"(?:,?\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?(?=,|\s+[A-Z]{{1,2}}\d|\s+[A-Z]{{2}},?\s+\d{{5}}|\s*$|[.?!]))?"  # town
+    rf"(?:,?\s+[A-Z]{{1,2}}\d[A-Z\d]?\s*\d[A-Z]{{2}}\b|,?\s+[A-Z]{{2}},?\s+\d{{5}}(?:-\d{{4}})?\b)?")  # postcode, ZIP
 
 
 def _year_of(date_text: str) -> int | None:

@@ -48,7 +48,8 @@ class Policy:
         return redact(text, regions=self.regions).text if self.calls and text else text
 
 
-_DIGITISH = re.compile(r"\+?\d+|\b(?:zero|nought|oh|o|one|two|three|four|five|six|seven|eight|nine|double|triple)\b",
+_DIGITISH = re.compile(r"\+?\d+|\b(?:zero|nought|oh|o|one|two|three|four|five|six|seven|eight|nine|double|triple|ten|eleven|"
+                       r"twelve|(?:thir|four|fif|six|seven|eigh|nine)teen|(?:twen|thir|for|fif|six|seven|eigh|nine)ty)\b",
                        re.I)
 _LEAD_FILLER = re.compile(r"^(?:\s|[,.\-]|\b(?:and|then|um|uh|er|erm|so|yes|yeah|ok|okay|it's|its|it|is|the|rest|"
                           r"last|next|bit|part|numbers?|digits?|are|of)\b)*", re.I)
