@@ -411,7 +411,7 @@ def _text_spans(text: str, context: str) -> list[tuple[int, int, str]]:
         if not _plausible_date(m.group()) or _nearest(before) in ("SORT_CODE", "ACCOUNT", "keep"):
             continue
         year = _year_of(m.group())
-        cued = _cue("DOB", before, 60)
+        cued = _cue("DOB", before, 90)
         if cued or (year is not None and 1920 <= year <= 2010 and not _NOT_BIRTH.search(before[-40:].lower())):
             out.append((m.start(), m.end(), "DOB"))
     for m in _ADDRESS.finditer(text):
