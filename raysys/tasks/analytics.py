@@ -105,7 +105,8 @@ def redact_stored_turns(settings: Settings, call: Any, turns: list[Any], policy:
     redacted, found = redaction_turns.redact_call_turns(turns, policy.regions)
     changed = [t for t, spans in zip(redacted, found.spans, strict=True) if spans]
     # Turns redacted by an earlier run carry tags only: that run's counts still hold (a re-run keeps them).
-    tagged = any(redaction_turns.has_tags(t.text) for t in turns)
+    # Turns transcribed in this run (``earlier`` given) were counted just now.
+    tagged = earlier is None and any(redaction_turns.has_tags(t.text) for t in turns)
     if changed or tagged:
         async def store() -> dict[str, int]:
             async with open_db(settings) as db:
