@@ -412,7 +412,9 @@ def _text_spans(text: str, context: str) -> list[tuple[int, int, str]]:
             continue
         year = _year_of(m.group())
         cued = _cue("DOB", before, 90)
-        if cued or (year is not None and 1920 <= year <= 2010 and not _NOT_BIRTH.search(before[-40:].lower())):
+        has_day = bool(re.search(rf"\d|\b{_ORDINALS}\b", re.sub(_YEAR, "", m.group(), flags=re.I), re.I))
+        if cued or (year is not None and 1920 <= year <= 2010 and has_day
+                    and not _NOT_BIRTH.search(before[-40:].lower())):
             out.append((m.start(), m.end(), "DOB"))
     for m in _ADDRESS.finditer(text):
         names = m.group(1).split()
