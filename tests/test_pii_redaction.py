@@ -44,6 +44,8 @@ from raysys.storage.postgres import Turn
     ("my postcode is sw1a 1aa", "my postcode is [ADDRESS]"),
     ("and my pin is 4821", "and my pin is [PIN]"),
     ("reach me at +33 6 12 34 56 78", "reach me at [PHONE]"),
+    ("the card I used for the order is 4111 1111 1111 1111", "the card I used for the order is [CARD]"),
+    ("it's 4111 1111 1111 1111 123", "it's [CARD] 123"),
     ("it's forty one eleven, eleven eleven, eleven eleven, eleven eleven", "it's [CARD]"),
     ("my number is oh two oh, seven nine four six, oh nine fifty eight", "my number is [PHONE]"),
     ("send it to 1600 Pennsylvania Avenue NW, Washington, DC 20500 please", "send it to [ADDRESS] please"),
@@ -55,6 +57,7 @@ def test_pii_is_replaced_by_typed_tags(utterance, expected):
 @pytest.mark.parametrize("utterance", [
     "My order number is 1234 5678 9012 3456",  # fails Luhn
     "the reference is 4111 1111 1111 1112",
+    "my order number is 3084513770336189",  # fails Luhn, though 14 of its digits pass: one number is one number
     "Press one for billing or two for anything else",
     "It was forty nine ninety nine, so £49.99, and then $1,250.00 on the second invoice",
     "I'll call you back at 3:45 on Tuesday the 5th",

@@ -268,27 +268,26 @@ def _phone_ok(digits: str, plus: bool, regions: Sequence[str]) -> bool:
 
 
 def _card_window(clusters: list[tuple[int, int]], view: str) -> tuple[int, int] | None:
-    """The longest run of digits inside a group that is a valid card number (view offsets)."""
-    best: tuple[int, int] | None = None
+    """The longest valid card number inside a group that starts and ends at its cluster boundaries (so a
+    card read with its expiry or security code after it is found, and no card inside a longer number)."""
     digit_pos = [p for a, b in clusters for p in range(a, b)]
     digits = "".join(view[p] for p in digit_pos)
-    starts = {0}
-    k = 0
+    bounds, k = [0], 0
     for a, b in clusters:
-        starts.add(k)
         k += b - a
-    for s in sorted(starts):
-        for length in range(min(19, len(digits) - s), 12, -1):
-            if _card_ok(digits[s:s + length]):
-                if best is None or length > best[1] - best[0]:
-                    best = (s, s + length)
-                break
+        bounds.append(k)
+    best: tuple[int, int] | None = None
+    for x in bounds[:-1]:
+        for y in bounds:
+            if 13 <= y - x <= 19 and _card_ok(digits[x:y]) and (best is None or y - x > best[1] - best[0]):
+                best = (x, y)
     if best is None:
         return None
     return digit_pos[best[0]], digit_pos[best[1] - 1] + 1
 
 
 def _classify_group(view: str, m: re.Match, before: str, regions: Sequence[str]) -> list[tuple[int, int, str]]:
+    """What a group of digits in the digit view is, from its checksums, its shape and the nearest cue."""
     raw = m.group()
     start, end = m.start(), m.end()
     plus = bool(m.group(1))
@@ -297,6 +296,10 @@ def _classify_group(view: str, m: re.Match, before: str, regions: Sequence[str])
     n = len(digits)
     cue = _nearest(before)
     sizes = [b - a for a, b in clusters]
+    # A valid card number is a card number whatever precedes it ("the card for the order is ...").
+    window = None if plus or cue in ("CVV", "PIN", "SORT_CODE", "ACCOUNT", "SSN") else _card_window(clusters, view)
+    if window is not None:
+        return [(window[0], window[1], "CARD")]
     if cue == "keep":
         return []
     if cue == "CVV" and n in (3, 4):
@@ -311,12 +314,8 @@ def _classify_group(view: str, m: re.Match, before: str, regions: Sequence[str])
         return [(start, end, "SSN")]
     if cue == "NINO":
         return []  # the NINO rule reads letters and digits together
-    if not plus:
-        window = _card_window(clusters, view)
-        if window is not None:
-            return [(window[0], window[1], "CARD")]
-        if cue == "CARD" and 13 <= n <= 19:
-            return [(start, end, "CARD")]
+    if not plus and cue == "CARD" and 13 <= n <= 19:
+        return [(start, end, "CARD")]
     if sizes == [2, 2, 2] and re.fullmatch(r"\d\d-\d\d-\d\d", raw):
         return [(start, end, "SORT_CODE")]
     if sizes == [3, 2, 4] and _ssn_ok(digits) and re.fullmatch(r"\d{3}[- ]\d{2}[- ]\d{4}", raw):
