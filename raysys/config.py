@@ -211,6 +211,14 @@ def _choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _regions(raw: str, name: str) -> tuple[str, ...]:
+    codes = tuple(c.strip().upper() for c in raw.split(",") if c.strip())
+    bad = [c for c in codes if not re.fullmatch(r"[A-Z]{2}", c)]
+    if bad or not codes:
+        raise ConfigError(f"{name} must list two-letter country codes such as GB,US, got {raw!r}.")
+    return codes
+
+
 def _gpus(raw: str, name: str) -> float | None:
     """``auto`` (empty) lets raysys decide from the cluster; otherwise a GPU share in [0, 8]."""
     if raw.strip().lower() in ("", "auto"):
@@ -325,6 +333,11 @@ class Settings:
     summary_llm_model: str = _env("SUMMARY_LLM_MODEL", _str, "gpt-4o-mini")
     summary_llm_api_key: str | None = _env("SUMMARY_LLM_API_KEY", _opt_str, None)
     intent_model_dir: str | None = _env("INTENT_MODEL_DIR", _opt_str, None)
+    # PII redaction (issue 17): turns, summaries, results, archives; document chunks only when asked.
+    # A tenant's own setting (tenants.pii_redaction / pii_redact_documents) wins over these defaults.
+    pii_redaction: bool = _env("PII_REDACTION", _bool, True)
+    pii_redact_documents: bool = _env("PII_REDACT_DOCUMENTS", _bool, False)
+    pii_phone_regions: tuple[str, ...] = _env("PII_PHONE_REGIONS", _regions, ("GB", "US"))
     audit_dir: str | None = _env("AUDIT_DIR", _opt_str, None)
     audit_regression_threshold: float = _env("AUDIT_REGRESSION_THRESHOLD", _float(0.0), 0.05)
     redis_port: int = _env("RAYSYS_REDIS_PORT", _int(1), DEFAULT_REDIS_PORT)

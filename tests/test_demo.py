@@ -34,6 +34,7 @@ def test_demo_runs_the_whole_story_on_a_fresh_home_and_down_leaves_nothing(tmp_p
     heard = " ".join(line.split("heard:", 1)[1] for line in out.splitlines() if "heard:" in line).split()
     assert {"money", "bank", "imprisonment"} <= set(heard)
     assert "/v1/transcribe -> 200" in out
+    assert "stored 'Sure, the card is [CARD] and my mobile is [PHONE].'" in out  # PII redacted (issue 17)
     assert "aggregate_daily_metrics" in out and '"total_calls"' in out
     assert "scorecard of the busiest of" in out and "= talk" in out and "top intents:" in out  # one agent's day
     assert "/v1/diarize -> 200" in out

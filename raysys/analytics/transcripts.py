@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysys.analytics import callmetrics
+from raysys.analytics import callmetrics, redaction_turns
 from raysys.config import Settings
 from raysys.storage.postgres import Call, Turn, open_db, run_sync
 
@@ -89,7 +89,8 @@ def stored_turns(result: dict[str, Any]) -> list[Turn]:
 
 
 def ensure_turns(settings: Settings, call: Call, turns: list[Turn], audio: Path | None,
-                 progress=lambda f, m: None) -> tuple[list[Turn], dict | None, dict | None]:  # noqa: ANN001
+                 progress=lambda f, m: None,
+                 policy: redaction_turns.Policy | None = None) -> tuple[list[Turn], dict | None, dict | None]:
     """The call's turns, transcribed from ``audio`` and stored when the call has none.
 
     Returns ``(turns, diarization, transcription facts)``; the last two are None when nothing was
@@ -99,6 +100,8 @@ def ensure_turns(settings: Settings, call: Call, turns: list[Turn], audio: Path 
     if turns or audio is None:
         return turns, None, None
     result = transcribe_recording(settings, audio, layout=call.audio_layout or "auto", progress=progress)
+    # PII is redacted before the turns are stored (``policy``: the tenant's; default: the settings').
+    result, found = redaction_turns.redact_transcription(result, policy or redaction_turns.Policy.for_tenant(settings))
     rows = stored_turns(result)
 
     async def store():
@@ -109,7 +112,8 @@ def ensure_turns(settings: Settings, call: Call, turns: list[Turn], audio: Path 
     saved, current = run_sync(store())
     facts = {"backend": result["backend"], "model_version": result["model_version"], "language": result["language"],
              "turns": len(rows), "words": sum(len(t["words"]) for t in result["turns"]), "stored": saved,
-             "rtf": result["rtf"], "chunks": result["chunks"], "seconds": result["timings"]["total"]}
+             "rtf": result["rtf"], "chunks": result["chunks"], "seconds": result["timings"]["total"],
+             "pii_counts": found.counts if found is not None else {}}
     log.info("call %s transcribed: %d turns, %d words, stored=%s (%s)", call.id, facts["turns"], facts["words"],
              saved, result["backend"])
     return current, result["diarization"], facts

@@ -7,7 +7,8 @@
    two-speaker recording (read utterances, raysys/assets/SOURCES.md) whose words are its own
 5. a policy document pushed through the `ingest` queue, then searched
 6. call analytics pushed through the `analytics` queue (the recording: transcription, diarization,
-   emotion, intent, summary, metrics), the transcript printed next to the recording's reference, the
+   emotion, intent, summary, metrics), the transcript printed next to the recording's reference, one
+   turn that reads out a card and a phone number printed as stored (PII redacted, issue 17), the
    day aggregated, the daily report produced on the `reports` queue
 7. one on-demand request over HTTP (Ray Serve) with an API key
 8. the results and the dashboard address printed
@@ -36,10 +37,11 @@ from raysys.queue.client import Client
 from raysys.runtime import init_ray
 from raysys.serve import deploy
 from raysys.stack import LocalStack
-from raysys.storage.postgres import Call, open_db
+from raysys.storage.postgres import Call, Turn, open_db
 from raysys.synthetic import INTENTS
 
 TENANT = "demo"
+PII_TURN = "Sure, the card is 4111 1111 1111 1111 and my mobile is oh seven seven double oh nine double oh one two three."
 
 
 def register(sub) -> None:
@@ -99,12 +101,18 @@ def cmd_demo(args, settings: Settings) -> int:
                     ended_at=started + timedelta(seconds=32), hold_seconds=0.0, acw_seconds=20.0,
                     audio_path=str(audio), resolved=True)
 
+    pii_call = next((sc for sc in calls if sc.call.started_at.date() == today), None)
+
     async def seed() -> None:
         async with open_db(settings, max_size=10) as db:
             await db.upsert_tenant(TENANT, "Demo Contact Centre", ["ops@demo.example"])
             await db.upsert_calls([sc.call for sc in calls] + [recorded])
             for sc in calls:
                 await db.replace_turns(TENANT, sc.call.id, sc.turns)
+            if pii_call is not None:  # issue 17: a customer reads out card and phone; stored redacted
+                last = pii_call.turns[-1]
+                await db.replace_turns(TENANT, pii_call.call.id, [*pii_call.turns, Turn(
+                    len(pii_call.turns), "customer", last.end_s + 0.5, last.end_s + 6.0, PII_TURN)])
             await db.replace_turns(TENANT, recorded.id, [])  # a re-run starts from the audio again
 
     asyncio.run(seed())
@@ -137,6 +145,8 @@ def cmd_demo(args, settings: Settings) -> int:
     pending = [client.send_task("workers.tasks.process_call_analytics", args=[cid]) for cid in today_ids]
     done = sum(1 for r in pending if r.get(timeout=900) is not None)
     print(f"   {done} more calls of today analysed")
+    if pii_call is not None:
+        _print_redacted(settings, pii_call.call.id, len(pii_call.turns))
     days = [today - timedelta(days=d) for d in range(6, -1, -1)]
     aggs = [client.send_task("workers.tasks.aggregate_daily_metrics",
                              kwargs={"date": day.isoformat(), "tenant_id": TENANT}) for day in days]
@@ -180,6 +190,20 @@ def _print_scorecard(settings: Settings, day: date) -> None:
         print(f"   scorecard of the busiest of {len(rows)} agents today:")
         for line in scorecard_text(best):
             print("     " + line)
+
+
+def _print_redacted(settings: Settings, call_id: str, index: int) -> None:
+    """The PII turn the demo added, as stored after analytics, and the call's redaction count."""
+
+    async def fetch() -> tuple:
+        async with open_db(settings) as db:
+            return await db.get_turns(TENANT, call_id), await db.get_analytics(TENANT, call_id)
+
+    turns, row = asyncio.run(fetch())
+    stored = next((t.text for t in turns if t.turn_index == index), "")
+    print(f"   PII redaction ({call_id}): said  {PII_TURN!r}\n"
+          f"   {'':{len(call_id) + 17}}stored {stored!r} ({row.get('pii_redactions')} redacted: "
+          f"{row.get('pii_redaction_counts')})")
 
 
 def _print_transcript(settings: Settings, call_id: str) -> None:

@@ -12,6 +12,7 @@ batches of ``EMBED_BATCH`` texts, so Ray must be initialised (inside a Ray task 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -33,9 +34,10 @@ from raysys.ingest import chunking
 from raysys.ingest.detect import sniff
 from raysys.ingest.parse import parse
 from raysys.ingest.rag import RagClient
+from raysys.models.redaction import redact
 from raysys.paths import confine
 from raysys.storage import documents
-from raysys.storage.postgres import connect, database_url
+from raysys.storage.postgres import connect, database_url, tenant_pii
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +229,10 @@ async def _prepare(settings: Settings, conn: Any, tenant_id: str, source_path: A
     summary: dict[str, Any] = {"document_id": document_id, "tenant_id": tenant_id, "source_path": str(path),
                                "bytes": len(data), "content_hash": content_hash, "rag": None}
     current = await documents.get_document(conn, tenant_id, document_id)
+    redact = await _redacts_documents(settings, conn, tenant_id)
+    pipeline = PIPELINE_VERSION + ("+pii" if redact else "")  # turning redaction on re-chunks the document
     if (not force and current and current["content_hash"] == content_hash
-            and current["embedding_model"] == model and current["pipeline"] == PIPELINE_VERSION):
+            and current["embedding_model"] == model and current["pipeline"] == pipeline):
         summary.update(status="unchanged", chunks=current["chunk_count"], pages=current["pages"],
                        mime_type=current["mime_type"], title=current["title"])
         await documents.touch_document(conn, tenant_id, document_id, str(path))
@@ -247,12 +251,26 @@ async def _prepare(settings: Settings, conn: Any, tenant_id: str, source_path: A
     timings["parse"] = time.perf_counter() - mark
     mark = time.perf_counter()
     chunks = chunking.chunk_blocks(parsed.blocks, chunking.token_counter(model))
+    if redact:
+        chunks = _redacted(chunks, settings.pii_phone_regions)
     timings["chunk"] = time.perf_counter() - mark
     record = documents.DocumentRecord(document_id, tenant_id, str(path), content_hash, parsed.mime_type,
-                                  (parsed.title or "")[:500] or None, parsed.pages, len(data), model,
-                                  PIPELINE_VERSION)
+                                      (parsed.title or "")[:500] or None, parsed.pages, len(data), model, pipeline)
     summary.update(chunks=len(chunks), pages=parsed.pages, mime_type=parsed.mime_type, title=record.title)
     return _Prepared(position, summary, record, chunks, timings, time.perf_counter() - started)
+
+
+async def _redacts_documents(settings: Settings, conn: Any, tenant_id: str) -> bool:
+    """Whether the tenant's chunks are PII-redacted: its own setting, else ``PII_REDACT_DOCUMENTS``."""
+    own = (await tenant_pii(conn, tenant_id))["pii_redact_documents"]
+    return settings.pii_redact_documents if own is None else bool(own)
+
+
+def _redacted(chunks: list[chunking.Chunk], regions: Sequence[str]) -> list[chunking.Chunk]:
+    """The chunks with PII in their text and headings replaced by tags (issue 17)."""
+    return [dataclasses.replace(c, text=redact(c.text, regions=regions).text,
+                                heading=redact(c.heading, regions=regions).text if c.heading else c.heading)
+            for c in chunks]
 
 
 async def _store(settings: Settings, conn: Any, p: _Prepared, vectors: np.ndarray) -> dict[str, Any]:

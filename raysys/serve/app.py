@@ -515,6 +515,10 @@ def create_app(service: Service) -> FastAPI:
 
             result = await asyncio.to_thread(transcribe_recording, settings, str(path), layout=layout,
                                              language=language)
+            from raysys.analytics.redaction_turns import Policy, redact_transcription  # noqa: PLC0415
+
+            policy = Policy.for_tenant(settings, await service.db.tenant_pii(tenant_id))
+            result, _ = redact_transcription(result, policy)  # PII leaves only as tags (issue 17)
             return {**{k: v for k, v in result.items() if k != "diarization"},
                     "num_speakers": result["diarization"]["num_speakers"]}
         except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)

@@ -223,6 +223,19 @@ async def _insert_turns(conn: asyncpg.Connection, tenant_id: str, call_id: str, 
     )
 
 
+async def tenant_pii(conn: Any, tenant_id: str) -> dict[str, bool | None]:
+    """``{"pii_redaction", "pii_redact_documents"}`` of the tenant (None: not set, or no such tenant)."""
+    row = await conn.fetchrow("SELECT pii_redaction, pii_redact_documents FROM tenants WHERE id = $1", tenant_id)
+    return dict(row) if row else {"pii_redaction": None, "pii_redact_documents": None}
+
+
+async def redact_turn_texts(conn: Any, tenant_id: str, call_id: str, turns: Sequence[Turn]) -> None:
+    """Overwrite the call's stored turn texts (and words) with their redacted versions, by turn index."""
+    await conn.executemany(
+        "UPDATE call_turns SET text = $4, words = $5 WHERE tenant_id = $1 AND call_id = $2 AND turn_index = $3",
+        [(tenant_id, call_id, t.turn_index, t.text, t.words) for t in turns])
+
+
 # --- repository -------------------------------------------------------------------------------------------------
 
 
@@ -261,6 +274,17 @@ class Database:
         if row is None:
             raise NotFound(f"tenant {tenant_id!r} does not exist")
         return dict(row)
+
+    async def set_tenant_pii(self, tenant_id: str, redaction: bool | None, documents: bool | None = None) -> None:
+        """A tenant's PII settings (None: the deployment's default). Raises NotFound."""
+        status = await self.pool.execute(
+            "UPDATE tenants SET pii_redaction = $2, pii_redact_documents = $3 WHERE id = $1",
+            tenant_id, redaction, documents)
+        if status.split()[-1] == "0":
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
+
+    async def tenant_pii(self, tenant_id: str) -> dict[str, bool | None]:
+        return await tenant_pii(self.pool, tenant_id)
 
     async def list_tenants(self) -> list[str]:
         return [r["id"] for r in await self.pool.fetch("SELECT id FROM tenants ORDER BY id")]
@@ -337,6 +361,11 @@ class Database:
                      t.confidence, t.words) for t in turns])
             return True
 
+    async def redact_turns(self, tenant_id: str, call_id: str, turns: Sequence[Turn]) -> None:
+        """Store redacted turn texts in place of the originals (:func:`redact_turn_texts`)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await redact_turn_texts(conn, tenant_id, call_id, turns)
+
     async def get_call(self, call_id: str, tenant_id: str | None = None) -> Call:
         """The call; with ``tenant_id``, only if it belongs to that tenant. Raises NotFound."""
         cols = ", ".join(CALL_COLUMNS)
@@ -374,6 +403,12 @@ class Database:
             f"ON CONFLICT (call_id) DO UPDATE SET {updates} WHERE call_analytics.tenant_id = EXCLUDED.tenant_id",
             call_id, tenant_id, *values.values(),
         )
+
+    async def pii_counts(self, tenant_id: str, call_id: str) -> dict[str, int]:
+        """The PII redaction counts of the call's last analytics run (``{}`` when it has none)."""
+        counts = await self.pool.fetchval(
+            "SELECT pii_redaction_counts FROM call_analytics WHERE tenant_id = $1 AND call_id = $2", tenant_id, call_id)
+        return dict(counts or {})
 
     async def get_analytics(self, tenant_id: str, call_id: str) -> dict[str, Any]:
         row = await self.pool.fetchrow("SELECT * FROM call_analytics WHERE tenant_id = $1 AND call_id = $2",

@@ -21,7 +21,7 @@ from raysys.actors.diarization import diarize_file
 from raysys.actors.embedding import encoder
 from raysys.actors.emotion import analyze_file
 from raysys.actors.warehouse import Warehouse
-from raysys.analytics import agentmetrics, callmetrics, intents, summary
+from raysys.analytics import agentmetrics, callmetrics, intents, redaction_turns, summary
 from raysys.analytics import sentiment as call_sentiment
 from raysys.analytics.transcripts import ensure_turns
 from raysys.config import Settings
@@ -37,6 +37,32 @@ log = logging.getLogger(__name__)
 def confined_audio(settings: Settings, audio_path: str) -> Path:
     """The recording's real path inside ``settings.allowed_roots``; Forbidden/NotFound otherwise."""
     return confine_file(audio_path, settings.allowed_roots, "recording")
+
+
+def redact_stored_turns(settings: Settings, call: Any, turns: list[Any], policy: redaction_turns.Policy,
+                        earlier: dict[str, int] | None = None) -> tuple[list[Any], dict[str, int]]:
+    """The call's turns with PII redacted (stored in place of the originals) and the counts per kind, with
+    ``earlier`` counts (transcribed turns were redacted before they were stored) added."""
+    counts = dict(earlier or {})
+    if not policy.calls or not turns:
+        return turns, counts
+    redacted, found = redaction_turns.redact_call_turns(turns, policy.regions)
+    changed = [t for t, spans in zip(redacted, found.spans, strict=True) if spans]
+    # Turns redacted by an earlier run carry tags only: that run's counts still hold (a re-run keeps them).
+    # Turns transcribed in this run (``earlier`` given) were counted just now.
+    tagged = earlier is None and any(redaction_turns.has_tags(t.text) for t in turns)
+    if changed or tagged:
+        async def store() -> dict[str, int]:
+            async with open_db(settings) as db:
+                if changed:
+                    await db.redact_turns(call.tenant_id, call.id, changed)
+                return await db.pii_counts(call.tenant_id, call.id) if tagged else {}
+
+        for kind, n in run_sync(store()).items():
+            counts[kind] = counts.get(kind, 0) + n
+    for kind, n in found.counts.items():
+        counts[kind] = counts.get(kind, 0) + n
+    return redacted, counts
 
 
 # --- analysis ----------------------------------------------------------------------------------------------
@@ -194,21 +220,25 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
     async def load():
         async with open_db(settings) as db:
             call = await db.get_call(call_id)  # NotFound: no such call
-            return call, await db.get_turns(call.tenant_id, call_id)
+            return call, await db.get_turns(call.tenant_id, call_id), await db.tenant_pii(call.tenant_id)
 
-    call, turns = run_sync(load())
+    call, turns, tenant_pii = run_sync(load())
+    policy = redaction_turns.Policy.for_tenant(settings, tenant_pii)
     audio = confined_audio(settings, call.audio_path) if call.audio_path else None
     # A recording without turns is transcribed first (stored as source='asr'; platform turns win).
     t_asr = time.perf_counter()
     turns, diarization, transcribed = ensure_turns(
-        settings, call, turns, audio, progress=lambda f, m: ctx.progress(0.05 + 0.45 * f, m))
+        settings, call, turns, audio, progress=lambda f, m: ctx.progress(0.05 + 0.45 * f, m), policy=policy)
+    turns, pii_counts = redact_stored_turns(settings, call, turns, policy, (transcribed or {}).get("pii_counts"))
     result = analyse_call(settings, call, turns, audio=audio, diarization=diarization,
                           progress=ctx.progress if transcribed is None else lambda f, m: ctx.progress(0.5 + f / 2, m))
     if transcribed is not None:
         result["timings"]["transcription"] = round(time.perf_counter() - t_asr - result["timings"]["total"], 3)
         result["timings"]["total"] = round(time.perf_counter() - t_asr, 3)
         result["versions"]["transcription"] = f"{transcribed['backend']}:{transcribed['model_version']}"
+    result["summary"]["text"] = policy.text(result["summary"]["text"])  # a chat model may echo what it guessed
     values = _values(result, call)
+    values.update(pii_redactions=sum(pii_counts.values()), pii_redaction_counts=pii_counts)
     if transcribed is not None:
         values["details"]["transcription"] = transcribed
     ctx.progress(0.9, "storing")
@@ -229,6 +259,7 @@ def process_call_analytics(ctx: TaskContext, call_id: str) -> dict[str, Any]:
         "aht_seconds": values["aht_seconds"], "sentiment": result["sentiment"], "summary": values["summary"],
         "has_audio": audio is not None, "timings": result["timings"],
         "transcribed": transcribed is not None, "turn_source": turns[0].source if turns else None,
+        "pii_redactions": values["pii_redactions"],
     }
 
 

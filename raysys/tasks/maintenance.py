@@ -40,7 +40,7 @@ from raysys.actors.diarization import diarize_file
 from raysys.actors.embedding import encoder
 from raysys.actors.emotion import analyze_file
 from raysys.actors.warehouse import Warehouse
-from raysys.analytics import audit, audit_report, intents
+from raysys.analytics import audit, audit_report, intents, redaction_turns
 from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.errors import InvalidInput
@@ -86,7 +86,8 @@ async def _expire_sessions(db: Database, redis_client: Any, now: datetime, key_p
     return {"sessions_deleted": sessions, "redis_keys_deleted": keys, "redis_keys_refused": refused}
 
 
-async def _archive_calls(db: Database, wh: Warehouse, cutoff: datetime) -> dict[str, Any]:
+async def _archive_calls(db: Database, wh: Warehouse, cutoff: datetime,
+                         settings: Settings | None = None) -> dict[str, Any]:
     archived = deleted = failed = 0
     errors: list[str] = []
     for tenant in await db.list_tenants():
@@ -101,6 +102,9 @@ async def _archive_calls(db: Database, wh: Warehouse, cutoff: datetime) -> dict[
                 # and words in the archive.
                 turns = {i: [{k: _jsonable(v) for k, v in t.items() if k not in ("tenant_id", "call_id")}
                              for t in batch.turns[i]] for i in ids}
+                if settings is not None:  # turns of calls never analysed still carry their PII
+                    policy = redaction_turns.Policy.for_tenant(settings, await db.tenant_pii(tenant))
+                    turns = {cid: redaction_turns.redact_turn_dicts(rows, policy) for cid, rows in turns.items()}
                 analytics = {i: {k: _jsonable(v) for k, v in a.items()} for i, a in batch.analytics.items()}
                 rows, sums = [], {}
                 for c in calls:
@@ -169,7 +173,7 @@ def cleanup(settings: Settings, wh: Warehouse | None = None, now: datetime | Non
     async def database_part() -> dict[str, Any]:
         async with open_db(settings) as db:
             out = await _expire_sessions(db, client, now, settings.session_key_prefix)
-            out.update(await _archive_calls(db, wh, now - timedelta(days=settings.call_retention_days)))
+            out.update(await _archive_calls(db, wh, now - timedelta(days=settings.call_retention_days), settings))
             return out
 
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raysys.analytics import redaction_turns
 from raysys.analytics.transcripts import stored_turns, transcribe_recording
 from raysys.constants import ORCHESTRATION_CPUS
 from raysys.errors import InvalidInput, NotFound
@@ -29,17 +30,21 @@ def transcribe_call(ctx: TaskContext, call_id: str, audio_path: str) -> dict[str
         raise InvalidInput("call_id must be a non-empty string")
 
     path = confine_file(audio_path, ctx.settings.allowed_roots, "recording")
-    call = None
+    call, tenant_pii = None, None
     if has_database(ctx.settings):  # without one: transcribe, store nothing
         async def load():
             async with open_db(ctx.settings) as db:
                 try:
-                    return await db.get_call(call_id)
+                    found = await db.get_call(call_id)
                 except NotFound:
-                    return None
-        call = run_sync(load())
+                    return None, None
+                return found, await db.tenant_pii(found.tenant_id)
+        call, tenant_pii = run_sync(load())
     layout = call.audio_layout if call is not None and call.audio_layout else "auto"
     result = transcribe_recording(ctx.settings, path, layout=layout, progress=ctx.progress)
+    # Stored and returned (the job result lands in Redis) only redacted, under the call's tenant's policy.
+    result, _ = redaction_turns.redact_transcription(result, redaction_turns.Policy.for_tenant(ctx.settings,
+                                                                                                 tenant_pii))
     stored = False
     if call is not None:
         rows = stored_turns(result)
