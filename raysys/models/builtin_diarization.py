@@ -113,6 +113,8 @@ class BuiltinParams:
     min_cluster_share: float = 0.1  # a smaller cluster is merged unless it is a distinct voice
     min_cluster_seconds: float = 1.5  # a cluster with less speech than this is always merged
     distinct_sim: float = 0.65  # a small cluster whose centroid is below this to all others is kept
+    one_turn_share: float = 0.25  # a one-turn cluster under this share of the windows ...
+    one_turn_sim: float = 0.80  # ... and this close to another cluster is the same voice
     eig_threshold: float = 1.5  # eigen-gap ratio needed to prefer more than one speaker
     single_speaker_sim: float = 0.72  # mean affinity above which the audio is one speaker
     min_turn: float = 0.5
