@@ -79,6 +79,28 @@ def rate(comp) -> float:
     return (comp["confusion"] + comp["missed detection"] + comp["false alarm"]) / max(comp["total"], 1e-9)
 
 
+def one_speaker_floor(reference, segments, uri) -> tuple[float, float]:
+    """DER@0.25 of perfect speaker labels given one speaker at a time: (with a perfect VAD, within the
+    speech this diarizer found). Each moment of reference speech goes to the speaker whose turn started
+    first; what a one-speaker-per-frame diarizer could reach at best, its labels all right."""
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    found = Timeline([Segment(s["start"], s["end"]) for s in segments]).support()
+    ref = reference.crop(Segment(0, 30.0))
+    ideal, within, used, i = Annotation(uri=uri), Annotation(uri=uri), Timeline(), 0
+    for seg, _, label in sorted(ref.itertracks(yield_label=True), key=lambda t: t[0].start):
+        for piece in (Timeline([seg]).extrude(used.support()) if len(used) else Timeline([seg])):
+            ideal[piece, i] = label
+            for part in Timeline([piece]).crop(found):
+                within[part, i] = label
+                i += 1
+            i += 1
+        used.add(seg)
+    metric = DiarizationErrorRate(collar=0.25, skip_overlap=False)
+    return metric(reference, ideal, uem=Segment(0, 30.0)), metric(reference, within, uem=Segment(0, 30.0))
+
+
 def speakers_2s(reference, min_seconds: float = 2.0) -> int:
     """Reference speakers with at least ``min_seconds`` of speech, at least one (a file with any speech)."""
     return max(1, sum(1 for label in reference.labels() if reference.label_duration(label) >= min_seconds))
@@ -166,7 +188,7 @@ def main() -> int:
 
     print(f"torch threads: {torch.get_num_threads()}  (pyannote: random weights, DER meaningless, speed only)")
     header = (f"{'file':7} {'ref':>5} {'ref2s':>5} {'found':>5} | {'builtin DER@.25':>15} {'DER@0':>7} {'miss':>5} {'FA':>5} {'conf':>5} "
-              f"{'RTF':>7} {'cpuRTF':>7} | {'pyannote RTF':>12}")
+              f"{'RTF':>7} {'cpuRTF':>7} | {'floor':>5} {'ourVAD':>6} | {'pyannote RTF':>12}")
     print(header)
     print("-" * len(header))
     totals = {0.25: [], 0.0: []}
@@ -176,6 +198,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     per_file = {0.25: [], 0.0: []}
     found: dict[str, tuple[int, int, int]] = {}
+    floors: list[tuple[float, float]] = []
     for n in names:
         wav = audio[n]
         duration = len(wav) / 16000
@@ -196,15 +219,17 @@ def main() -> int:
         ref_all, ref_2s = len(refs[n].labels()), speakers_2s(refs[n])
         found[n] = (ref_all, ref_2s, nspk)
         mark = "=" if nspk == ref_2s else " "
+        floor, floor_vad = one_speaker_floor(refs[n], segs, n)
         print(f"{n:7} {ref_all:>5} {ref_2s:>5} {nspk:>4}{mark} | {rate(c):15.1%} {rate(comps[0.0]):7.1%} "
               f"{c['missed detection']:5.1f} {c['false alarm']:5.1f} {c['confusion']:5.1f} {rtf:7.4f} {cpu_rtf:7.4f} | "
-              f"{py:>12}")
+              f"{floor:5.1%} {floor_vad:6.1%} | {py:>12}")
         rtfs.append(rtf)
         cpu_rtfs.append(cpu_rtf)
         if n != "sample":
             for collar in (0.25, 0.0):
                 totals[collar].append(comps[collar])
                 per_file[collar].append(rate(comps[collar]))
+            floors.append((floor, floor_vad))
 
     def pooled(collar):
         comps = totals[collar]
@@ -219,6 +244,8 @@ def main() -> int:
           f"target <= 10%")
     print(f"trn00-09 mean of per-file DER@0.25: builtin {np.mean(per_file[0.25]):.1%}  (DER@0: "
           f"{np.mean(per_file[0.0]):.1%})   peer prototype {PEER_TRN_MEAN:.1%}")
+    print(f"trn00-09 mean DER@0.25 of perfect labels, one speaker at a time (the floor without overlap detection): "
+          f"{np.mean([f for f, _ in floors]):.1%}; within the speech our VAD found: {np.mean([v for _, v in floors]):.1%}")
     trn = [v for k, v in found.items() if k != "sample"]
     print(f"trn00-09 speaker count exact: {sum(f == r for _, r, f in trn)}/{len(trn)} counting speakers with >= 2 s "
           f"(at least one), {sum(f == a for a, _, f in trn)}/{len(trn)} counting every speaker; files with speech "

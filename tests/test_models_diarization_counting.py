@@ -73,6 +73,20 @@ def test_the_count_comes_from_the_voices(builtin_diarizer, voices, indexes, kwar
     assert der(mix, segments) < 0.25
 
 
+def test_one_voice_is_one_speaker_across_recording_sessions(builtin_diarizer):
+    """The bench's five single-voice calls (raysys.models.mixtures.validation_set): LibriSpeech utterances of
+    one reader, from different chapters (sessions). Two of them used to come back as two speakers: one
+    utterance's windows clustered apart (centroids 0.85 apart, as close as the sample's two real voices)."""
+    from raysys.models.mixtures import validation_set
+
+    singles = [m for m in validation_set(shared_data("asr", "read")) if len(m.speakers) == 1]
+    assert len(singles) == 5
+    for mix in singles:
+        segments = builtin_diarizer.diarize(mix.audio)
+        assert speakers_of(segments) == 1, mix.name
+        assert der(mix, segments) < 0.25, mix.name
+
+
 def test_known_count_overrides_the_estimate(builtin_diarizer, voices):
     mix = build_mixture("t", pick(voices, 3, 11, 20), seed=11)
     assert speakers_of(builtin_diarizer.diarize(mix.audio, num_speakers=2)) == 2
