@@ -63,6 +63,7 @@ def test_mixtures_are_reproducible_and_carry_their_reference(voices):
     ((7,), {"telephone": True}),                       # one voice on a phone line
     ((3, 11, 20), {}),                                 # a three-speaker call
     ((3, 11, 20), {"turns_per_speaker": [3, 3, 1]}),   # ... where the third voice says one sentence
+    ((26, 18), {"telephone": True, "turns_per_speaker": [3, 1]}),  # a phone call whose customer says one sentence
     ((0, 9, 14, 25), {"overlap_share": 0.3}),          # four people with some overlapping turns
     ((2, 13, 17, 27), {"telephone": True, "level_db": 6.0}),
 ])
