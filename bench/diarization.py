@@ -36,7 +36,8 @@ Tried in this round and not kept (trn00-09 mean / sample, synthetic count): VAD 
 offset 0.1-0.25 x pad 0.1-0.25 (best 40.2 % but sample 25.6 % and count 6/10; at pad 0.1 none below
 41.8 %); overlap cue "second speaker within m" at m = 0.02/0.03/0.04 (AMI unchanged, sample 7.8/5.8/
 8.4 %, synthetic DER up); embedding hop 1.25 / 1.5 s or windows 1.0-2.0 s to cut encoder work
-(count 4-7/10, sample up to 49 %, synthetic 15-19/20: the cluster rules count windows).
+(count 4-7/10, sample up to 49 %, synthetic 15-19/20: the cluster rules count windows); every other
+window encoded and the others interpolated (AMI 37.5 % but count 3/10, sample.wav one speaker, 48.6 %).
 Tried and not kept (numbers in raysys/models/builtin_diarization.py and the session report): lower
 or adaptive VAD thresholds (trn01's "speech" is laughter and murmurs that silero scores ~0; lower
 thresholds add false alarms elsewhere), webrtcvad (10-25 s of false alarms per file), level
