@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from raysys.audio import load_audio
-from raysys.models.builtin_diarization import MEL_HOP, MEL_WIN, VAD_FRAME
+from raysys.models.builtin_diarization import MEL_HOP, MEL_WIN
+from raysys.models.speech_detection import VAD_FRAME
 
 STEP = VAD_FRAME / 16000  # 32 ms
 
@@ -75,15 +76,15 @@ def test_chunked_mel_equals_one_stft(builtin_diarizer):
 
 def test_sequence_vad_equals_frame_by_frame_streaming(builtin_diarizer, sample_wav, monkeypatch):
     """speech_probs (encoder on many frames per call, one LSTM over the sequence) = silero's streaming."""
-    import raysys.models.builtin_diarization as bd
+    import raysys.models.speech_detection as sd
 
     wav = load_audio(sample_wav)[0][:16000 * 8 + 300]  # not a whole number of frames
     gain = min(0.05 / float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))), 0.99 / float(np.abs(wav).max()))
-    vad = builtin_diarizer.vad
+    vad = builtin_diarizer.vad.model
     with torch.no_grad():
         expected = vad.audio_forward(torch.from_numpy((wav * gain).astype(np.float32)), sr=16000)[0].numpy()
     vad.reset_states()
-    monkeypatch.setattr(bd, "VAD_PIECE", 37)  # several pieces: the LSTM state must carry across them
+    monkeypatch.setattr(sd, "VAD_PIECE", 37)  # several pieces: the LSTM state must carry across them
     probs = builtin_diarizer.speech_probs(wav)
     assert probs.shape == expected.shape == ((len(wav) + VAD_FRAME - 1) // VAD_FRAME,)
     assert float(np.abs(probs - expected).max()) < 1e-4

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raysys.actors.embedding import TextEncoder, cpu_has_fast_bf16, pick_precision
+from raysys.actors.embedding import TextEncoder
+from raysys.models.precision import cpu_has_fast_bf16, pick_precision
 
 TEXTS = [
     "I was charged twice for the same card payment",

@@ -1,8 +1,11 @@
 """Model backends, in-process and free of Ray: the actors in :mod:`raysys.actors` hold one each.
 
 - :mod:`raysys.models.diarization` — the :class:`Diarizer` interface, the backend factory and the
-  stereo channel split; :mod:`.builtin_diarization` (silero-vad + resemblyzer, offline) and
+  stereo channel split; :mod:`.builtin_diarization` (silero-vad + resemblyzer, offline; its VAD in
+  :mod:`.speech_detection`, its clustering in :mod:`.speaker_clustering`) and
   :mod:`.pyannote_backend` (``pyannote.audio`` pipelines).
+- :mod:`raysys.models.precision` — the autocast precision of torch models (bfloat16 where the CPU
+  or GPU computes it natively), shared by the diarizer and the sentence encoder.
 - :mod:`raysys.models.emotion` — the :class:`EmotionModel` interface, the backend factory, the
   builtin trained model (descriptors in :mod:`.emotion_features`, training recipe in
   :mod:`.emotion_training`) and text valence; :mod:`.speechbrain_backend` (wav2vec2-IEMOCAP recipe interface).
