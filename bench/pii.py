@@ -62,7 +62,7 @@ def none(turns: list[tuple[str, str]]) -> list[list[tuple[int, int, str]]]:
     return [[] for _ in turns]
 
 
-def score(items: list[dict], system) -> dict:  # noqa: ANN001
+def score(items: list[dict], system) -> dict:
     tp, fp, fn = defaultdict(int), defaultdict(int), defaultdict(int)
     any_found = any_gold = any_right = any_pred = 0
     negatives_hit = negatives = 0

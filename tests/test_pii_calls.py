@@ -32,7 +32,7 @@ TURNS = [Turn(0, "agent", 0.0, 3.0, "Thanks for calling, can I take the long car
 class _Chat(BaseHTTPRequestHandler):
     bodies: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):  # the name http.server calls
         type(self).bodies.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
         payload = json.dumps({"choices": [{"message": {"content": "Customer paid by card; call 07700 900123."}}]})
         self.send_response(200)
@@ -104,24 +104,19 @@ def test_a_tenant_with_redaction_off_keeps_its_text(ctx, asettings, tenant_id):
     assert row["pii_redactions"] == 0 and row["pii_redaction_counts"] == {}
 
 
-def test_archived_turns_are_redacted(asettings, tenant_id):
+def test_archived_turns_are_redacted(asettings, analytics_chdb, tenant_id):
+    from raysys.actors.warehouse import Warehouse
     from raysys.tasks.maintenance import _archive_calls
 
     call_id = f"{tenant_id}_old"
     seed(asettings, tenant_id, call_id)  # never analysed: the stored turns still hold the PII
-    archived = []
-
-    def wh(method, *args):
-        if method == "archive_calls":
-            archived.extend(args[0])
-            return None
-        return {r["call_id"]: r["checksum"] for r in archived}
+    wh = Warehouse(asettings)
 
     async def go(db):
         return await _archive_calls(db, wh, START + timedelta(days=1), asettings)
 
     assert run(with_db(asettings, go))["calls_archived"] >= 1
-    mine = [r for r in archived if r["call_id"] == call_id]
+    mine = [r for r in wh.archived_calls(tenant_id) if r["call_id"] == call_id]
     assert mine and "[CARD]" in mine[0]["turns"]
     for secret in PII:
         assert secret not in mine[0]["turns"]

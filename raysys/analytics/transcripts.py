@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def transcribe_recording(settings: Settings, audio: str | Path | bytes, *, layout: str = "auto",
                          diarization: dict | None = None, backend: str | None = None, language: str | None = None,
-                         progress=None) -> dict[str, Any]:  # noqa: ANN001
+                         progress=None) -> dict[str, Any]:
     """Turns with words from a recording. Ray must be initialised.
 
     ``diarization`` is :func:`raysys.actors.diarization.diarize_file`'s result when the caller has it
