@@ -112,7 +112,7 @@ class Warehouse:
         return self._call("aggregate_agents", first, last, window_days, tenant_id)
 
     def aggregate_daily(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> int:
-        """Both: the tenants' and the agents' rows of ``first``..``last`` from one scan; the agent rows of ``last``."""
+        """Both: the tenants' and the agents' rows of ``first``..``last``; the number of agent rows of ``last``."""
         return self._call("aggregate_daily", first, last, window_days, tenant_id)
 
     def agent_metrics(self, tenant_id: str, start: date, end: date, agent_id: str | None = None) -> list[dict[str, Any]]:

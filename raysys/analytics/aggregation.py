@@ -1,7 +1,7 @@
 """Which days a daily aggregation run recomputes, and the run itself through any warehouse command.
 
 The SQL and what each column means live in :mod:`raysys.storage.aggregation` (``daily_metrics`` per
-tenant and day, ``agent_daily_metrics`` per agent, from one scan of ``call_facts``). A run for a day
+tenant and day, ``agent_daily_metrics`` per agent, from ``call_facts``). A run for a day
 recomputes the ``FCR_WINDOW_DAYS`` days before it too: a call on that day can still lower their FCR.
 """
 
@@ -41,7 +41,7 @@ def parse_day(value: Any) -> date:
 def aggregate_days(command: Callable[[str, dict[str, Any]], Any], first: date, last: date, *, window_days: int,
                    tenant_id: str | None = None, today: date | None = None, agents: bool = False) -> dict[str, Any]:
     """Recompute ``daily_metrics`` for ``first..last`` (one tenant or all); with ``agents`` the agents' rows
-    too, from the same scan.
+    too.
 
     ``command(sql, params)`` runs a statement on the warehouse (``Warehouse.command`` or, on a cluster,
     ``wh_call(settings, "command", ...)``). Calls up to ``window_days`` after ``last`` are read too, so a

@@ -17,19 +17,16 @@ Per tenant and day (UTC), ``daily_metrics`` holds:
 The agents' columns are described in :mod:`raysys.storage.agent_metrics` (calls without an agent id
 count in the tenant's rows and as repeat contacts, not in the scorecards).
 
-How: one scan of the days computes the aggregates per (tenant, day, agent) and per (tenant, day) with
-``GROUPING SETS``; the repeat contacts are found once, by grouping the calls of each (tenant, customer,
-intent) that has more than one call, sorting them by start and keeping the resolved calls whose next
-call starts within the window. A row's FCR is (resolved calls - such calls) / calls. With both tables
-asked for, the grouped rows (a few thousand) go into a scratch Memory table that both ``INSERT``\\ s
-read, then dropped. Both tables are ReplacingMergeTree versioned by ``computed_at``, so running a day
+How: one ``INSERT ... SELECT`` per table. The repeat contacts are found by grouping only the calls of each
+(tenant, customer, intent) that has more than one call, sorting them by start and keeping the resolved
+calls whose next call starts within the window; a row's FCR is (resolved calls - such calls) / calls
+(identical to counting the resolved calls with no repeat, at about half the CPU). Both tables are ReplacingMergeTree versioned by ``computed_at``, so running a day
 again replaces its rows; readers use ``FINAL``. ``call_facts`` is read with ``FINAL`` too, so a
 re-processed call counts once.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -42,8 +39,6 @@ Command = Callable[[str, dict[str, Any]], Any]
 # How each run groups: (group of the per-call aggregates, agent column, level (1: tenant row, 0: agent row),
 # group of the repeat contacts, their agent key). Rows of the tenant level have agent key 0 on both sides.
 _LEVELS = {
-    (True, True): ("GROUPING SETS ((tenant_id, day, agent_id), (tenant_id, day))", "agent_id", "grouping(agent_id)",
-                   "GROUPING SETS ((tenant, day, agent_key), (tenant, day))", "call.4"),
     (True, False): ("tenant_id, day", "''", "1", "tenant, day", "toUInt64(0)"),
     (False, True): ("tenant_id, day, agent_id", "agent_id", "0", "tenant, day, agent_key", "call.4"),
 }
@@ -131,20 +126,17 @@ def grouped_sql(*, tenants: bool, agents: bool, tenant: bool) -> str:
                            tenant_filter="AND tenant_id = {tenant:String}" if tenant else "")
 
 
-def aggregation_statements(*, tenants: bool = True, agents: bool = True, tenant: bool = False,
-                           scratch: str | None = None) -> list[str]:
-    """The statements of one run, in order: an ``INSERT ... SELECT`` per table, or, with both tables, the
-    scratch table ``scratch`` filled, both inserts from it, and the scratch table dropped."""
+def aggregation_statements(*, tenants: bool = True, agents: bool = True, tenant: bool = False) -> list[str]:
+    """The statements of one run, in order: an ``INSERT ... SELECT`` per table asked for.
+
+    One statement per table, not one ``GROUPING SETS`` scan into a scratch table for both: chDB 4.4 ran that
+    scan on one thread (1.45 s CPU = wall for 1M calls), the two statements run on all cores and each
+    computes only its own columns (about 0.7 s CPU each, loaded 2-core machine).
+    """
     if not (tenants or agents):
         raise ValueError("nothing to aggregate")
-    grouped = grouped_sql(tenants=tenants, agents=agents, tenant=tenant)
-    if not (tenants and agents):
-        insert = _TENANT_INSERT if tenants else _AGENT_INSERT
-        return [insert.format(source=f"({grouped})")]
-    if not scratch or not scratch.replace("_", "").isalnum():
-        raise ValueError(f"bad scratch table name {scratch!r}")
-    return [f"CREATE TABLE {scratch} ENGINE = Memory AS {grouped}",
-            _TENANT_INSERT.format(source=scratch), _AGENT_INSERT.format(source=scratch)]
+    return [insert.format(source=f"({grouped_sql(tenants=t, agents=not t, tenant=tenant)})")
+            for t, insert in ((True, _TENANT_INSERT), (False, _AGENT_INSERT)) if (tenants if t else agents)]
 
 
 def aggregate(command: Command, first: date, last: date, *, window_days: int, tenant_id: str | None = None,
@@ -162,14 +154,8 @@ def aggregate(command: Command, first: date, last: date, *, window_days: int, te
                               "top": TOP_INTENTS, "agent_top": TOP_AGENT_INTENTS}
     if tenant_id is not None:
         params["tenant"] = tenant_id
-    scratch = f"raysys_aggregation_{uuid.uuid4().hex}" if tenants and agents else None
-    statements = aggregation_statements(tenants=tenants, agents=agents, tenant=tenant_id is not None, scratch=scratch)
-    try:
-        for sql in statements:
-            command(sql, params)
-    finally:
-        if scratch:
-            command(f"DROP TABLE IF EXISTS {scratch}", {})
+    for sql in aggregation_statements(tenants=tenants, agents=agents, tenant=tenant_id is not None):
+        command(sql, params)
 
 
 class DailyAggregation:
@@ -191,7 +177,7 @@ class DailyAggregation:
 
     def aggregate_daily(self, first: date, last: date, window_days: int, tenant_id: str | None = None,
                         today: date | None = None) -> int:
-        """Both tables' rows of ``first..last`` from one scan; the number of agent rows of ``last``."""
+        """Both tables' rows of ``first..last`` (what the daily task runs); the number of agent rows of ``last``."""
         aggregate(self.command, first, last, window_days=window_days, tenant_id=tenant_id, today=today)
         return self._agent_rows(last, tenant_id)
 

@@ -2,7 +2,7 @@
 
 Recomputes ``daily_metrics`` in ClickHouse for the target day (default: yesterday, UTC) and for the
 ``FCR_WINDOW_DAYS`` days before it, whose first-contact resolution a call on the target day can still
-change, and the agents' scorecards of the same days, from one scan (see :mod:`raysys.storage.aggregation`);
+change, and the agents' scorecards of the same days (see :mod:`raysys.storage.aggregation`);
 running it again for the same day replaces the rows.
 """
 
