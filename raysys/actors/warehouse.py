@@ -103,16 +103,24 @@ class Warehouse:
         """The tenant's ``call_facts`` of ``day``, earliest first."""
         return self._call("calls_of_day", tenant_id, day, list(columns), limit)
 
+    def aggregate_days(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> None:
+        """Recompute the tenants' ``daily_metrics`` rows of days ``first``..``last``."""
+        self._call("aggregate_days", first, last, window_days, tenant_id)
+
     def aggregate_agents(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> int:
-        """Recompute the per-agent daily rows of days ``first``..``last``; the number of rows written."""
+        """Recompute the per-agent daily rows of days ``first``..``last``; the number of agent rows of ``last``."""
         return self._call("aggregate_agents", first, last, window_days, tenant_id)
+
+    def aggregate_daily(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> int:
+        """Both: the tenants' and the agents' rows of ``first``..``last``; the number of agent rows of ``last``."""
+        return self._call("aggregate_daily", first, last, window_days, tenant_id)
 
     def agent_metrics(self, tenant_id: str, start: date, end: date, agent_id: str | None = None) -> list[dict[str, Any]]:
         """A tenant's agent scorecards of days ``start``..``end`` (one agent's with ``agent_id``)."""
         return self._call("agent_metrics", tenant_id, start, end, agent_id)
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
-        """Run one statement (the daily aggregation of :mod:`raysys.analytics.aggregation`)."""
+        """Run one statement (tools and tests; the aggregation runs through :func:`raysys.analytics.aggregation.aggregate_days`)."""
         return self._call("command", sql, parameters)
 
     # call archive -------------------------------------------------------------------------------------

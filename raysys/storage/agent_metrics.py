@@ -1,8 +1,9 @@
-"""Per-agent daily scorecards in ClickHouse: the ``agent_daily_metrics`` table and the SQL that fills it.
+"""Per-agent daily scorecards in ClickHouse: the ``agent_daily_metrics`` table and its reader.
 
 :class:`AgentMetrics` is mixed into :class:`raysys.storage.warehouse.Warehouse`, so the Warehouse actor
-exposes :meth:`AgentMetrics.aggregate_agents` and :meth:`AgentMetrics.agent_metrics` like its other
-methods. Every query takes ``tenant_id`` as a bound parameter.
+exposes :meth:`AgentMetrics.agent_metrics` like its other methods; the rows are computed with the
+tenants' daily rows by :mod:`raysys.storage.aggregation` (``aggregate_agents``, ``aggregate_daily``).
+Every query takes ``tenant_id`` as a bound parameter.
 
 Per tenant, day (UTC) and agent (calls without an agent id are left out of the scorecards but still
 count as repeat contacts for FCR):
@@ -26,10 +27,8 @@ TABLE ... ADD COLUMN IF NOT EXISTS``, so an existing warehouse gains them on ope
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from typing import Any
-
-TOP_AGENT_INTENTS = 3
 
 # call_facts columns for the scorecards, with what a row without them holds (NULL: not known).
 AGENT_FACT_DEFAULTS: dict[str, Any] = {
@@ -82,56 +81,6 @@ AGENT_COLUMNS: tuple[str, ...] = (
     "overlap_mean", "escalations", "escalations_known", "top_intents", "computed_at",
 )
 
-_AGGREGATE_SQL = """
-INSERT INTO agent_daily_metrics ({columns})
-SELECT
-    m.tenant_id, m.day, m.agent_id, m.calls, m.aht_mean, m.aht_p90, m.talk_mean, m.hold_mean, m.acw_mean,
-    f.first_contact_resolved / m.calls,
-    toUInt8(m.day + {{window:UInt32}} < {{today:Date}}),
-    m.s_start, m.s_end, m.cs_start, m.cs_end, m.cs_calls, m.talk_share, m.agent_int, m.all_int, m.silence_mean,
-    m.overlap_mean, m.escalations, m.escalations_known,
-    arraySlice(arraySort(x -> (-x.2, x.1), arrayZip(m.intent_counts.1, m.intent_counts.2)), 1, {{top:UInt32}}),
-    now64(3)
-FROM (
-    SELECT
-        tenant_id, day, agent_id, cityHash64(agent_id) AS agent_key,
-        count() AS calls,
-        avg(aht_seconds) AS aht_mean,
-        quantileExactInclusive(0.9)(aht_seconds) AS aht_p90,
-        avg(talk_seconds) AS talk_mean, avg(hold_seconds) AS hold_mean, avg(acw_seconds) AS acw_mean,
-        -- aliases differ from the column names: ClickHouse would resolve a reused name to the aggregate
-        avg(sentiment_start) AS s_start, avg(sentiment_end) AS s_end,
-        avg(customer_sentiment_start) AS cs_start, avg(customer_sentiment_end) AS cs_end,
-        count(customer_sentiment_start) AS cs_calls,
-        avg(agent_talk_share) AS talk_share,
-        sum(agent_interruptions) AS agent_int, sum(interruptions) AS all_int,
-        avg(silence_seconds) AS silence_mean, avg(overlap_seconds) AS overlap_mean,
-        countIf(ifNull(escalated, 0) = 1) AS escalations, count(escalated) AS escalations_known,
-        sumMapIf([intent], [toUInt64(1)], intent != '') AS intent_counts
-    FROM call_facts FINAL
-    WHERE day BETWEEN {{lo:Date}} AND {{hi:Date}} AND agent_id != '' {tenant_filter}
-    GROUP BY tenant_id, day, agent_id
-) AS m
-LEFT JOIN (
-    -- As in daily_metrics (raysys.analytics.aggregation): each (customer, intent) group's calls sorted by
-    -- start; a call repeats when the next one starts within the window. Here each call keeps its agent, as a
-    -- 64-bit hash: carrying the id strings through the sorts cost about 30 % more CPU (1M calls).
-    SELECT tenant_id, call.1 AS day, call.2 AS agent_key, sum(call.3) AS first_contact_resolved
-    FROM (
-        SELECT tenant_id,
-               arraySort(x -> x.1, groupArray((started_at, day, resolved, cityHash64(agent_id)))) AS calls,
-               arrayJoin(arrayMap((c, i) -> (c.2, c.4, toUInt64(c.3 = 1 AND NOT (NOT anonymous AND i < length(calls)
-                                                 AND calls[i + 1].1 <= c.1 + toIntervalDay({{window:UInt32}})))),
-                                  calls, arrayEnumerate(calls))) AS call
-        FROM call_facts FINAL
-        WHERE day BETWEEN {{lo:Date}} AND {{hi_ext:Date}} {tenant_filter}
-        GROUP BY tenant_id, cityHash64(customer_id, intent), customer_id = '' AS anonymous
-    )
-    WHERE day BETWEEN {{lo:Date}} AND {{hi:Date}} AND agent_key != cityHash64('')
-    GROUP BY tenant_id, day, agent_key
-) AS f ON f.tenant_id = m.tenant_id AND f.day = m.day AND f.agent_key = m.agent_key
-"""
-
 # What a reader gets: the stored columns and the changes and rates derived from them.
 _READ_COLUMNS = (
     "*, sentiment_end - sentiment_start AS sentiment_change, "
@@ -141,33 +90,8 @@ _READ_COLUMNS = (
 )
 
 
-def agent_aggregate_sql(*, tenant: bool) -> str:
-    """The ``INSERT ... SELECT`` that recomputes ``agent_daily_metrics`` (for one tenant or all)."""
-    return _AGGREGATE_SQL.format(columns=", ".join(AGENT_COLUMNS),
-                                 tenant_filter="AND tenant_id = {tenant:String}" if tenant else "")
-
-
 class AgentMetrics:
-    """The per-agent methods of the Warehouse (a mixin: it uses the Warehouse's ``command`` and ``query``)."""
-
-    def aggregate_agents(self, first: date, last: date, window_days: int, tenant_id: str | None = None,
-                         today: date | None = None) -> int:
-        """Recompute the agents' rows of ``first..last`` (one tenant or all) with one statement.
-
-        Calls up to ``window_days`` after ``last`` are read too, so the repeat contacts that followed count.
-        Returns the number of agent rows of ``last``. Raises ValueError when ``last`` is before ``first``.
-        """
-        if last < first:
-            raise ValueError("last day before first day")
-        params: dict[str, Any] = {"lo": first, "hi": last, "hi_ext": last + timedelta(days=window_days),
-                                  "window": window_days, "today": today or datetime.now(UTC).date(),
-                                  "top": TOP_AGENT_INTENTS}
-        if tenant_id is not None:
-            params["tenant"] = tenant_id
-        tenant_filter = " AND tenant_id = {tenant:String}" if tenant_id is not None else ""
-        self.command(agent_aggregate_sql(tenant=tenant_id is not None), params)
-        return int(self.command(f"SELECT count() FROM agent_daily_metrics FINAL WHERE day = {{hi:Date}}{tenant_filter}",
-                                params))
+    """The per-agent reader of the Warehouse (a mixin: it uses the Warehouse's ``query``)."""
 
     def agent_metrics(self, tenant_id: str, start: date, end: date, agent_id: str | None = None,
                       limit: int = 10_000) -> list[dict[str, Any]]:

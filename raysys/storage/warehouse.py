@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raysys.storage.agent_metrics import AGENT_FACT_DEFAULTS, AGENT_SCHEMA, AgentMetrics
+from raysys.storage.aggregation import DailyAggregation
 
 SCHEMA: tuple[str, ...] = (
     """
@@ -95,7 +96,7 @@ AUDIT_COLUMNS: tuple[str, ...] = (
 )
 
 
-class Warehouse(AgentMetrics):
+class Warehouse(DailyAggregation, AgentMetrics):
     """A clickhouse-connect client on chDB or a server, with raysys' schema applied on open."""
 
     def __init__(self, dsn: str) -> None:

@@ -2,8 +2,8 @@
 
 Recomputes ``daily_metrics`` in ClickHouse for the target day (default: yesterday, UTC) and for the
 ``FCR_WINDOW_DAYS`` days before it, whose first-contact resolution a call on the target day can still
-change. One SQL statement per run (see :mod:`raysys.analytics.aggregation`); running it again for the
-same day replaces the rows.
+change, and the agents' scorecards of the same days (see :mod:`raysys.storage.aggregation`);
+running it again for the same day replaces the rows.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from raysys.actors.warehouse import Warehouse
-from raysys.analytics.aggregation import aggregate_days, days_to_recompute, parse_day
+from raysys.analytics.aggregation import days_to_recompute, parse_day
 from raysys.constants import ORCHESTRATION_CPUS
 from raysys.errors import InvalidInput
 from raysys.tasks.registry import TaskContext, task
@@ -31,8 +31,7 @@ def aggregate_daily_metrics(ctx: TaskContext, date: Any = None, tenant_id: str |
         raise InvalidInput("tenant_id must be a non-empty string or null")
     first, last = days_to_recompute(day, settings.fcr_window_days)
     wh = Warehouse(settings)
-    aggregate_days(wh.command, first, last, window_days=settings.fcr_window_days, tenant_id=tenant_id)
-    agents = wh.aggregate_agents(first, last, settings.fcr_window_days, tenant_id)
+    agents = wh.aggregate_daily(first, last, settings.fcr_window_days, tenant_id)
     metrics = wh.day_metrics(day, tenant_id)
     return {"day": day.isoformat(), "recomputed": [first.isoformat(), last.isoformat()],
             "tenants": len(metrics), "agents": agents, "metrics": metrics}
