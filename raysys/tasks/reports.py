@@ -26,7 +26,7 @@ import redis
 
 from raysys.actors.warehouse import Warehouse
 from raysys.analytics import mail
-from raysys.analytics.aggregation import aggregate_days, days_to_recompute, parse_day
+from raysys.analytics.aggregation import days_to_recompute, parse_day
 from raysys.analytics.report import CALL_FIELDS, build_report, save_report
 from raysys.config import Settings
 from raysys.constants import REPORT_MAILED_PREFIX, REPORT_MAILED_TTL
@@ -94,7 +94,7 @@ def generate_daily_report(ctx: TaskContext, tenant_id: str, date: Any = None) ->
     rows = wh.daily_metrics(tenant_id, day - timedelta(days=6), day)
     if not any(r["day"] == day for r in rows):
         first, last = days_to_recompute(day, settings.fcr_window_days)
-        aggregate_days(wh.command, first, last, window_days=settings.fcr_window_days, tenant_id=tenant_id)
+        wh.aggregate_days(first, last, settings.fcr_window_days, tenant_id)
         rows = wh.daily_metrics(tenant_id, day - timedelta(days=6), day)
     agent_rows = _agent_rows(settings, tenant_id, day, rows)
     ctx.progress(0.3, "loading calls")
