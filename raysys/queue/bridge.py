@@ -70,7 +70,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from raysys.config import Settings
 from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
 from raysys.errors import Refused, UnknownTask
-from raysys.queue import control, protocol
+from raysys.queue import canvas, control, messages, results
 from raysys.queue.metrics import BridgeMetrics
 from raysys.queue.redis import Broker, NotApplied, Ops, dead_entry
 from raysys.queue.worker import LightExecutor, ThreadRunner, prepare, run_heavy
@@ -89,7 +89,7 @@ REVOKE_KEEP_SECONDS = 3 * 3600.0  # how long a revoke is remembered (Celery's RE
 
 @dataclass
 class Job:
-    msg: protocol.Message
+    msg: messages.Message
     spec: TaskSpec
     source: str               # the list it was claimed from
     inflight: str             # the in-flight list holding it
@@ -227,7 +227,7 @@ class BridgeCore:
         raw = await self.broker.redis.hget(self.broker.consumer_queues_key, self.name)
         lists = set(self.broker.lists)
         if raw:
-            lists |= set(protocol.loads(raw))
+            lists |= set(results.loads(raw))
         n = await self.broker.requeue_consumer(self.name, sorted(lists))
         if n:
             log.warning("bridge %s requeued %d jobs it held before a restart", self.name, n)
@@ -442,8 +442,8 @@ class BridgeCore:
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug here must not strand the message in flight
                 log.exception("bridge %s: cannot admit a message from %s", self.name, source)
-                err = protocol.refused(f"internal error admitting the message: {type(exc).__name__}: {exc}",
-                                       protocol.sniff_id(raw), exc_cls=protocol.DecodeError)
+                err = messages.refused(f"internal error admitting the message: {type(exc).__name__}: {exc}",
+                                       messages.sniff_id(raw), exc_cls=results.DecodeError)
                 self._refuse(err, queue, source, inflight, raw, slot)
                 continue
             if job is not None:
@@ -456,7 +456,7 @@ class BridgeCore:
         except (RedisError, OSError):
             stored = [None] * len(to_run)  # the store step still refuses to overwrite a SUCCESS
         for job, meta in zip(to_run, stored, strict=True):
-            if protocol.is_success(meta):
+            if results.is_success(meta):
                 self._drop(job, "skipped: SUCCESS already stored")
                 continue
             if job.id in self.jobs:
@@ -479,21 +479,21 @@ class BridgeCore:
         Raises:
             Refused: the message can never run (its FAILURE and dead letter are the caller's).
         """
-        msg = protocol.decode(raw, queue, max_bytes=self.settings.max_message_bytes, tz=self.settings.timezone)
+        msg = messages.decode(raw, queue, max_bytes=self.settings.max_message_bytes, tz=self.settings.timezone)
         if msg.chord is not None:
-            raise protocol.refused("chords are not supported by raysys (run the header as a group and the body "
+            raise messages.refused("chords are not supported by raysys (run the header as a group and the body "
                                    "on its results, or use a chain)", msg.id, msg.task,
-                                   error=protocol.ChordError(f"chord of {msg.task} refused: raysys does not run chords"),
-                                   also_fail=protocol.chord_body_id(msg.chord))
+                                   error=results.ChordError(f"chord of {msg.task} refused: raysys does not run chords"),
+                                   also_fail=messages.chord_body_id(msg.chord))
         try:
             spec = lookup(msg.task)
         except UnknownTask:
-            raise protocol.refused(f"unknown task {msg.task!r}", msg.id, msg.task,
-                                   error=protocol.NotRegistered(msg.task)) from None
+            raise messages.refused(f"unknown task {msg.task!r}", msg.id, msg.task,
+                                   error=results.NotRegistered(msg.task)) from None
         try:
             spec.check_arguments(msg.args, msg.kwargs)
         except TypeError as exc:
-            raise protocol.refused(f"wrong arguments for {msg.task}: {exc}", msg.id, msg.task,
+            raise messages.refused(f"wrong arguments for {msg.task}: {exc}", msg.id, msg.task,
                                    error=TypeError(str(exc))) from None
         self.metrics.count("received", queue, spec.name)
         self.stats["received"] += 1
@@ -505,20 +505,20 @@ class BridgeCore:
             return None
         if msg.eta is not None and msg.eta > now + 0.002:
             # A native countdown is relative: park the message with its absolute eta instead.
-            parked = protocol.reencode(msg) if msg.kind == "native" else raw
+            parked = messages.reencode(msg) if msg.kind == "native" else raw
             self.buf.delay(self.broker.delayed_key, msg.eta, source, parked)
             self.buf.ack(inflight, raw)
             self.buf_release.append(slot)
             self.due_event.set()
-            log.debug("job %s %s try=%d delayed until %s", msg.id, msg.task, msg.retries, protocol.to_iso(msg.eta))
+            log.debug("job %s %s try=%d delayed until %s", msg.id, msg.task, msg.retries, messages.to_iso(msg.eta))
             return None
         return Job(msg, spec, source, inflight, slot)
 
-    def _settle_revoked(self, msg: protocol.Message, spec: TaskSpec, inflight: str, raw: bytes,
+    def _settle_revoked(self, msg: messages.Message, spec: TaskSpec, inflight: str, raw: bytes,
                         slot: tuple[str, str], reason: str) -> None:
         """REVOKED (``expired`` or ``revoked``, as a Celery worker writes it), ack, free the slot."""
         if not msg.ignore_result:
-            self.buf.result(msg.id, protocol.revoked_json(msg.id, reason, extended=self._extended(msg)),
+            self.buf.result(msg.id, results.revoked_json(msg.id, reason, extended=self._extended(msg)),
                             self.settings.result_expires)
         self.buf.ack(inflight, raw)
         self.buf_release.append(slot)
@@ -533,8 +533,8 @@ class BridgeCore:
         self.stats["duplicates"] += 1
         _log_job(job.msg, why, 0.0, level=level)
 
-    def _extended(self, msg: protocol.Message) -> dict | None:
-        return protocol.extended_fields(msg, self.worker_name) if self.settings.result_extended else None
+    def _extended(self, msg: messages.Message) -> dict | None:
+        return results.extended_fields(msg, self.worker_name) if self.settings.result_extended else None
 
     def _refuse(self, exc: Refused, queue: str, source: str, inflight: str, raw: bytes,
                 slot: tuple[str, str]) -> None:
@@ -543,12 +543,12 @@ class BridgeCore:
         task = getattr(exc, "task", None)
         ttl = self.settings.result_expires
         if task_id:
-            error = getattr(exc, "error", None) or getattr(exc, "exc_cls", protocol.DecodeError)(reason)
-            self.buf.result(task_id, protocol.failure_json(task_id, protocol.exception_meta(error)), ttl)
+            error = getattr(exc, "error", None) or getattr(exc, "exc_cls", results.DecodeError)(reason)
+            self.buf.result(task_id, results.failure_json(task_id, results.exception_meta(error)), ttl)
         for other in getattr(exc, "also_fail", ()):  # a refused chord part: its body will never run
             # Another job's id, named by this message: failed only if no job has it yet (no result, no owner).
-            error = protocol.ChordError(f"chord part {task_id or '?'} ({task or '?'}) was refused: {reason}")
-            self.buf.result_new(other, protocol.failure_json(other, protocol.exception_meta(error)), ttl)
+            error = results.ChordError(f"chord part {task_id or '?'} ({task or '?'}) was refused: {reason}")
+            self.buf.result_new(other, results.failure_json(other, results.exception_meta(error)), ttl)
         self.buf.dead(queue, dead_entry(reason, queue, raw, task_id=task_id, task=task, consumer=self.name,
                                         source=source))
         self.buf.ack(inflight, raw)
@@ -662,7 +662,7 @@ class BridgeCore:
                         outcomes = fut.result()[:end]
                     except BaseException as exc:  # noqa: BLE001 - a bug in the runner must not strand the batch
                         log.exception("bridge %s: the light thread failed", self.name)
-                        meta, tb = protocol.exception_meta(exc), protocol.format_traceback(exc)
+                        meta, tb = results.exception_meta(exc), results.format_traceback(exc)
                         outcomes = [("fail", 0.0, meta, tb)] * end
                     self._settle_light(batch[settled:len(outcomes)], outcomes[settled:])
                     self._requeue_light(batch[max(settled, len(outcomes)):end])  # a detached runner stops early
@@ -709,7 +709,7 @@ class BridgeCore:
         job = batch[index]
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody waits for it any more
         self._settle_light(batch[settled:index], finished[settled:index])
-        self._settle_light([job], [("fail", elapsed, protocol.exception_meta(protocol.TimeLimitExceeded(hard)), "")])
+        self._settle_light([job], [("fail", elapsed, results.exception_meta(results.TimeLimitExceeded(hard)), "")])
         self._requeue_light(batch[index + 1:])
         if owned:
             ex.runner = ThreadRunner(self.settings)
@@ -741,7 +741,7 @@ class BridgeCore:
                 return
             job.started = time.time()
             if not from_light and not job.msg.ignore_result:
-                self.buf.result(job.id, protocol.started_json(job.id, {"hostname": self.worker_name, "pid": None}),
+                self.buf.result(job.id, results.started_json(job.id, {"hostname": self.worker_name, "pid": None}),
                                 self.settings.result_expires)
                 self.flush_event.set()
             _log_job(job.msg, "started", job.started - job.claimed, level=logging.DEBUG)
@@ -780,18 +780,18 @@ class BridgeCore:
                     ray.cancel(ref, force=True)
                 with contextlib.suppress(Exception):
                     await asyncio.wait({fut}, timeout=KILL_GRACE_SECONDS)
-                return ("fail", time.perf_counter() - t0, protocol.exception_meta(protocol.TimeLimitExceeded(hard)), "")
+                return ("fail", time.perf_counter() - t0, results.exception_meta(results.TimeLimitExceeded(hard)), "")
         elapsed = time.perf_counter() - t0
         try:
             return fut.result()
         except ray.exceptions.TaskCancelledError:
             if soft_hit:
-                return ("fail", elapsed, protocol.exception_meta(protocol.SoftTimeLimitExceeded()), "")
-            return ("retry", elapsed, protocol.exception_meta(protocol.WorkerLostError("job was cancelled")), "",
+                return ("fail", elapsed, results.exception_meta(results.SoftTimeLimitExceeded()), "")
+            return ("retry", elapsed, results.exception_meta(results.WorkerLostError("job was cancelled")), "",
                     None, None)
         except Exception as exc:  # noqa: BLE001 - worker died more often than Ray retries, object lost...
-            return ("retry", elapsed, protocol.exception_meta(protocol.WorkerLostError(str(exc)[:500])),
-                    protocol.format_traceback(exc), None, None)
+            return ("retry", elapsed, results.exception_meta(results.WorkerLostError(str(exc)[:500])),
+                    results.format_traceback(exc), None, None)
 
     # --- finishing ------------------------------------------------------------------------------------------
 
@@ -817,13 +817,13 @@ class BridgeCore:
             value_json = outcome[2]
             children: list[str] = []
             if msg.callbacks or msg.chain:
-                value = protocol.loads(value_json)
+                value = results.loads(value_json)
                 for sig in msg.callbacks or ():
                     children += self._publish_next(sig, msg, (value,), None)
                 if msg.chain:
                     children += self._publish_next(msg.chain[-1], msg, (value,), msg.chain[:-1])
             if store:
-                buf.result(msg.id, protocol.success_json(msg.id, value_json, children=protocol.children_of(children),
+                buf.result(msg.id, results.success_json(msg.id, value_json, children=results.children_of(children),
                                                          parent_id=msg.parent_id, extended=extended), ttl)
             self.metrics.count("succeeded", queue, task)
             self.stats["succeeded"] += 1
@@ -836,9 +836,9 @@ class BridgeCore:
             delay = min(cap, base * (2 ** min(msg.outages, 60)))
             countdown = delay / 2 + random.uniform(0, delay / 2)
             due = time.time() + countdown
-            buf.delay(self.broker.delayed_key, due, job.source, protocol.reencode(msg, outages=msg.outages + 1, eta=due))
+            buf.delay(self.broker.delayed_key, due, job.source, messages.reencode(msg, outages=msg.outages + 1, eta=due))
             if store:
-                buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, status=protocol.RETRY,
+                buf.result(msg.id, results.failure_json(msg.id, exc_meta, tb, status=results.RETRY,
                                                          parent_id=msg.parent_id, extended=extended), ttl)
             self.due_event.set()
             self.metrics.count("retried", queue, task)
@@ -861,9 +861,9 @@ class BridgeCore:
                 countdown = max(0.0, float(countdown))
                 due = time.time() + countdown
                 buf.delay(self.broker.delayed_key, due, job.source,
-                          protocol.reencode(msg, retries=msg.retries + 1, eta=due))
+                          messages.reencode(msg, retries=msg.retries + 1, eta=due))
                 if store:
-                    buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, status=protocol.RETRY,
+                    buf.result(msg.id, results.failure_json(msg.id, exc_meta, tb, status=results.RETRY,
                                                              parent_id=msg.parent_id, extended=extended), ttl)
                 self.due_event.set()
                 self.metrics.count("retried", queue, task)
@@ -875,8 +875,8 @@ class BridgeCore:
                 for sig in msg.errbacks or ():
                     children += self._publish_next(sig, msg, (msg.id,), None)
                 if store:
-                    buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, parent_id=msg.parent_id,
-                                                             children=protocol.children_of(children),
+                    buf.result(msg.id, results.failure_json(msg.id, exc_meta, tb, parent_id=msg.parent_id,
+                                                             children=results.children_of(children),
                                                              extended=extended), ttl)
                 reason = f"{exc_meta.get('exc_type')}: {_short(exc_meta.get('exc_message'))}"
                 if kind == "retry":
@@ -896,7 +896,7 @@ class BridgeCore:
         delay = min(self.settings.retry_backoff_max, job.spec.retry_backoff * (2 ** min(job.msg.retries, 60)))
         return delay / 2 + random.uniform(0, delay / 2)
 
-    def _publish_next(self, sig: dict, parent: protocol.Message, prepend: tuple, chain: list | None) -> list[str]:
+    def _publish_next(self, sig: dict, parent: messages.Message, prepend: tuple, chain: list | None) -> list[str]:
         """Publish a callback, errback or chain step (groups and chains expanded); returns the new job ids.
 
         A signature that cannot be published (bad options) is logged and dead-lettered; the parent's own
@@ -904,7 +904,7 @@ class BridgeCore:
         """
         ids = []
         try:
-            for s, c, group, index in protocol.expand(sig, chain):
+            for s, c, group, index in canvas.expand(sig, chain):
                 if s["task"] == "celery.chord":  # a chain step Celery turned into a chord (group, then a task)
                     self._refuse_chord(s, parent)
                     continue
@@ -913,10 +913,10 @@ class BridgeCore:
                     default = parent.queue if spec.queue == "*" else spec.queue
                 except UnknownTask:
                     default = parent.queue
-                list_name, raw, task_id = protocol.next_message(s, parent, prepend=prepend, chain=c,
+                list_name, raw, task_id = canvas.next_message(s, parent, prepend=prepend, chain=c,
                                                                 default_queue=default, group=group,
                                                                 group_index=index, allowed_queues=self.callback_targets)
-                if protocol.chosen_id(s) is None:
+                if canvas.chosen_id(s) is None:
                     self.buf.publish(list_name, raw)
                 else:
                     # An id the producer chose: published only if no job has it (no result stored, no owner
@@ -932,20 +932,20 @@ class BridgeCore:
         except (ValueError, TypeError) as exc:
             reason = f"cannot publish {sig.get('task')!r} after {parent.task} {parent.id}: {exc}"
             log.error("bridge %s: %s", self.name, reason)
-            self.buf.dead(parent.queue, dead_entry(reason, parent.queue, protocol.dumps(sig),
+            self.buf.dead(parent.queue, dead_entry(reason, parent.queue, results.dumps(sig),
                                                    task_id=(sig.get("options") or {}).get("task_id"),
                                                    task=sig.get("task"), consumer=self.name))
         return ids
 
-    def _refuse_chord(self, sig: dict, parent: protocol.Message) -> None:
+    def _refuse_chord(self, sig: dict, parent: messages.Message) -> None:
         """A chord reached as a callback or chain step: FAILURE (ChordError) for every id a client may wait
         on, and a dead letter, instead of a chord that would never complete."""
-        ids = protocol.chord_ids(sig)
+        ids = canvas.chord_ids(sig)
         reason = f"chords are not supported by raysys (a chord after {parent.task} {parent.id})"
-        error = protocol.exception_meta(protocol.ChordError(reason))
+        error = results.exception_meta(results.ChordError(reason))
         for task_id in ids:  # ids the message named: failed only where no job has them (no result, no owner)
-            self.buf.result_new(task_id, protocol.failure_json(task_id, error), self.settings.result_expires)
-        self.buf.dead(parent.queue, dead_entry(reason, parent.queue, protocol.dumps(sig), task_id=ids[0] if ids else None,
+            self.buf.result_new(task_id, results.failure_json(task_id, error), self.settings.result_expires)
+        self.buf.dead(parent.queue, dead_entry(reason, parent.queue, results.dumps(sig), task_id=ids[0] if ids else None,
                                                task="celery.chord", consumer=self.name))
         log.warning("job %s %s: %s; failed %s", parent.id, parent.task, reason, ", ".join(ids))
 
@@ -1169,7 +1169,7 @@ class BridgeCore:
         now = time.time()
         return [{"id": j.id, "task": j.spec.name, "queue": j.msg.queue, "retries": j.msg.retries,
                  "args": j.msg.args, "kwargs": j.msg.kwargs, "bridge": self.name,
-                 "started": protocol.to_iso(j.started), "elapsed": round(now - (j.started or j.claimed), 3),
+                 "started": messages.to_iso(j.started), "elapsed": round(now - (j.started or j.claimed), 3),
                  "running": j.started is not None} for j in list(self.jobs.values())]
 
     def snapshot(self) -> dict:
@@ -1234,7 +1234,7 @@ def _short(message: Any) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _log_job(msg: protocol.Message, transition: str, elapsed: float, run_time: float | None = None,
+def _log_job(msg: messages.Message, transition: str, elapsed: float, run_time: float | None = None,
              level: int = logging.INFO) -> None:
     if log.isEnabledFor(level):
         run = f" run={run_time:.4f}s" if run_time is not None else ""

@@ -32,7 +32,7 @@ import ray
 
 from raysys.config import Settings
 from raysys.errors import RaysysError, Retry, UnknownTask, is_outage
-from raysys.queue import protocol
+from raysys.queue import keys, results
 from raysys.tasks.registry import TaskContext, load_all, lookup
 
 log = logging.getLogger("raysys.queue.worker")
@@ -61,8 +61,8 @@ def _redis(settings: Settings) -> Any:
 
 def _progress(settings: Settings, task_id: str):  # noqa: ANN202
     def report(fraction: float, message: str) -> None:
-        value = protocol.progress_json(task_id, fraction, message)
-        key = protocol.result_key(task_id)
+        value = results.progress_json(task_id, fraction, message)
+        key = keys.result_key(task_id)
         try:
             pipe = _redis(settings).pipeline(transaction=False)
             pipe.setex(key, settings.result_expires, value).publish(key, value).execute()
@@ -73,7 +73,7 @@ def _progress(settings: Settings, task_id: str):  # noqa: ANN202
 
 
 def _on_soft_limit(signum: int, frame: Any) -> None:
-    raise protocol.SoftTimeLimitExceeded()
+    raise results.SoftTimeLimitExceeded()
 
 
 @contextlib.contextmanager
@@ -101,7 +101,7 @@ def execute(settings: Settings, job: Job) -> tuple:
     try:
         spec = lookup(name)
     except UnknownTask as exc:
-        return ("fail", 0.0, protocol.exception_meta(protocol.NotRegistered(str(exc))), "")
+        return ("fail", 0.0, results.exception_meta(results.NotRegistered(str(exc))), "")
     ctx = TaskContext(settings=settings, task_id=task_id, task_name=spec.name, queue=queue, retries=retries,
                       progress_cb=_progress(settings, task_id))
     try:
@@ -109,25 +109,25 @@ def execute(settings: Settings, job: Job) -> tuple:
             value = spec.fn(ctx, *args, **kwargs)
     except Retry as exc:
         inner = exc.exc if exc.exc is not None else exc
-        return ("retry", time.perf_counter() - t0, protocol.exception_meta(inner), protocol.format_traceback(exc),
+        return ("retry", time.perf_counter() - t0, results.exception_meta(inner), results.format_traceback(exc),
                 exc.countdown, exc.max_retries)
     except KeyboardInterrupt as exc:  # Ray's soft cancel
-        soft = protocol.SoftTimeLimitExceeded()
+        soft = results.SoftTimeLimitExceeded()
         soft.__traceback__ = exc.__traceback__
-        return ("fail", time.perf_counter() - t0, protocol.exception_meta(soft), protocol.format_traceback(soft))
+        return ("fail", time.perf_counter() - t0, results.exception_meta(soft), results.format_traceback(soft))
     except Exception as exc:  # noqa: BLE001 - every task error becomes a result
         elapsed = time.perf_counter() - t0
-        retryable = exc.retryable if isinstance(exc, RaysysError) else not isinstance(exc, protocol.SoftTimeLimitExceeded)
-        meta = protocol.exception_meta(exc)
-        tb = protocol.format_traceback(exc)
+        retryable = exc.retryable if isinstance(exc, RaysysError) else not isinstance(exc, results.SoftTimeLimitExceeded)
+        meta = results.exception_meta(exc)
+        tb = results.format_traceback(exc)
         if retryable and is_outage(exc):
             return ("outage", elapsed, meta, tb)
         return ("retry", elapsed, meta, tb, None, None) if retryable else ("fail", elapsed, meta, tb)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails that job, not its batch or worker
-        return ("fail", time.perf_counter() - t0, protocol.exception_meta(exc), protocol.format_traceback(exc))
+        return ("fail", time.perf_counter() - t0, results.exception_meta(exc), results.format_traceback(exc))
     elapsed = time.perf_counter() - t0
     try:
-        return ("ok", elapsed, protocol.dumps(value))
+        return ("ok", elapsed, results.dumps(value))
     except (TypeError, ValueError) as exc:
         meta = {"exc_type": "EncodeError", "exc_message": [f"result is not JSON-serialisable: {exc}"],
                 "exc_module": "kombu.exceptions"}
@@ -208,15 +208,15 @@ class ThreadRunner:
                 if self.abandoned or self.detached:
                     break
                 if i in self.cancelled:
-                    self.done.append(("fail", 0.0, protocol.exception_meta(Terminated()), ""))
+                    self.done.append(("fail", 0.0, results.exception_meta(Terminated()), ""))
                     continue
                 self.current = (i, time.monotonic())
             outcome = None
             try:
                 outcome = execute(self.settings, job)
                 self._leave(i, outcome)
-            except (protocol.SoftTimeLimitExceeded, Terminated) as exc:  # delivered just outside the task's code
-                self._leave(i, outcome or ("fail", 0.0, protocol.exception_meta(exc), ""))
+            except (results.SoftTimeLimitExceeded, Terminated) as exc:  # delivered just outside the task's code
+                self._leave(i, outcome or ("fail", 0.0, results.exception_meta(exc), ""))
         return self.done
 
     def _leave(self, index: int, outcome: tuple) -> None:
@@ -234,7 +234,7 @@ class ThreadRunner:
             if self.current != (index, started) or self.sent == self.current:
                 return False
             self.sent = self.current
-            self._raise(protocol.SoftTimeLimitExceeded)
+            self._raise(results.SoftTimeLimitExceeded)
             return True
 
     def terminate(self, index: int) -> bool:
