@@ -24,7 +24,7 @@ from raysys.actors.pool import ModelPool, ModelServer, get_pool
 from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.constants import SAMPLE_RATE
-from raysys.errors import InvalidInput, ModelUnavailable, RaysysError, ServiceTimeout
+from raysys.errors import InvalidInput, ModelUnavailable, RaysysError, ServiceTimeout, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,6 @@ def _run_parallel(pool: ModelPool, items: list[dict], progress: Callable[[float,
     """
     import ray  # noqa: PLC0415
 
-    from raysys.actors.pool import _unwrap  # noqa: PLC0415
-
     picked = [pool.pick() for _ in items]
     for index_, handle in {i: h for i, h in picked}.items():  # placed and loaded, within ACTOR_START_TIMEOUT
         deadline.wait_started(handle, f"{pool.prefix}-{index_}", pool.needs(), pool.start_timeout)
@@ -167,7 +165,7 @@ def _run_parallel(pool: ModelPool, items: list[dict], progress: Callable[[float,
             try:
                 res = ray.get(ref)
             except Exception as exc:  # noqa: BLE001
-                cause = _unwrap(exc)
+                cause = unwrap(exc)
                 if isinstance(cause, RaysysError | ValueError):
                     raise cause from None
                 if isinstance(exc, ray.exceptions.RayActorError):

@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         summary = {"total": len(ids), "succeeded": 0, "failed": 0, "elapsed_s": 0.0, "per_second": 0.0,
                    "failures": {}, "dry_run": args.dry_run}
     else:
-        from raysys.jobs import runner  # noqa: PLC0415
+        # Ray is imported only when calls are run: a dry run or an empty range needs none.
         from raysys.runtime import init_ray  # noqa: PLC0415
+        from raysys.tasks import execute
 
         init_ray(settings)
         progress = Progress(len(ids), args.log_every, f"backfill {args.tenant}")
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             if args.via_queue:
                 summary = run_via_queue(settings, ids, progress)
             else:
-                summary = runner.run_many(settings, TASK, ((cid, [cid], {}) for cid in ids),
+                summary = execute.run_many(settings, TASK, ((cid, [cid], {}) for cid in ids),
                                           max_in_flight=args.concurrency, on_done=progress).as_dict()
         finally:
             progress.close()

@@ -48,13 +48,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raysys import errors
 from raysys.config import ConfigError, Settings
-from raysys.jobs import runner
 from raysys.serve import uploads
 from raysys.serve.auth import Unauthorized, key_from_headers
 from raysys.serve.edge import Edge, scope_tenant
 from raysys.serve.jobstore import JobStore
 from raysys.serve.limits import Limited, Limits
 from raysys.storage import postgres
+from raysys.tasks import execute
+from raysys.tasks.registry import load_all
 
 log = logging.getLogger("raysys.serve")
 
@@ -116,7 +117,7 @@ class Service:
         self.db = await postgres.Database.open(self.settings.postgres_url, max_size=8)
         self.jobs = JobStore(self.settings)
         self.limits = Limits(self.settings, self.jobs.broker)
-        runner.resolve("raysys.ping")  # import every task module now, not on the first request
+        execute.resolve("raysys.ping")  # import every task module now, not on the first request
 
     async def stop(self) -> None:
         if self.db is not None:
@@ -156,7 +157,7 @@ class Service:
 
         Raises InvalidInput when ``eta`` is more than 30 days ahead (besides :meth:`scope_arguments`' errors).
         """
-        spec = runner.resolve(name)
+        spec = execute.resolve(name)
         delay = float(options.get("countdown") or 0.0)
         eta = options.get("eta")
         if eta is not None:
@@ -265,7 +266,7 @@ class Service:
     async def _analytics_now(self, tenant_id: str, call_id: str, timeout: float) -> dict[str, Any]:
         job_id = str(uuid.uuid4())
         started = time.perf_counter()
-        ref = runner.submit(self.settings, ANALYTICS_TASK, [call_id], task_id=job_id)
+        ref = execute.submit(self.settings, ANALYTICS_TASK, [call_id], task_id=job_id)
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
         except TimeoutError:
@@ -275,7 +276,7 @@ class Service:
             raise GatewayTimeout(f"analytics of call {call_id!r} did not finish within {timeout:g} s; "
                                  "use wait=false to enqueue it") from None
         except Exception as exc:
-            raise runner.unwrap(exc) from None
+            raise errors.unwrap(exc) from None
         elapsed = time.perf_counter() - started
         log.info("analytics call=%s job=%s tenant=%s elapsed=%.3f", call_id, job_id, tenant_id, elapsed)
         return {"call_id": call_id, "job_id": job_id, "state": "SUCCESS", "elapsed_s": round(elapsed, 3),
@@ -296,7 +297,7 @@ class Service:
                 await asyncio.wait_for(probe(), 10.0)
                 checks[name] = "ok"
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-                exc = runner.unwrap(exc)
+                exc = errors.unwrap(exc)
                 loading = isinstance(exc, errors.ModelUnavailable) and str(exc) == MODELS_LOADING
                 checks[name] = "loading" if loading else "unavailable"
                 if not loading:
@@ -364,7 +365,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(errors.RaysysError)
     async def raysys_error(request: Request, exc: Exception) -> JSONResponse:
-        exc = runner.unwrap(exc)
+        exc = errors.unwrap(exc)
         status = getattr(exc, "http_status", 500)
         if isinstance(exc, errors.UnknownTask):
             status = 404
@@ -403,7 +404,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        exc = runner.unwrap(exc)
+        exc = errors.unwrap(exc)
         if isinstance(exc, errors.RaysysError):
             return await raysys_error(request, exc)
         if isinstance(exc, postgres.NotFound):
@@ -486,7 +487,7 @@ def create_app(service: Service) -> FastAPI:
             return await asyncio.to_thread(diarize_file, settings, str(path), num_speakers=num_speakers,
                                            min_speakers=min_speakers, max_speakers=max_speakers, layout=layout)
         except Exception as exc:
-            raise runner.unwrap(exc) from None
+            raise errors.unwrap(exc) from None
         finally:
             uploads.remove(path)
 
@@ -503,7 +504,7 @@ def create_app(service: Service) -> FastAPI:
             analyze_file = model_function("emotion", "analyze_file")
             return await asyncio.to_thread(analyze_file, settings, str(path), segments=segments)
         except Exception as exc:
-            raise runner.unwrap(exc) from None
+            raise errors.unwrap(exc) from None
         finally:
             uploads.remove(path)
 
@@ -525,7 +526,7 @@ def create_app(service: Service) -> FastAPI:
             return {**{k: v for k, v in result.items() if k != "diarization"},
                     "num_speakers": result["diarization"]["num_speakers"]}
         except Exception as exc:
-            raise runner.unwrap(exc) from None
+            raise errors.unwrap(exc) from None
         finally:
             uploads.remove(path)
 
@@ -534,7 +535,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/tasks", tags=["jobs"], summary="the tasks this API can enqueue")
     async def list_tasks(tenant_id: str = Depends(tenant)) -> list[dict]:
         out = []
-        for spec in sorted(runner.load_all().values(), key=lambda s: s.name):
+        for spec in sorted(load_all().values(), key=lambda s: s.name):
             params = list(inspect.signature(spec.fn).parameters)[1:]
             if "tenant_id" in params or "call_id" in params or spec.name in PUBLIC_TASKS:
                 out.append({"name": spec.name, "queue": spec.queue, "parameters": params})
