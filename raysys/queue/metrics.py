@@ -6,7 +6,7 @@ the dashboard in ``cluster/monitoring/`` name them.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 
 class BridgeMetrics:
@@ -29,9 +29,24 @@ class BridgeMetrics:
         self.bridge = bridge
         self.pending: dict[tuple[str, str, str], int] = defaultdict(int)
         self.times: list[tuple[str, str, float]] = []
+        # The bridge's totals (``raysys inspect stats``): every transition counted here once, in the same call
+        # that counts its Ray counters.
+        self.totals: Counter[str] = Counter()
 
     def count(self, name: str, queue: str, task: str, n: int = 1) -> None:
+        """Count ``n`` jobs on the Ray counter ``raysys_jobs_<name>`` and in the totals."""
         self.pending[(name, queue, task)] += n
+        self.totals[name] += n
+
+    def transition(self, name: str, counters: tuple[str, ...], queue: str, task: str) -> None:
+        """One job's transition ``name`` (the totals' key), counted once on each Ray counter of ``counters``."""
+        self.totals[name] += 1
+        for counter in counters:
+            self.pending[(counter, queue, task)] += 1
+
+    def note(self, name: str, n: int = 1) -> None:
+        """A count of the bridge's own (no Ray counter): loop errors, refused batches, threads left behind."""
+        self.totals[name] += n
 
     def observe(self, queue: str, task: str, seconds: float) -> None:
         if len(self.times) < 5000:
