@@ -52,6 +52,7 @@ from collections import Counter
 from typing import Any
 
 import ray
+from ray.util import list_named_actors
 from redis.exceptions import RedisError
 
 from raysys.config import Settings
@@ -386,8 +387,6 @@ def default_concurrency(settings: Settings) -> int:
 
 def bridge_names() -> list[str]:
     """Names of the bridges running on this cluster (Ray must be initialised)."""
-    from ray.util import list_named_actors  # noqa: PLC0415
-
     return sorted(a["name"] for a in list_named_actors(all_namespaces=True)
                   if a.get("namespace") == RAY_NAMESPACE and a["name"].startswith(BRIDGE_ACTOR_PREFIX))
 

@@ -23,6 +23,8 @@ import traceback as tb_mod
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from raysys import errors
+
 if TYPE_CHECKING:  # a type only: messages import this module
     from raysys.queue.messages import Message
 
@@ -259,8 +261,6 @@ def exception_from_meta(meta: dict | None) -> BaseException | None:
     if cls is None and module in ("celery.exceptions", "billiard.exceptions", "kombu.exceptions"):
         cls = _BY_NAME.get(name)
     if cls is None and module == "raysys.errors":
-        from raysys import errors  # noqa: PLC0415
-
         cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         key = (module, name)

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import ray
+import redis
 
 from raysys.config import Settings
 from raysys.errors import RaysysError, Retry, UnknownTask, is_outage
@@ -50,8 +51,6 @@ def prepare(settings: Settings) -> None:
 def _redis(settings: Settings) -> Any:
     client = _state.get("redis")
     if client is None or _state.get("redis_url") != settings.backend_url:
-        import redis  # noqa: PLC0415
-
         client = _state["redis"] = redis.Redis.from_url(settings.backend_url)
         _state["redis_url"] = settings.backend_url
     return client
