@@ -9,6 +9,8 @@ the replies carrying its ticket.
 
 The bridge answers ``ping``, ``active``, ``reserved``, ``scheduled``, ``registered``, ``stats``,
 ``active_queues`` and ``revoked``; anything else gets Celery's ``{"error": "No such control command: ..."}``.
+:class:`ControlStage` is the bridge's side: it listens, remembers revoked ids (and with ``terminate`` cancels
+or interrupts the job running), and answers; the functions above read and write the wire format.
 """
 
 from __future__ import annotations
