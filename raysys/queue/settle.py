@@ -56,8 +56,9 @@ class Env:
 
 @dataclass(slots=True)
 class Plan:
-    """One job's transition: Redis operations in order (``steps``, applied by :func:`apply`), the metrics
-    counters it increments (``counts``, once each), its log line, and the slot to free once written."""
+    """One job's transition: Redis operations in order (``steps``: ``(Ops method, arguments)``, applied by
+    :func:`apply`), the metrics counters it increments (``counts``, once each), its log line, and the slot to
+    free once written."""
 
     transition: str
     queue: str
@@ -67,19 +68,24 @@ class Plan:
     slot: tuple[str, str] | None = None
     note: str = ""                     # the job's log line (after "job <id> <task> try=<n> queue=<q>")
     level: int = logging.INFO
-    logs: list[tuple[int, str]] = field(default_factory=list)  # other lines (callbacks published or not)
+    logs: list[tuple[int, str]] | tuple = ()  # other lines (callbacks published or not)
     delayed: bool = False              # something went to the delayed set: wake the due loop
-    children: list[str] = field(default_factory=list)          # ids of the jobs it published
+    children: list[str] | tuple = ()   # ids of the jobs it published
+
+    def log(self, level: int, text: str) -> None:
+        if not self.logs:
+            self.logs = []
+        self.logs.append((level, text))
 
     def ack(self, inflight: str, raw: bytes, slot: tuple[str, str]) -> Plan:
-        self.steps.append(("ack", inflight, raw))
+        self.steps.append(("ack", (inflight, raw)))
         self.slot = slot
         return self
 
 
 def apply(plan: Plan, ops: Ops) -> None:
     """Append ``plan``'s operations to the batch ``ops`` (written by the next flush, in one script call)."""
-    for op, *args in plan.steps:
+    for op, args in plan.steps:
         if op == "publish_new":
             task_id, list_name, raw, dead_queue, entry, twice = args
             if not ops.publish_new(task_id, list_name, raw, dead_queue, entry):
@@ -108,14 +114,16 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
         if msg.callbacks or msg.chain:
             value = results.loads(outcome.value_json)
             chosen: set[str] = set()
+            children: list[str] = []
             for sig in msg.callbacks or ():
-                plan.children += _publish_next(sig, msg, (value,), None, env, plan, chosen)
+                children += _publish_next(sig, msg, (value,), None, env, plan, chosen)
             if msg.chain:
-                plan.children += _publish_next(msg.chain[-1], msg, (value,), msg.chain[:-1], env, plan, chosen)
+                children += _publish_next(msg.chain[-1], msg, (value,), msg.chain[:-1], env, plan, chosen)
+            plan.children = children
         if store:
-            plan.steps.append(("result", msg.id, results.success_json(
+            plan.steps.append(("result", (msg.id, results.success_json(
                 msg.id, outcome.value_json, children=results.children_of(plan.children), parent_id=msg.parent_id,
-                extended=extended), ttl))
+                extended=extended), ttl)))
         plan.transition, plan.counts, plan.note = "succeeded", ("succeeded",), "succeeded"
         return plan.ack(job.inflight, msg.raw, job.slot)
     meta, tb = outcome.exc_meta or {}, outcome.traceback
@@ -144,16 +152,16 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
         plan.transition, plan.counts, plan.level = "retried", ("retried",), logging.WARNING
         plan.note = f"retry in {countdown:.2f} s: {error}"
         return plan.ack(job.inflight, msg.raw, job.slot)
-    chosen = set()
-    for sig in msg.errbacks or ():
-        plan.children += _publish_next(sig, msg, (msg.id,), None, env, plan, chosen)
+    if msg.errbacks:
+        chosen = set()
+        plan.children = [i for sig in msg.errbacks for i in _publish_next(sig, msg, (msg.id,), None, env, plan, chosen)]
     if store:
-        plan.steps.append(("result", msg.id, results.failure_json(
+        plan.steps.append(("result", (msg.id, results.failure_json(
             msg.id, meta, tb, parent_id=msg.parent_id, children=results.children_of(plan.children),
-            extended=extended), ttl))
+            extended=extended), ttl)))
     reason = f"gave up after {msg.retries} retries: {error}" if retry else error
-    plan.steps.append(("dead", msg.queue, dead_entry(reason, msg.queue, msg.raw, task_id=msg.id, task=msg.task,
-                                                     retries=msg.retries, consumer=env.consumer, source=job.source)))
+    plan.steps.append(("dead", (msg.queue, dead_entry(reason, msg.queue, msg.raw, task_id=msg.id, task=msg.task,
+                                                     retries=msg.retries, consumer=env.consumer, source=job.source))))
     plan.transition, plan.counts, plan.level = "failed", ("failed", "dead_lettered"), logging.WARNING
     plan.note = f"failed: {reason}"
     return plan.ack(job.inflight, msg.raw, job.slot)
@@ -161,11 +169,11 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
 
 def _retry(plan: Plan, job: Job, due: float, again: str, meta: dict, tb: str, store: bool, extended: dict | None,
            env: Env) -> None:
-    plan.steps.append(("delay", env.delayed_key, due, job.source, again))
+    plan.steps.append(("delay", (env.delayed_key, due, job.source, again)))
     if store:
-        plan.steps.append(("result", job.id, results.failure_json(
+        plan.steps.append(("result", (job.id, results.failure_json(
             job.id, meta, tb, status=results.RETRY, parent_id=job.msg.parent_id, extended=extended),
-            env.settings.result_expires))
+            env.settings.result_expires)))
     plan.delayed = True
 
 
@@ -173,8 +181,8 @@ def revoked(msg: Message, task: str, inflight: str, slot: tuple[str, str], reaso
     """REVOKED (``expired``, ``revoked`` or ``terminated``, as a Celery worker writes it) and the ack."""
     plan = Plan("revoked", msg.queue, task, ("revoked",), note=f"revoked ({reason})")
     if not msg.ignore_result:
-        plan.steps.append(("result", msg.id, results.revoked_json(msg.id, reason, extended=env.extended(msg)),
-                           env.settings.result_expires))
+        plan.steps.append(("result", (msg.id, results.revoked_json(msg.id, reason, extended=env.extended(msg)),
+                           env.settings.result_expires)))
     return plan.ack(inflight, msg.raw, slot)
 
 
@@ -183,7 +191,7 @@ def delayed(msg: Message, source: str, inflight: str, raw: bytes, slot: tuple[st
     parked = messages.reencode(msg) if msg.kind == "native" else raw  # a native countdown is relative
     plan = Plan("delayed", msg.queue, msg.task, level=logging.DEBUG, delayed=True,
                 note=f"delayed until {messages.to_iso(msg.eta)}")
-    plan.steps.append(("delay", env.delayed_key, msg.eta, source, parked))
+    plan.steps.append(("delay", (env.delayed_key, msg.eta, source, parked)))
     return plan.ack(inflight, raw, slot)
 
 
@@ -202,13 +210,13 @@ def refused(exc: Refused, queue: str, source: str, inflight: str, raw: bytes, sl
     plan = Plan("refused", queue, task or "?", ("dead_lettered", "failed"), level=logging.WARNING)
     if task_id:
         error = getattr(exc, "error", None) or getattr(exc, "exc_cls", results.DecodeError)(reason)
-        plan.steps.append(("result", task_id, results.failure_json(task_id, results.exception_meta(error)), ttl))
+        plan.steps.append(("result", (task_id, results.failure_json(task_id, results.exception_meta(error)), ttl)))
     for other in getattr(exc, "also_fail", ()):  # a refused chord part: its body will never run
         # Another job's id, named by this message: failed only if no job has it yet (no result, no owner).
         error = results.ChordError(f"chord part {task_id or '?'} ({task or '?'}) was refused: {reason}")
-        plan.steps.append(("result_new", other, results.failure_json(other, results.exception_meta(error)), ttl))
-    plan.steps.append(("dead", queue, dead_entry(reason, queue, raw, task_id=task_id, task=task,
-                                                 consumer=env.consumer, source=source)))
+        plan.steps.append(("result_new", (other, results.failure_json(other, results.exception_meta(error)), ttl)))
+    plan.steps.append(("dead", (queue, dead_entry(reason, queue, raw, task_id=task_id, task=task,
+                                                 consumer=env.consumer, source=source))))
     plan.note = f"job {task_id or '-'} {task or '-'} refused: {reason} (dead-lettered to {queue}.dead)"
     return plan.ack(inflight, raw, slot)
 
@@ -235,7 +243,7 @@ def _publish_next(sig: dict, parent: Message, prepend: tuple, chain: list | None
                                                           group=group, group_index=index,
                                                           allowed_queues=env.callback_targets)
             if canvas.chosen_id(s) is None:
-                plan.steps.append(("publish", list_name, raw))
+                plan.steps.append(("publish", (list_name, raw)))
             else:
                 # An id the producer chose: published only if no job has it (no result stored, no owner
                 # recorded), checked in the same script, so a callback never takes over another job's id.
@@ -246,19 +254,19 @@ def _publish_next(sig: dict, parent: Message, prepend: tuple, chain: list | None
                          f"{task_id!r} belongs to another job")
                 twice = f"cannot publish {s['task']!r} after {parent.task} {parent.id}: task_id {task_id!r} is " \
                         "published twice in one batch"
-                plan.steps.append(("publish_new", task_id, list_name, raw, parent.queue,
+                plan.steps.append(("publish_new", (task_id, list_name, raw, parent.queue,
                                    dead_entry(taken, parent.queue, raw, task_id=task_id, task=s["task"],
                                               consumer=env.consumer, source=list_name),
                                    dead_entry(twice, parent.queue, raw, task_id=task_id, task=s["task"],
-                                              consumer=env.consumer, source=list_name)))
+                                              consumer=env.consumer, source=list_name))))
             ids.append(task_id)
-            plan.logs.append((logging.INFO, f"job {parent.id} {parent.task} published {s['task']} {task_id}"))
+            plan.log(logging.INFO, f"job {parent.id} {parent.task} published {s['task']} {task_id}")
     except (ValueError, TypeError) as exc:
         reason = f"cannot publish {sig.get('task')!r} after {parent.task} {parent.id}: {exc}"
-        plan.logs.append((logging.ERROR, f"bridge {env.consumer}: {reason}"))
-        plan.steps.append(("dead", parent.queue, dead_entry(reason, parent.queue, results.dumps(sig),
+        plan.log(logging.ERROR, f"bridge {env.consumer}: {reason}")
+        plan.steps.append(("dead", (parent.queue, dead_entry(reason, parent.queue, results.dumps(sig),
                                                             task_id=(sig.get("options") or {}).get("task_id"),
-                                                            task=sig.get("task"), consumer=env.consumer)))
+                                                            task=sig.get("task"), consumer=env.consumer))))
     return ids
 
 
@@ -269,11 +277,11 @@ def _refuse_chord(sig: dict, parent: Message, env: Env, plan: Plan) -> None:
     reason = f"chords are not supported by raysys (a chord after {parent.task} {parent.id})"
     error = results.exception_meta(results.ChordError(reason))
     for task_id in ids:  # ids the message named: failed only where no job has them (no result, no owner)
-        plan.steps.append(("result_new", task_id, results.failure_json(task_id, error), env.settings.result_expires))
-    plan.steps.append(("dead", parent.queue, dead_entry(reason, parent.queue, results.dumps(sig),
+        plan.steps.append(("result_new", (task_id, results.failure_json(task_id, error), env.settings.result_expires)))
+    plan.steps.append(("dead", (parent.queue, dead_entry(reason, parent.queue, results.dumps(sig),
                                                         task_id=ids[0] if ids else None, task="celery.chord",
-                                                        consumer=env.consumer)))
-    plan.logs.append((logging.WARNING, f"job {parent.id} {parent.task}: {reason}; failed {', '.join(ids)}"))
+                                                        consumer=env.consumer))))
+    plan.log(logging.WARNING, f"job {parent.id} {parent.task}: {reason}; failed {', '.join(ids)}")
 
 
 def _short(message: Any) -> str:
