@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from raysys.queue import protocol
+from raysys.queue import messages, results
 from raysys.queue import redis as current
 from raysys.stack import free_port, start_redis, terminate
 
@@ -49,7 +49,7 @@ def main() -> None:
     r = redis.Redis.from_url(url)
     try:
         scripts = {k: r.register_script(m.APPLY) for k, m in modules.items()}
-        template = protocol.encode_celery("raysys.ping", [], task_id="ID")
+        template = messages.encode_celery("raysys.ping", [], task_id="ID")
 
         def batch(kind: str):
             ops = modules[kind].Ops()
@@ -58,7 +58,7 @@ def main() -> None:
             r.lpush(inflight, *raws)
             for raw in raws:
                 task_id = str(uuid.uuid4())
-                ops.result(task_id, protocol.success_json(task_id, "null"), 3600)
+                ops.result(task_id, results.success_json(task_id, "null"), 3600)
                 ops.ack(inflight, raw.encode())
             return ops
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import redis
 
 from raysys.config import Settings
-from raysys.queue import protocol
+from raysys.queue import keys, messages
 from raysys.stack import free_port, start_redis, terminate
 
 QUEUE = "bench"
@@ -48,7 +48,7 @@ def ping(value="pong"):
 
 def push(r: redis.Redis, n: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
-    msgs = [protocol.encode_celery("raysys.ping", [i], task_id=task_id, queue=QUEUE) for i, task_id in enumerate(ids)]
+    msgs = [messages.encode_celery("raysys.ping", [i], task_id=task_id, queue=QUEUE) for i, task_id in enumerate(ids)]
     pipe = r.pipeline(transaction=False)
     for m in msgs:
         pipe.lpush(QUEUE, m)
@@ -57,11 +57,11 @@ def push(r: redis.Redis, n: int) -> list[str]:
 
 
 def wait_all(r: redis.Redis, ids: list[str], timeout: float) -> float:
-    keys = [protocol.result_key(i) for i in ids]
+    names = [keys.result_key(i) for i in ids]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = sum(r.exists(*keys[i:i + 5000]) for i in range(0, len(keys), 5000))
-        if done == len(keys):
+        done = sum(r.exists(*names[i:i + 5000]) for i in range(0, len(names), 5000))
+        if done == len(names):
             return time.perf_counter()
         time.sleep(0.02)
     raise SystemExit(f"timed out: {done}/{len(keys)} results after {timeout} s")
@@ -104,7 +104,7 @@ def latency(url: str, rate: float, n: int, warmup: float = 1.0) -> dict[str, flo
         if delay > 0:
             time.sleep(delay)
         task_id = str(uuid.uuid4())
-        raw = protocol.encode_celery("raysys.ping", [i], task_id=task_id, queue=QUEUE)
+        raw = messages.encode_celery("raysys.ping", [i], task_id=task_id, queue=QUEUE)
         if i >= skip:
             sent[task_id] = time.perf_counter()
         r.lpush(QUEUE, raw)

@@ -138,3 +138,9 @@ def _raised_in_client(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The application error behind Ray's wrapper (``RayTaskError`` carries it as ``.cause``), else ``exc``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc

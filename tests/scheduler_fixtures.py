@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from raysys.config import Settings
-from raysys.queue import protocol
+from raysys.queue import messages
 from raysys.scheduler.engine import Engine
 from raysys.scheduler.schedules import SchedulerConfig, build_config, default_schedules, resolve_queues
 
@@ -47,14 +47,14 @@ def make_config(settings: Settings, schedules: dict[str, dict], *, defaults: boo
                                         "schedules": data}, settings), settings)
 
 
-def queued(redis_url: str, queue: str) -> list[protocol.Message]:
+def queued(redis_url: str, queue: str) -> list[messages.Message]:
     """The messages on ``queue`` now, oldest first, decoded as the bridge decodes them."""
     client = redis.Redis.from_url(redis_url)
     try:
         raws = client.lrange(queue, 0, -1)
     finally:
         client.close()
-    return [protocol.decode(raw, queue) for raw in reversed(raws)]
+    return [messages.decode(raw, queue) for raw in reversed(raws)]
 
 
 def queued_ids(redis_url: str, queue: str) -> list[str]:

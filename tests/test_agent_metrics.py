@@ -1,6 +1,5 @@
 """Per-agent scorecards: the per-call inputs, the daily aggregation in real chDB (through the Warehouse
 actor) checked against figures computed here from the same calls, and the report's agent section."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from analytics_fixtures import analytics_chdb, asettings, ctx, run, smtp_server, utc, wh, with_db  # noqa: F401
+from analytics_fixtures import run, utc, wh, with_db
 
 from raysys.analytics import agentmetrics, callmetrics
 from raysys.analytics.agent_report import AGENT_CHARTS, sparkline

@@ -14,20 +14,20 @@ import redis
 from queue_fixtures import drain_publications
 from waiting import wait_until
 
-from raysys.queue import protocol
+from raysys.queue import keys, messages
 
 
 def enqueue(r: redis.Redis, queue: str, task: str, args_for, n: int) -> list[str]:
     ids = [str(uuid.uuid4()) for _ in range(n)]
     pipe = r.pipeline(transaction=False)
     for i, task_id in enumerate(ids):
-        pipe.lpush(queue, protocol.encode_celery(task, args_for(i, task_id), task_id=task_id, queue=queue))
+        pipe.lpush(queue, messages.encode_celery(task, args_for(i, task_id), task_id=task_id, queue=queue))
     pipe.execute()
     return ids
 
 
 def states(r: redis.Redis, ids: list[str]) -> collections.Counter:
-    values = r.mget([protocol.result_key(i) for i in ids])
+    values = r.mget([keys.result_key(i) for i in ids])
     return collections.Counter(json.loads(v)["status"] if v else "PENDING" for v in values)
 
 
@@ -108,7 +108,7 @@ def test_redis_restart_mid_run(ray_cluster, tmp_path):
             pid, _ = start_redis(directory, port)  # same port, same data
             r = redis.Redis.from_url(url)
             wait_until(lambda: states(r, ids)["SUCCESS"] == 800, timeout=60, interval=0.25, message="800 SUCCESS")
-            values = [json.loads(v)["result"] for v in r.mget([protocol.result_key(i) for i in ids])]
+            values = [json.loads(v)["result"] for v in r.mget([keys.result_key(i) for i in ids])]
             assert values == list(range(800))
             assert r.llen("ingest") == 0 and r.llen("ingest.dead") == 0
         finally:

@@ -23,7 +23,7 @@ from conftest import wire_message
 from queue_fixtures import drain_publications, settled
 from waiting import wait_until
 
-from raysys.queue import protocol
+from raysys.queue import keys, messages
 
 pytestmark = pytest.mark.usefixtures("bridges")
 
@@ -46,7 +46,7 @@ def wire(task: str = "tests.add", args=(1, 2), kwargs=None, embed=None, *, body=
 
 
 def meta(r: redis.Redis, task_id: str) -> dict | None:
-    raw = r.get(protocol.result_key(task_id))
+    raw = r.get(keys.result_key(task_id))
     return json.loads(raw) if raw else None
 
 
@@ -83,8 +83,8 @@ def test_naive_times_are_read_in_the_workers_time_zone():
     """Celery reads a naive eta/expires in the worker's ``timezone`` (CELERY_TIMEZONE), not the producer's."""
     _, env = wire(eta="2030-01-02T03:04:05", expires="2030-01-02T03:04:05+00:00")
     raw = json.dumps(env)
-    utc = protocol.decode(raw, "ingest", tz="UTC")
-    dubai = protocol.decode(raw, "ingest", tz="Asia/Dubai")
+    utc = messages.decode(raw, "ingest", tz="UTC")
+    dubai = messages.decode(raw, "ingest", tz="Asia/Dubai")
     assert utc.eta - dubai.eta == 4 * 3600 and utc.expires == dubai.expires
 
 
@@ -405,7 +405,7 @@ def test_lost_replies_lose_no_job_and_run_none_twice(ray_cluster, redis_server, 
         for _, env in jobs:
             pipe.lpush("lossy", json.dumps(env))
         pipe.execute()
-        done = lambda: sum(1 for v in r.mget([protocol.result_key(i) for i, _ in jobs]) if v)  # noqa: E731
+        done = lambda: sum(1 for v in r.mget([keys.result_key(i) for i, _ in jobs]) if v)  # noqa: E731
         wait_until(lambda: proxy.drops >= 30 or done() == len(jobs), timeout=60, message="lost replies")
         proxy.armed.clear()
         metas = wait_final(r, [i for i, _ in jobs], timeout=90)

@@ -18,27 +18,23 @@ import zlib
 import pytest
 from conftest import CELERY_WIRE, wire_message
 
+# The codec: messages (decode/encode), results (the result format, Celery's exceptions), canvas, keys.
+from raysys.constants import PRIORITY_SEP
 from raysys.errors import Refused, TooLarge
-
-# The codec, imported in one place (raysys.queue.protocol may be split into modules: retarget here).
-from raysys.queue import protocol
-from raysys.queue.protocol import (
+from raysys.queue.canvas import chosen_id, expand, next_message, signature
+from raysys.queue.keys import list_for
+from raysys.queue.messages import chord_body_id, decode, encode_celery, encode_native, reencode, sniff_id
+from raysys.queue.results import (
     RETRY,
     ContentDisallowed,
     DecodeError,
+    TaskRevokedError,
     children_of,
-    decode,
-    encode_celery,
-    encode_native,
     exception_from_meta,
     exception_meta,
     failure_json,
-    list_for,
-    next_message,
-    reencode,
+    is_success,
     revoked_json,
-    signature,
-    sniff_id,
     success_json,
 )
 
@@ -108,8 +104,8 @@ def test_priorities_and_the_celery_list_they_live_in(level):
     msg = decode(raw_of(f"message_ingest_priority_{level}.json"), "ingest")
     assert msg.priority == level and msg.args == [f"p{level}"]
     # kombu's Redis layout: steps 0, 3, 6, 9; step 0 is the queue itself.
-    assert list_for("ingest", level) == {0: "ingest", 3: f"ingest{protocol.PRIORITY_SEP}3",
-                                         5: f"ingest{protocol.PRIORITY_SEP}3", 9: f"ingest{protocol.PRIORITY_SEP}9"}[level]
+    assert list_for("ingest", level) == {0: "ingest", 3: f"ingest{PRIORITY_SEP}3",
+                                         5: f"ingest{PRIORITY_SEP}3", 9: f"ingest{PRIORITY_SEP}9"}[level]
 
 
 def test_link_and_link_error_callbacks():
@@ -123,7 +119,7 @@ def test_chain_is_stored_last_step_first_with_the_ids_the_producer_chose():
     msg = decode(raw_of("message_chain.json"), "ingest")
     assert [s["task"] for s in msg.chain] == ["workers.tasks.generate_daily_report",
                                               "workers.tasks.process_call_analytics"]
-    assert protocol.chosen_id(msg.chain[-1]) == "0b6ddaa4-d49b-4de1-8cf8-7a13981fa76c"  # the next step
+    assert chosen_id(msg.chain[-1]) == "0b6ddaa4-d49b-4de1-8cf8-7a13981fa76c"  # the next step
     assert msg.chain[0]["immutable"] is True and msg.chain[-1]["kwargs"] == {"tenant": "x"}
 
 
@@ -143,9 +139,9 @@ def test_group_and_chord_fields():
                  "ingest")
     assert (msg.group, msg.group_index) == (group_id, 3)
     assert msg.chord["task"] == "workers.tasks.generate_daily_report"
-    assert protocol.chord_body_id(msg.chord) == (body_id,)
+    assert chord_body_id(msg.chord) == (body_id,)
     members = [signature("tests.add", [i, i]) for i in range(3)]
-    expanded = protocol.expand(signature("celery.group", kwargs={"tasks": members}, task_id=group_id))
+    expanded = expand(signature("celery.group", kwargs={"tasks": members}, task_id=group_id))
     assert [(s["args"], gid, i) for s, _, gid, i in expanded] == [([i, i], group_id, i) for i in range(3)]
 
 
@@ -252,7 +248,7 @@ def assert_like_celery(ours: str, name: str, *, ignore: tuple[str, ...] = ()) ->
 def test_success_results_read_back_as_celery_writes_them():
     want = wire_message("result_success.json")
     assert_like_celery(success_json(want["task_id"], json.dumps(want["result"])), "result_success.json")
-    assert protocol.is_success(success_json("x", "1"))
+    assert is_success(success_json("x", "1"))
 
     want = wire_message("result_success_with_children.json")
     child = want["children"][0][0][0]
@@ -292,7 +288,7 @@ def test_captured_failures_come_back_as_the_exceptions_a_celery_client_raises():
     assert type(custom).__name__ == "MyCustomError" and type(custom).__module__ == "workers.tasks"
     assert custom.args == ("custom", 42) and isinstance(custom, Exception)
     revoked = exception_from_meta(wire_message("result_revoked_expired.json")["result"])
-    assert isinstance(revoked, protocol.TaskRevokedError) and revoked.args == ("expired",)
+    assert isinstance(revoked, TaskRevokedError) and revoked.args == ("expired",)
     assert exception_from_meta({"exc_type": "SystemExit", "exc_module": "os", "exc_message": [1]}).__class__ \
         .__name__ == "SystemExit"  # an unknown module's class is made up, never imported
 
@@ -302,7 +298,7 @@ def test_every_captured_result_has_celerys_key_order(name):
     want = wire_message(name)
     keys = [k for k in ("status", "result", "traceback", "children", "date_done", "parent_id", "task_id") if k in want]
     assert list(want) == keys
-    assert protocol.is_success(json.dumps(want)) is (want["status"] == "SUCCESS")
+    assert is_success(json.dumps(want)) is (want["status"] == "SUCCESS")
 
 
 # --- refusals ----------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """PII redaction through the real paths: the analytics task (real PostgreSQL, chDB, Ray) stores redacted
 turns and the count, the summary endpoint (a real local HTTP server) sees no PII, archives and document
 chunks are redacted where the tenant's policy says so."""
-# ruff: noqa: F811 - pytest fixtures imported from analytics_fixtures are redefined as parameters
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from analytics_fixtures import analytics_chdb, asettings, ctx, run, text_encoder, utc, with_db  # noqa: F401
+from analytics_fixtures import run, utc, with_db
 
 from raysys.constants import EMBEDDING_DIM
 from raysys.storage.postgres import Call, Turn

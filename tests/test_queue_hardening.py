@@ -19,7 +19,7 @@ import pytest
 import redis
 from waiting import async_wait_until, wait_until
 
-from raysys.queue import protocol
+from raysys.queue import canvas, keys, messages, results
 
 DEAD_MAX = 5          # the module bridge keeps the 5 newest dead letters per queue
 TIME_CAP = 2.0        # and caps a message's own time limits at 2 s
@@ -44,7 +44,7 @@ def hbridge(ray_cluster, hsettings):
 
 
 def meta(r: redis.Redis, task_id: str) -> dict | None:
-    raw = r.get(protocol.result_key(task_id))
+    raw = r.get(keys.result_key(task_id))
     return json.loads(raw) if raw else None
 
 
@@ -76,7 +76,7 @@ def test_callback_to_a_configured_extra_queue_with_priority_is_published(hbridge
         celery_app.signature("tests.add", args=[1], queue="extra"),
         celery_app.signature("tests.add", args=[2], queue="extra", priority=6)])
     assert res.get(timeout=30) == 3
-    wait_until(lambda: r.llen("extra") == 1 and r.llen(f"extra{protocol.PRIORITY_SEP}6") == 1, message="both callbacks")
+    wait_until(lambda: r.llen("extra") == 1 and r.llen(f"extra{keys.PRIORITY_SEP}6") == 1, message="both callbacks")
     assert dead(r, "ingest") == []
 
 
@@ -85,7 +85,7 @@ def test_callback_task_id_never_takes_over_another_job(hbridge, celery_app, r):
     is dead-lettered: the victim's state is not overwritten and the callback does not run under its id."""
     failed = celery_app.send_task("tests.boom", ["victim"])
     wait_until(lambda: (meta(r, failed.id) or {}).get("status") == "FAILURE", message="the victim's FAILURE")
-    before = r.get(protocol.result_key(failed.id))
+    before = r.get(keys.result_key(failed.id))
     owned = str(uuid.uuid4())
     r.set(f"raysys:job-tenant:{owned}", "tenant_b", ex=600)  # as the HTTP API records a tenant's job
     links = [celery_app.signature("tests.add", args=[10]).set(task_id=failed.id),
@@ -95,7 +95,7 @@ def test_callback_task_id_never_takes_over_another_job(hbridge, celery_app, r):
     entries = wait_until(lambda: (lambda d: d if len(d) == 2 else None)(
         [e for e in dead(r, "ingest") if "belongs to another job" in e["reason"]]), message="two refused callbacks")
     assert {e["id"] for e in entries} == {failed.id, owned}
-    assert r.get(protocol.result_key(failed.id)) == before
+    assert r.get(keys.result_key(failed.id)) == before
     assert meta(r, owned) is None
     # A fresh id of the producer's choosing (what a Celery chain freezes) is still published and run.
     fresh = str(uuid.uuid4())
@@ -108,25 +108,25 @@ def test_callback_task_id_never_takes_over_another_job(hbridge, celery_app, r):
 def test_raw_native_callback_onto_a_result_key_and_a_foreign_id(hbridge, r):
     """The same rules for a hand-made native envelope LPUSHed raw (no Celery client involved)."""
     victim = str(uuid.uuid4())
-    value = protocol.failure_json(victim, {"exc_type": "RuntimeError", "exc_message": ["x"], "exc_module": "builtins"},
-                                  status=protocol.RETRY)
-    r.set(protocol.result_key(victim), value)
+    value = results.failure_json(victim, {"exc_type": "RuntimeError", "exc_message": ["x"], "exc_module": "builtins"},
+                                  status=results.RETRY)
+    r.set(keys.result_key(victim), value)
     parent = str(uuid.uuid4())
-    r.lpush("ingest", protocol.encode_native("tests.add", [1, 2], task_id=parent, callbacks=[
-        protocol.signature("tests.add", [1], queue=protocol.result_key(victim)),
-        protocol.signature("tests.add", [1], task_id=victim)]))
+    r.lpush("ingest", messages.encode_native("tests.add", [1, 2], task_id=parent, callbacks=[
+        canvas.signature("tests.add", [1], queue=keys.result_key(victim)),
+        canvas.signature("tests.add", [1], task_id=victim)]))
     wait_until(lambda: (meta(r, parent) or {}).get("status") == "SUCCESS", message="the parent")
     wait_until(lambda: len(dead(r, "ingest")) == 2, message="two refused callbacks")
-    assert r.get(protocol.result_key(victim)) == value.encode()
+    assert r.get(keys.result_key(victim)) == value.encode()
     # A chord part is refused with a ChordError for its body's id: only where no job has that id.
     fresh = str(uuid.uuid4())
     for body_id in (victim, fresh):
-        chord = protocol.signature("tests.add", [1], task_id=body_id)
-        r.lpush("ingest", protocol.encode_celery("tests.add", [1, 1], task_id=str(uuid.uuid4()), chord=chord))
+        chord = canvas.signature("tests.add", [1], task_id=body_id)
+        r.lpush("ingest", messages.encode_celery("tests.add", [1, 1], task_id=str(uuid.uuid4()), chord=chord))
     wait_until(lambda: (meta(r, fresh) or {}).get("status") == "FAILURE", message="the fresh chord body's FAILURE")
     assert meta(r, fresh)["result"]["exc_type"] == "ChordError"
     wait_until(lambda: len(dead(r, "ingest")) == 4, message="both chord parts refused")
-    assert r.get(protocol.result_key(victim)) == value.encode()
+    assert r.get(keys.result_key(victim)) == value.encode()
 
 
 # --- item 12: bounded dead letters and time limits ----------------------------------------------------------
@@ -195,7 +195,7 @@ def test_liveness_does_not_depend_on_host_clocks(hbridge, hsettings, r, monkeypa
     key = f"runs-{uuid.uuid4()}"
     ids = [str(uuid.uuid4()) for _ in range(2)]
     for task_id in ids:
-        r.lpush("analytics", protocol.encode_celery("tests.count_sleep", [key, 6], task_id=task_id))
+        r.lpush("analytics", messages.encode_celery("tests.count_sleep", [key, 6], task_id=task_id))
     wait_until(lambda: r.hlen(key) == 2, message="two long jobs running")
     name = ray.get(hbridge.stats.remote())["bridge"]
     inflight = f"raysys:inflight:{name}:analytics"
@@ -222,7 +222,7 @@ def test_liveness_does_not_depend_on_host_clocks(hbridge, hsettings, r, monkeypa
         survivor = Broker(hsettings, f"survivor-{uuid.uuid4().hex[:6]}", ("reports",))
         try:
             await ghost.heartbeat()
-            await ghost.redis.lpush(ghost.inflight["reports"], protocol.encode_celery("tests.add", [2, 2],
+            await ghost.redis.lpush(ghost.inflight["reports"], messages.encode_celery("tests.add", [2, 2],
                                                                                    task_id=ghost_job))
             assert await survivor.recover_dead() == []  # alive for now
 
@@ -261,7 +261,7 @@ return out
 
 def _snapshot(r: redis.Redis, lists: list[str], ids: list[str]) -> tuple[list[list[bytes]], list, list]:
     """Every list, the delayed set and whether each job has a result, in one atomic view."""
-    out = r.eval(SNAPSHOT, len(lists) + 1, *lists, "raysys:delayed", *[protocol.result_key(i) for i in ids])
+    out = r.eval(SNAPSHOT, len(lists) + 1, *lists, "raysys:delayed", *[keys.result_key(i) for i in ids])
     return out[:len(lists)], out[-2], out[-1]
 
 
@@ -282,12 +282,12 @@ def test_redis_at_maxmemory_never_acks_a_job_without_its_result(ray_cluster, tmp
         ids = [str(uuid.uuid4()) for _ in range(n)]
         pipe = r.pipeline(transaction=False)
         for task_id in ids:  # staged on a list no bridge reads, then renamed onto the queue at once
-            pipe.lpush("staging", protocol.encode_celery("tests.echo", [payload], task_id=task_id, queue="ingest"))
+            pipe.lpush("staging", messages.encode_celery("tests.echo", [payload], task_id=task_id, queue="ingest"))
         pipe.execute()
         handles = start_bridges(settings, queues=["ingest"], concurrency=2)
         try:
             name = ray.get(handles[0].stats.remote())["bridge"]
-            lists = ["ingest", *[f"raysys:inflight:{name}:{lst}" for lst in protocol.lists_in_order(["ingest"])]]
+            lists = ["ingest", *[f"raysys:inflight:{name}:{lst}" for lst in keys.lists_in_order(["ingest"])]]
             limit = int(r.info("memory")["used_memory"]) + 1_500_000
             r.config_set("maxmemory", limit)
             r.rename("staging", "ingest")  # RENAME needs no memory: the burst starts
@@ -295,14 +295,14 @@ def test_redis_at_maxmemory_never_acks_a_job_without_its_result(ray_cluster, tmp
             # Memory stays full: look at the state many times while the bridge keeps finishing jobs.
             for _ in range(5):
                 contents, delayed, results = _snapshot(r, lists, ids)
-                held = {protocol.sniff_id(m) for m in [*(m for lst in contents for m in lst), *delayed]}
+                held = {messages.sniff_id(m) for m in [*(m for lst in contents for m in lst), *delayed]}
                 lost = [i for i, v in zip(ids, results, strict=True) if not v and i not in held]
                 assert lost == [], f"{len(lost)} jobs acked without a result, e.g. {lost[:3]}"
                 time.sleep(0.2)
             assert ray.get(handles[0].stats.remote())["totals"].get("batches_refused", 0) > 0  # it was refused
             r.config_set("maxmemory", 0)
             wait_until(lambda: all(v and json.loads(v)["status"] == "SUCCESS"
-                                 for v in r.mget([protocol.result_key(i) for i in ids])),
+                                 for v in r.mget([keys.result_key(i) for i in ids])),
                      timeout=120, interval=0.5, message=f"{n} SUCCESS")
             assert r.llen("ingest.dead") == 0
         finally:
@@ -340,12 +340,12 @@ def test_postgres_down_for_a_minute_dead_letters_nothing(ray_cluster, redis_url,
 
         def enqueue(count: int) -> list[str]:
             ids = [str(uuid.uuid4()) for _ in range(count)]
-            r.lpush("pgwork", *[protocol.encode_celery("tests.pg_touch", [key], task_id=i, queue="pgwork")
+            r.lpush("pgwork", *[messages.encode_celery("tests.pg_touch", [key], task_id=i, queue="pgwork")
                                 for i in ids])
             return ids
 
         def statuses(ids: list[str]) -> list[str]:
-            got = [json.loads(v)["status"] if v else "PENDING" for v in r.mget([protocol.result_key(i) for i in ids])]
+            got = [json.loads(v)["status"] if v else "PENDING" for v in r.mget([keys.result_key(i) for i in ids])]
             assert "FAILURE" not in got and r.llen("pgwork.dead") == 0, "a job failed during the outage"
             return got
 
@@ -377,7 +377,7 @@ def test_inspect_replies_go_only_to_kombu_reply_queues(hbridge, r):
     The broadcast is Celery's ``inspect ping`` as kombu publishes it on the pidbox channel."""
     import base64
 
-    oid, sep = uuid.uuid4().hex, protocol.PRIORITY_SEP
+    oid, sep = uuid.uuid4().hex, keys.PRIORITY_SEP
     reply_queue = f"{oid}.reply.celery.pidbox"
     r.sadd("_kombu.binding.reply.celery.pidbox", f"{oid}{sep}{sep}{reply_queue}",
            f"{oid}{sep}{sep}-victim")  # "-victim" sorts before the real reply queue: pushed first, if at all

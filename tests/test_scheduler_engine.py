@@ -456,7 +456,7 @@ def test_describe_shows_next_and_last_run(redis_url, tmp_path):
 
 def test_find_job_looks_everywhere_a_message_can_be(redis_url):
     """Recovery's evidence check: queue, priority list, delayed set, in-flight, dead letters, result."""
-    from raysys.queue import protocol
+    from raysys.queue import keys, messages
     from raysys.scheduler.store import Job
 
     store = Store.from_url(redis_url)
@@ -467,17 +467,17 @@ def test_find_job_looks_everywhere_a_message_can_be(redis_url):
                    queue="analytics")
 
     def raw(j: Job) -> str:
-        return protocol.encode_celery(j.task, [], {}, task_id=j.job_id, queue=j.queue)
+        return messages.encode_celery(j.task, [], {}, task_id=j.job_id, queue=j.queue)
 
     r.lpush("analytics", raw(job(1)))
-    r.lpush(protocol.list_for("analytics", 9), raw(job(2)))
+    r.lpush(keys.list_for("analytics", 9), raw(job(2)))
     r.zadd("raysys:delayed", {f"analytics\x00{raw(job(3))}": 1.0})
     r.hset("raysys:consumers", "w9", 1.0)
     r.lpush("raysys:inflight:w9:analytics", raw(job(4)))
     r.lpush("analytics.dead", json.dumps({"reason": "boom", "id": job(5).job_id, "message": raw(job(5))}))
     r.set("celery-task-meta-" + job(6).job_id, json.dumps({"status": "SUCCESS", "task_id": job(6).job_id}))
     found = {n: store.find_job(job(n)) for n in range(1, 8)}
-    assert found == {1: "analytics", 2: protocol.list_for("analytics", 9), 3: "raysys:delayed",
+    assert found == {1: "analytics", 2: keys.list_for("analytics", 9), 3: "raysys:delayed",
                      4: "raysys:inflight:w9:analytics", 5: "analytics.dead",
                      6: "celery-task-meta-" + job(6).job_id, 7: None}
     # an id that merely starts like another one is not taken for it

@@ -285,7 +285,7 @@ PLACEMENT_SCRIPT = textwrap.dedent('''
         from raysys.actors.diarization import diarize_file
         from raysys.actors.emotion import analyze_file
         from raysys.config import Settings
-        from raysys.jobs import runner
+        from raysys.tasks import execute
         from raysys.tasks import registry
 
         register_probe()
@@ -293,7 +293,7 @@ PLACEMENT_SCRIPT = textwrap.dedent('''
                                      embedding_num_gpus=0.25)
         diar = diarize_file(settings, wav)
         emo = analyze_file(settings, wav, segments=diar["segments"])
-        tasks = ray.get([runner.submit(settings, "tests.where") for _ in range(3)])
+        tasks = ray.get([execute.submit(settings, "tests.where") for _ in range(3)])
         actors = {}
         for info in ray._private.state.actors().values():
             if info.get("State") == "ALIVE":

@@ -43,7 +43,7 @@ from ray.util import list_named_actors
 from raysys.actors import deadline
 from raysys.config import Settings
 from raysys.constants import RAY_NAMESPACE
-from raysys.errors import ModelUnavailable, RaysysError, ServiceTimeout
+from raysys.errors import ModelUnavailable, RaysysError, ServiceTimeout, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class ModelPool:
             raise ServiceTimeout(f"{self.kind} actor {name} did not start within {timeout:.0f} s: "
                                  f"{deadline.placement_report(name, self.needs())}") from None
         except Exception as exc:  # noqa: BLE001 - any load failure kills the actor, then is reported as its cause
-            cause = _unwrap(exc)
+            cause = unwrap(exc)
             ray.kill(handle, no_restart=True)  # a fresh actor retries the load next time
             deadline.forget(name)
             if isinstance(cause, ModelUnavailable):
@@ -308,7 +308,7 @@ class ModelPool:
         except ServiceTimeout:
             raise
         except Exception as exc:  # noqa: BLE001 - unwrapped and re-raised as its cause
-            cause = _unwrap(exc)
+            cause = unwrap(exc)
             if isinstance(cause, ModelUnavailable):
                 ray.kill(handle, no_restart=True)
                 deadline.forget(name)
@@ -328,12 +328,6 @@ def _remote(cls: type):
     if cls not in _REMOTES:
         _REMOTES[cls] = ray.remote(cls)
     return _REMOTES[cls]
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The application error inside a Ray task error (RayTaskError wraps it as .cause)."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 def get_pool(settings: Settings, kind: str, actor_cls: type, spec: dict) -> ModelPool:

@@ -22,11 +22,11 @@ import ray
 
 from raysys.actors import deadline
 from raysys.actors.diarization import choose_layout
-from raysys.actors.pool import ModelPool, ModelServer, _unwrap, get_pool
+from raysys.actors.pool import ModelPool, ModelServer, get_pool
 from raysys.audio import load_audio
 from raysys.config import Settings
 from raysys.constants import SAMPLE_RATE
-from raysys.errors import InvalidInput, ModelUnavailable, RaysysError, ServiceTimeout
+from raysys.errors import InvalidInput, ModelUnavailable, RaysysError, ServiceTimeout, unwrap
 from raysys.models.transcription import CHUNK_SECONDS, make_transcriber, split_at_silences, transcribe_chunk
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def _run_parallel(pool: ModelPool, items: list[dict], progress: Callable[[float,
             try:
                 res = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - unwrapped and re-raised as its cause
-                cause = _unwrap(exc)
+                cause = unwrap(exc)
                 if isinstance(cause, RaysysError | ValueError):
                     raise cause from None
                 if isinstance(exc, ray.exceptions.RayActorError):

@@ -25,10 +25,11 @@ from datetime import time as dtime
 from tqdm import tqdm
 
 from raysys.config import Settings
-from raysys.jobs import job_settings, runner
+from raysys.jobs import job_settings
 from raysys.queue.client import Client
 from raysys.runtime import init_ray
 from raysys.storage.postgres import open_db
+from raysys.tasks import execute
 
 log = logging.getLogger("raysys.jobs.backfill")
 TASK = "workers.tasks.process_call_analytics"
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
             if args.via_queue:
                 summary = run_via_queue(settings, ids, progress)
             else:
-                summary = runner.run_many(settings, TASK, ((cid, [cid], {}) for cid in ids),
+                summary = execute.run_many(settings, TASK, ((cid, [cid], {}) for cid in ids),
                                           max_in_flight=args.concurrency, on_done=progress).as_dict()
         finally:
             progress.close()

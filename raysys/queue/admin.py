@@ -21,7 +21,7 @@ from raysys.constants import (
     PRIORITY_STEPS,
 )
 from raysys.errors import NotFound
-from raysys.queue import protocol
+from raysys.queue import keys, messages
 from raysys.queue.redis import MOVE_ONE
 
 
@@ -48,7 +48,7 @@ def queue_report(settings: Settings, client: redis.Redis | None = None) -> list[
     out = []
     for q in queues:
         # every priority list a bridge consumes; kombu's default steps always shown, other levels when used
-        sizes = {step: r.llen(protocol.step_list(q, step)) for step in protocol.CONSUMED_LEVELS}
+        sizes = {step: r.llen(keys.step_list(q, step)) for step in keys.CONSUMED_LEVELS}
         waiting = {str(step): n for step, n in sizes.items() if n or step in PRIORITY_STEPS}
         in_flight = {}
         for consumer, lists in lists_of.items():
@@ -71,9 +71,9 @@ def scheduled(settings: Settings, limit: int = 100, client: redis.Redis | None =
         target, _, raw = member.partition(b"\x00")
         list_name = target.decode(errors="replace")
         entry: dict[str, Any] = {"list": list_name, "queue": list_name.split(PRIORITY_SEP)[0],
-                                 "due": protocol.to_iso(score)}
+                                 "due": messages.to_iso(score)}
         try:
-            msg = protocol.decode(raw, entry["queue"])
+            msg = messages.decode(raw, entry["queue"])
             entry.update(id=msg.id, task=msg.task, retries=msg.retries, args=msg.args, kwargs=msg.kwargs)
         except Exception as exc:  # noqa: BLE001 - show what can be shown
             entry.update(error=str(exc))
@@ -121,8 +121,8 @@ def requeue_dead(settings: Settings, queue: str, ids: list[str] | None = None, *
         if not isinstance(target, str) or target.split(PRIORITY_SEP)[0] != queue:
             target = queue  # an entry names the queue's own lists only: never another key
         try:
-            msg = protocol.decode(message, queue)
-            message = protocol.reencode(msg, retries=0, clear_eta=True)
+            msg = messages.decode(message, queue)
+            message = messages.reencode(msg, retries=0, clear_eta=True)
         except Exception:  # noqa: BLE001 - refused messages go back as they were (fixed producers, new tasks)
             pass
         if script(keys=[dead_key, target], args=[raw, message, "producer"]):

@@ -32,7 +32,7 @@ from typing import Any
 
 from raysys.config import Settings
 from raysys.errors import UnknownTask
-from raysys.queue import protocol
+from raysys.queue import canvas, keys, messages, results
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,16 @@ class AsyncResult:
     def _meta(self) -> dict:
         if self._cache is not None:
             return self._cache
-        raw = self._client.redis.get(protocol.result_key(self.id))
-        meta = protocol.loads(raw) if raw else {"status": protocol.PENDING, "result": None, "traceback": None}
-        if meta.get("status") in protocol.READY_STATES:
+        raw = self._client.redis.get(keys.result_key(self.id))
+        meta = results.loads(raw) if raw else {"status": results.PENDING, "result": None, "traceback": None}
+        if meta.get("status") in results.READY_STATES:
             self._cache = meta
         return meta
 
     @property
     def state(self) -> str:
         """PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED."""
-        return self._meta().get("status", protocol.PENDING)
+        return self._meta().get("status", results.PENDING)
 
     status = state
 
@@ -107,8 +107,8 @@ class AsyncResult:
     def result(self) -> Any:
         """The return value, the exception for FAILURE/RETRY/REVOKED, progress info, or None."""
         meta = self._meta()
-        if meta.get("status") in protocol.EXCEPTION_STATES:
-            return protocol.exception_from_meta(meta.get("result"))
+        if meta.get("status") in results.EXCEPTION_STATES:
+            return results.exception_from_meta(meta.get("result"))
         return meta.get("result")
 
     info = result
@@ -122,13 +122,13 @@ class AsyncResult:
         return self._meta().get("date_done")
 
     def ready(self) -> bool:
-        return self.state in protocol.READY_STATES
+        return self.state in results.READY_STATES
 
     def successful(self) -> bool:
-        return self.state == protocol.SUCCESS
+        return self.state == results.SUCCESS
 
     def failed(self) -> bool:
-        return self.state == protocol.FAILURE
+        return self.state == results.FAILURE
 
     def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5) -> Any:
         """Wait for the job to finish and return its value.
@@ -143,29 +143,29 @@ class AsyncResult:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         meta = self._meta()
-        if meta.get("status") not in protocol.READY_STATES:
+        if meta.get("status") not in results.READY_STATES:
             pubsub = self._client.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(protocol.result_key(self.id))
+                pubsub.subscribe(keys.result_key(self.id))
                 while True:
                     meta = self._meta()
-                    if meta.get("status") in protocol.READY_STATES:
+                    if meta.get("status") in results.READY_STATES:
                         break
                     wait = interval if deadline is None else min(interval, deadline - time.monotonic())
                     if wait <= 0:
                         raise builtins.TimeoutError(f"job {self.id} did not finish within {timeout} s")
                     message = pubsub.get_message(timeout=wait)
                     if message and message.get("type") == "message":
-                        data = protocol.loads(message["data"])
-                        if data.get("status") in protocol.READY_STATES:
+                        data = results.loads(message["data"])
+                        if data.get("status") in results.READY_STATES:
                             meta = self._cache = data
                             break
             finally:
                 pubsub.close()
         status = meta.get("status")
-        if status == protocol.SUCCESS:
+        if status == results.SUCCESS:
             return meta.get("result")
-        exc = protocol.exception_from_meta(meta.get("result"))
+        exc = results.exception_from_meta(meta.get("result"))
         if propagate:
             raise exc
         return exc
@@ -173,7 +173,7 @@ class AsyncResult:
     wait = get
 
     def forget(self) -> None:
-        self._client.redis.delete(protocol.result_key(self.id))
+        self._client.redis.delete(keys.result_key(self.id))
         self._cache = None
 
 
@@ -182,7 +182,7 @@ class Signature(dict):
 
     def __init__(self, client: Client, task: str, args: Iterable = (), kwargs: dict | None = None,
                  immutable: bool = False, **options: Any) -> None:
-        super().__init__(protocol.signature(task, list(args), kwargs, immutable=immutable, **options))
+        super().__init__(canvas.signature(task, list(args), kwargs, immutable=immutable, **options))
         self._client = client
 
     def set(self, **options: Any) -> Signature:
@@ -348,20 +348,20 @@ class Client:
                retries: int = 0) -> tuple[str, bytes, str]:
         """What :meth:`send_task` pushes, without pushing it: ``(list key, message, task id)``."""
         full, queue = self._route(name, queue)
-        eta_ts = protocol.to_timestamp(eta, "eta")
+        eta_ts = messages.to_timestamp(eta, "eta")
         if countdown is not None:
             eta_ts = time.time() + float(countdown)
         if isinstance(expires, (int, float)) and not isinstance(expires, bool):
             expires_ts: float | None = time.time() + float(expires)
         else:
-            expires_ts = protocol.to_timestamp(expires, "expires")
+            expires_ts = messages.to_timestamp(expires, "expires")
         task_id = task_id or str(uuid.uuid4())
-        raw = protocol.encode_celery(
+        raw = messages.encode_celery(
             full, list(args), kwargs or {}, task_id=task_id, queue=queue, eta=eta_ts, expires=expires_ts,
             retries=retries, time_limit=time_limit, soft_time_limit=soft_time_limit, priority=priority,
             callbacks=_sig_list(link), errbacks=_sig_list(link_error), chain=chain,
         )
-        return protocol.list_for(queue, priority), raw, task_id
+        return keys.list_for(queue, priority), raw, task_id
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
         return AsyncResult(task_id, self)

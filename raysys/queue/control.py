@@ -9,17 +9,34 @@ the replies carrying its ticket.
 
 The bridge answers ``ping``, ``active``, ``reserved``, ``scheduled``, ``registered``, ``stats``,
 ``active_queues`` and ``revoked``; anything else gets Celery's ``{"error": "No such control command: ..."}``.
+:class:`ControlStage` is the bridge's side: it listens, remembers revoked ids (and with ``terminate`` cancels
+or interrupts the job running), and answers; the functions above read and write the wire format.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
+import os
+import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import ray
+from redis.exceptions import RedisError
+
 from raysys.constants import KOMBU_BINDING, PRIORITY_SEP
+from raysys.queue import messages
+from raysys.queue.job import Job
+from raysys.tasks.registry import REGISTRY
+
+log = logging.getLogger("raysys.queue.bridge")
+
+REVOKE_KEEP_SECONDS = 3 * 3600.0  # how long a revoke is remembered (Celery's REVOKE_EXPIRES)
 
 
 @dataclass
@@ -107,3 +124,117 @@ def queue_info(name: str) -> dict:
             "durable": True, "exclusive": False, "auto_delete": False, "no_ack": False, "alias": None,
             "bindings": [], "no_declare": None, "expires": None, "message_ttl": None, "max_length": None,
             "max_length_bytes": None, "max_priority": None}
+
+
+class ControlStage:
+    """A bridge's side of the remote control: it listens on the pidbox channel, honours ``revoke`` and
+    answers ``inspect`` (``core``: its :class:`~raysys.queue.bridge.BridgeCore`)."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    async def listen(self) -> None:
+        """Listen to Celery's control broadcasts (kombu's fanout exchange ``celery.pidbox`` is a Redis
+        pub/sub channel ``/<db>.celery.pidbox``): honour ``revoke`` and answer ``inspect`` (:mod:`.control`)."""
+        db = self.core.broker.redis.connection_pool.connection_kwargs.get("db", 0)
+        while not self.core.stopping:
+            conn = self.core.broker.connect()
+            pubsub = conn.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe("*.pidbox")
+                while not self.core.stopping:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    channel = message.get("channel") or b""
+                    if channel.startswith(b"/") and not channel.startswith(f"/{db}.".encode()):
+                        continue  # another database's broadcast
+                    command = parse(message.get("data"))
+                    if command is not None and command.for_worker(self.core.worker_name):
+                        await self._on_command(command)
+            except (RedisError, OSError) as exc:
+                await self.core.redis_down(exc)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await conn.aclose()
+
+    async def _on_command(self, command: Command) -> None:
+        if command.method == "revoke":
+            ids = command.revoked_ids()
+            if ids:
+                await self._on_revoke(ids, bool(command.arguments.get("terminate")))
+            reply: Any = {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
+        else:
+            reply = self._inspect(command.method)
+        if not command.wants_reply:
+            return
+        redis = self.core.broker.redis
+        bindings = await redis.smembers(binding_key(command.reply_exchange))
+        message = reply_message(self.core.worker_name, reply, command)
+        for queue in reply_queues(bindings, command.reply_key, command.reply_exchange):
+            await redis.lpush(queue, message)
+
+    def _inspect(self, method: str) -> Any:
+        """This bridge's answer to ``celery inspect <method>``, shaped as a Celery worker's."""
+        jobs = list(self.core.jobs.values())
+        if method == "ping":
+            return {"ok": "pong"}
+        if method in ("active", "reserved"):
+            return [self._request_info(j) for j in jobs if (j.started is not None) == (method == "active")]
+        if method == "scheduled":
+            return []  # eta and countdown jobs wait in Redis' delayed set, not in a worker: raysys inspect scheduled
+        if method == "registered":
+            return sorted({spec.name for spec in REGISTRY.values()})
+        if method == "active_queues":
+            return [queue_info(q) for q in self.core.queues]
+        if method == "revoked":
+            return sorted(self.core.revoked)
+        if method == "stats":
+            soft, hard = self.core.settings.task_soft_time_limit, self.core.settings.task_time_limit
+            return {"pid": os.getpid(), "uptime": int(time.time() - self.core.started_at), "clock": "0",
+                    "broker": {"transport": "redis", "hostname": socket.gethostname()},
+                    "pool": {"implementation": "raysys.queue.bridge:QueueBridge", "max-concurrency": self.core.concurrency,
+                             "processes": [os.getpid()], "timeouts": [soft, hard],
+                             "max-tasks-per-child": self.core.settings.worker_max_tasks_per_child or "N/A"},
+                    "prefetch_count": self.core.claim.light_capacity + self.core.concurrency * len(self.core.queues),
+                    "total": dict(self.core.by_task), "raysys": self.core.snapshot()}
+        return {"error": f"No such control command: {method}"}
+
+    def _request_info(self, job: Job) -> dict:
+        return {"id": job.id, "name": job.spec.name, "type": job.spec.name, "args": job.msg.args,
+                "kwargs": job.msg.kwargs, "hostname": self.core.worker_name, "time_start": job.started,
+                "acknowledged": True, "worker_pid": os.getpid(),
+                "delivery_info": {"exchange": "", "routing_key": job.msg.queue, "priority": 0, "redelivered": False}}
+
+    async def _on_revoke(self, ids: list[str], terminate: bool) -> None:
+        """Remember the ids (queued, delayed and retrying jobs get REVOKED when they come up); with
+        ``terminate``, cancel those running here as heavy Ray tasks (REVOKED ``terminated``)."""
+        now = time.time()
+        for task_id in ids:
+            self.core.revoked[task_id] = now
+        log.info("bridge %s: revoked %s%s", self.core.name, ", ".join(ids[:20]), " (terminate)" if terminate else "")
+        if terminate:
+            for task_id in ids:
+                job = self.core.jobs.get(task_id)
+                if job is None or job.terminated or job.started is None:
+                    continue
+                if job.ref is not None:
+                    job.terminated = True
+                    log.warning("job %s %s revoked with terminate: cancelling its Ray task", job.id, job.spec.name)
+                    with contextlib.suppress(Exception):
+                        ray.cancel(job.ref, force=True)
+                elif job.runner is not None and job.runner.terminate(job.index):
+                    job.terminated = True
+                    log.warning("job %s %s revoked with terminate: interrupting it", job.id, job.spec.name)
+        with contextlib.suppress(RedisError, OSError):
+            await self.core.broker.revoke(ids, now, REVOKE_KEEP_SECONDS)
+
+
+    def active(self) -> list[dict]:
+        now = time.time()
+        return [{"id": j.id, "task": j.spec.name, "queue": j.msg.queue, "retries": j.msg.retries,
+                 "args": j.msg.args, "kwargs": j.msg.kwargs, "bridge": self.core.name,
+                 "started": messages.to_iso(j.started), "elapsed": round(now - (j.started or j.claimed), 3),
+                 "running": j.started is not None} for j in list(self.core.jobs.values())]

@@ -19,7 +19,7 @@ running cluster to hold them to it.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from ray.util import metrics
 
@@ -54,9 +54,24 @@ class BridgeMetrics:
         self.times: list[tuple[str, str, float]] = []
         self.waits: list[tuple[str, str, float]] = []
         self.pending_writes: dict[str, int] = defaultdict(int)
+        # The bridge's totals (``raysys inspect stats``): every transition counted here once, in the same call
+        # that counts its Ray counters.
+        self.totals: Counter[str] = Counter()
 
     def count(self, name: str, queue: str, task: str, n: int = 1) -> None:
+        """Count ``n`` jobs on the Ray counter ``raysys_jobs_<name>`` and in the totals."""
         self.pending[(name, queue, task)] += n
+        self.totals[name] += n
+
+    def transition(self, name: str, counters: tuple[str, ...], queue: str, task: str) -> None:
+        """One job's transition ``name`` (the totals' key), counted once on each Ray counter of ``counters``."""
+        self.totals[name] += 1
+        for counter in counters:
+            self.pending[(counter, queue, task)] += 1
+
+    def note(self, name: str, n: int = 1) -> None:
+        """A count of the bridge's own (no Ray counter): loop errors, refused batches, threads left behind."""
+        self.totals[name] += n
 
     def observe(self, queue: str, task: str, seconds: float) -> None:
         """A job's run time."""

@@ -57,7 +57,7 @@ from raysys.constants import (
     RESULT_KEY_PREFIX,
     REVOKED_KEY,
 )
-from raysys.queue import protocol
+from raysys.queue import keys, results
 
 # Claim messages without going past the free slots.
 # KEYS: for each source list i: KEYS[2i-1] the list, KEYS[2i] this consumer's in-flight list for it.
@@ -301,7 +301,7 @@ class Ops:
         return idx
 
     def result(self, task_id: str, value: str, ttl: int) -> None:
-        self.argv += ["R", self._k(protocol.result_key(task_id)), value, ttl]
+        self.argv += ["R", self._k(keys.result_key(task_id)), value, ttl]
         self.count += 1
 
     def result_new(self, task_id: str, value: str, ttl: int) -> bool:
@@ -310,7 +310,7 @@ class Ops:
         if task_id in self.chosen:
             return False
         self.chosen.add(task_id)
-        self.argv += ["C", self._k(protocol.result_key(task_id)), self._k(self.owner_key(task_id)), value, ttl]
+        self.argv += ["C", self._k(keys.result_key(task_id)), self._k(self.owner_key(task_id)), value, ttl]
         self.count += 1
         return True
 
@@ -333,7 +333,7 @@ class Ops:
         if task_id in self.chosen:
             return False
         self.chosen.add(task_id)
-        self.argv += ["N", self._k(protocol.result_key(task_id)), self._k(self.owner_key(task_id)),
+        self.argv += ["N", self._k(keys.result_key(task_id)), self._k(self.owner_key(task_id)),
                       self._k(list_name), raw, self._k(f"{dead_queue}{DEAD_SUFFIX}"), dead]
         self.count += 1
         return True
@@ -368,7 +368,7 @@ def dead_entry(reason: str, queue: str, raw: bytes | str, *, task_id: str | None
     """The JSON kept in ``<queue>.dead``: why, when, which job, and the original message to requeue."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     return json.dumps({"reason": reason, "id": task_id, "task": task, "queue": queue, "list": source or queue,
-                       "retries": retries, "consumer": consumer, "at": protocol.now_iso(), "message": text})
+                       "retries": retries, "consumer": consumer, "at": results.now_iso(), "message": text})
 
 
 class Broker:
@@ -380,8 +380,8 @@ class Broker:
         self.queues = tuple(queues)
         p = settings.key_prefix
         self.prefix = p
-        self.lists = protocol.lists_in_order(self.queues)
-        self.list_queue = {name: q for q in self.queues for name in protocol.lists_in_order([q])}
+        self.lists = keys.lists_in_order(self.queues)
+        self.list_queue = {name: q for q in self.queues for name in keys.lists_in_order([q])}
         self.inflight = {name: self.inflight_key(consumer, name) for name in self.lists}
         self.consumers_key = p + CONSUMERS_KEY
         self.consumer_queues_key = p + CONSUMER_QUEUES_KEY
@@ -489,7 +489,7 @@ class Broker:
     async def results(self, ids: list[str]) -> list[bytes | None]:
         if not ids:
             return []
-        return await self.redis.mget([protocol.result_key(i) for i in ids])
+        return await self.redis.mget([keys.result_key(i) for i in ids])
 
     async def move_due(self, limit: int = 500) -> tuple[int, float | None]:
         moved, nxt = await self._due(keys=[self.delayed_key], args=[repr(time.time()), limit])

@@ -58,7 +58,6 @@ from raysys.actors.warehouse import Warehouse
 from raysys.analytics.transcripts import transcribe_recording
 from raysys.config import Settings
 from raysys.ingest.pipeline import search
-from raysys.jobs import runner
 from raysys.paths import confine, confine_to_tenant
 from raysys.queue.client import Client
 from raysys.runtime import init_ray
@@ -68,6 +67,8 @@ from raysys.serve.edge import Edge, scope_tenant
 from raysys.serve.jobstore import JobStore
 from raysys.serve.limits import Limited, Limits
 from raysys.storage import postgres
+from raysys.tasks import execute
+from raysys.tasks.registry import load_all
 
 log = logging.getLogger("raysys.serve")
 
@@ -129,7 +130,7 @@ class Service:
         self.db = await postgres.Database.open(postgres.database_url(self.settings), max_size=8)
         self.jobs = JobStore(self.settings)
         self.limits = Limits(self.settings, self.jobs.broker)
-        runner.resolve("raysys.ping")  # import every task module now, not on the first request
+        execute.resolve("raysys.ping")  # import every task module now, not on the first request
 
     async def stop(self) -> None:
         if self.db is not None:
@@ -167,7 +168,7 @@ class Service:
 
         Raises InvalidInput when ``eta`` is more than 30 days ahead (besides :meth:`scope_arguments`' errors).
         """
-        spec = runner.resolve(name)
+        spec = execute.resolve(name)
         delay = float(options.get("countdown") or 0.0)
         eta = options.get("eta")
         if eta is not None:
@@ -274,15 +275,15 @@ class Service:
     async def _analytics_now(self, tenant_id: str, call_id: str, timeout: float) -> dict[str, Any]:
         job_id = str(uuid.uuid4())
         started = time.perf_counter()
-        ref = runner.submit(self.settings, ANALYTICS_TASK, [call_id], task_id=job_id)
+        ref = execute.submit(self.settings, ANALYTICS_TASK, [call_id], task_id=job_id)
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
         except TimeoutError:
             ray.cancel(ref)
             raise GatewayTimeout(f"analytics of call {call_id!r} did not finish within {timeout:g} s; "
                                  "use wait=false to enqueue it") from None
-        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
-            raise runner.unwrap(exc) from None
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error
+            raise errors.unwrap(exc) from None
         elapsed = time.perf_counter() - started
         log.info("analytics call=%s job=%s tenant=%s elapsed=%.3f", call_id, job_id, tenant_id, elapsed)
         return {"call_id": call_id, "job_id": job_id, "state": "SUCCESS", "elapsed_s": round(elapsed, 3),
@@ -303,7 +304,7 @@ class Service:
                 await asyncio.wait_for(probe(), 10.0)
                 checks[name] = "ok"
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-                exc = runner.unwrap(exc)
+                exc = errors.unwrap(exc)
                 loading = isinstance(exc, errors.ModelUnavailable) and str(exc) == MODELS_LOADING
                 checks[name] = "loading" if loading else "unavailable"
                 if not loading:
@@ -364,7 +365,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map raysys' error hierarchy (and Ray's) to JSON bodies; nothing internal reaches the client."""
     @app.exception_handler(errors.RaysysError)
     async def raysys_error(request: Request, exc: Exception) -> JSONResponse:
-        exc = runner.unwrap(exc)
+        exc = errors.unwrap(exc)
         status = getattr(exc, "http_status", 500)
         if isinstance(exc, errors.UnknownTask):
             status = 404
@@ -399,7 +400,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        exc = runner.unwrap(exc)
+        exc = errors.unwrap(exc)
         if isinstance(exc, errors.RaysysError):
             return await raysys_error(request, exc)
         ref = uuid.uuid4().hex[:12]
@@ -479,8 +480,8 @@ def create_app(service: Service) -> FastAPI:
             diarize_file = model_function("diarization", "diarize_file")
             return await asyncio.to_thread(diarize_file, settings, str(path), num_speakers=num_speakers,
                                            min_speakers=min_speakers, max_speakers=max_speakers, layout=layout)
-        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
-            raise runner.unwrap(exc) from None
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error
+            raise errors.unwrap(exc) from None
         finally:
             uploads.remove(path)
 
@@ -496,8 +497,8 @@ def create_app(service: Service) -> FastAPI:
             segments = None if diarize else [{"start": 0.0, "end": 1e9, "speaker": "SPEAKER_00"}]
             analyze_file = model_function("emotion", "analyze_file")
             return await asyncio.to_thread(analyze_file, settings, str(path), segments=segments)
-        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
-            raise runner.unwrap(exc) from None
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error
+            raise errors.unwrap(exc) from None
         finally:
             uploads.remove(path)
 
@@ -521,8 +522,8 @@ def create_app(service: Service) -> FastAPI:
             result, _ = redact_transcription(result, policy)  # PII leaves only as tags (issue 17)
             return {**{k: v for k, v in result.items() if k != "diarization"},
                     "num_speakers": result["diarization"]["num_speakers"]}
-        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error (runner.unwrap)
-            raise runner.unwrap(exc) from None
+        except Exception as exc:  # noqa: BLE001 - re-raised as its raysys error
+            raise errors.unwrap(exc) from None
         finally:
             uploads.remove(path)
 
@@ -531,7 +532,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/tasks", tags=["jobs"], summary="the tasks this API can enqueue")
     async def list_tasks(tenant_id: str = Depends(tenant)) -> list[dict]:
         out = []
-        for spec in sorted(runner.load_all().values(), key=lambda s: s.name):
+        for spec in sorted(load_all().values(), key=lambda s: s.name):
             params = list(inspect.signature(spec.fn).parameters)[1:]
             if "tenant_id" in params or "call_id" in params or spec.name in PUBLIC_TASKS:
                 out.append({"name": spec.name, "queue": spec.queue, "parameters": params})

@@ -1,14 +1,10 @@
-"""Where jobs run: a Ray remote function for heavy tasks; light ones in batches, either on a thread of the
+"""The run stage's process side: where a job's code runs and how its end becomes an :class:`Outcome`.
+
+Heavy jobs run as a Ray remote function (:func:`run_heavy`); light ones in batches, either on a thread of the
 bridge's own process (:class:`ThreadRunner`, the default) or on executor actors (:class:`LightExecutor`).
-
-Both call :func:`execute`, which never raises: it returns an *outcome* tuple the bridge turns into
-a result, a retry or a dead letter:
-
-- ``("ok", elapsed, value_json)``
-- ``("retry", elapsed, exc_meta, traceback, countdown | None, max_retries | None)`` — may run again
-- ``("fail", elapsed, exc_meta, traceback)`` — final
-- ``("outage", elapsed, exc_meta, traceback)`` — a service the job needs is unreachable
-  (:func:`raysys.errors.is_outage`): retried on the infrastructure-outage policy, not the task's retries
+All call :func:`execute`, which runs the task through :func:`raysys.tasks.execute.run_inline` and never
+raises: it returns the :class:`~raysys.queue.job.Outcome` the settle stage turns into a result, a retry
+or a dead letter. The bridge's side of the stage (batches, watchdog, time limits) is :mod:`raysys.queue.run`.
 
 A job cancelled by the soft time limit (Ray raises ``KeyboardInterrupt`` in it) fails with Celery's
 ``SoftTimeLimitExceeded`` unless the task catches it and returns.
@@ -29,15 +25,18 @@ import time
 from typing import Any
 
 import ray
+import redis
 
 from raysys.config import Settings
 from raysys.errors import RaysysError, Retry, UnknownTask, is_outage
-from raysys.queue import protocol
-from raysys.tasks.registry import TaskContext, load_all, lookup
+from raysys.queue import keys, results
+from raysys.queue.job import Kind, Outcome
+from raysys.tasks.execute import run_inline
+from raysys.tasks.registry import load_all, lookup
 
-log = logging.getLogger("raysys.queue.worker")
+log = logging.getLogger("raysys.queue.run_worker")
 
-Job = tuple  # (task name, args, kwargs, task id, retries, queue, soft time limit in seconds or None)
+Work = tuple  # (task name, args, kwargs, task id, retries, queue, soft time limit in seconds or None)
 
 _state: dict[str, Any] = {}
 
@@ -52,8 +51,6 @@ def prepare(settings: Settings) -> None:
 def _redis(settings: Settings) -> Any:
     client = _state.get("redis")
     if client is None or _state.get("redis_url") != settings.backend_url:
-        import redis  # noqa: PLC0415
-
         client = _state["redis"] = redis.Redis.from_url(settings.backend_url)
         _state["redis_url"] = settings.backend_url
     return client
@@ -61,8 +58,8 @@ def _redis(settings: Settings) -> Any:
 
 def _progress(settings: Settings, task_id: str):  # noqa: ANN202
     def report(fraction: float, message: str) -> None:
-        value = protocol.progress_json(task_id, fraction, message)
-        key = protocol.result_key(task_id)
+        value = results.progress_json(task_id, fraction, message)
+        key = keys.result_key(task_id)
         try:
             pipe = _redis(settings).pipeline(transaction=False)
             pipe.setex(key, settings.result_expires, value).publish(key, value).execute()
@@ -73,7 +70,7 @@ def _progress(settings: Settings, task_id: str):  # noqa: ANN202
 
 
 def _on_soft_limit(signum: int, frame: Any) -> None:
-    raise protocol.SoftTimeLimitExceeded()
+    raise results.SoftTimeLimitExceeded()
 
 
 @contextlib.contextmanager
@@ -94,53 +91,51 @@ def soft_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def execute(settings: Settings, job: Job) -> tuple:
-    """Run one job here and now; return its outcome (see the module docstring). Never raises."""
-    name, args, kwargs, task_id, retries, queue, soft = job
+def execute(settings: Settings, work: Work) -> Outcome:
+    """Run one job here and now; return its outcome. Never raises."""
+    name, args, kwargs, task_id, retries, queue, soft = work
     t0 = time.perf_counter()
     try:
         spec = lookup(name)
     except UnknownTask as exc:
-        return ("fail", 0.0, protocol.exception_meta(protocol.NotRegistered(str(exc))), "")
-    ctx = TaskContext(settings=settings, task_id=task_id, task_name=spec.name, queue=queue, retries=retries,
-                      progress_cb=_progress(settings, task_id))
+        return Outcome.fail(0.0, results.NotRegistered(str(exc)))
     try:
         with soft_limit(soft):
-            value = spec.fn(ctx, *args, **kwargs)
+            value = run_inline(settings, spec, args, kwargs, task_id=task_id, queue=queue, retries=retries,
+                               progress=_progress(settings, task_id))
     except Retry as exc:
         inner = exc.exc if exc.exc is not None else exc
-        return ("retry", time.perf_counter() - t0, protocol.exception_meta(inner), protocol.format_traceback(exc),
-                exc.countdown, exc.max_retries)
+        return Outcome.retry(time.perf_counter() - t0, inner, results.format_traceback(exc), exc.countdown,
+                             exc.max_retries)
     except KeyboardInterrupt as exc:  # Ray's soft cancel
-        soft = protocol.SoftTimeLimitExceeded()
-        soft.__traceback__ = exc.__traceback__
-        return ("fail", time.perf_counter() - t0, protocol.exception_meta(soft), protocol.format_traceback(soft))
+        soft_exc = results.SoftTimeLimitExceeded()
+        soft_exc.__traceback__ = exc.__traceback__
+        return Outcome.fail(time.perf_counter() - t0, soft_exc, results.format_traceback(soft_exc))
     except Exception as exc:  # noqa: BLE001 - every task error becomes a result
         elapsed = time.perf_counter() - t0
-        retryable = exc.retryable if isinstance(exc, RaysysError) else not isinstance(exc, protocol.SoftTimeLimitExceeded)
-        meta = protocol.exception_meta(exc)
-        tb = protocol.format_traceback(exc)
+        retryable = exc.retryable if isinstance(exc, RaysysError) else not isinstance(exc, results.SoftTimeLimitExceeded)
+        tb = results.format_traceback(exc)
         if retryable and is_outage(exc):
-            return ("outage", elapsed, meta, tb)
-        return ("retry", elapsed, meta, tb, None, None) if retryable else ("fail", elapsed, meta, tb)
+            return Outcome(Kind.OUTAGE, elapsed, exc_meta=results.exception_meta(exc), traceback=tb)
+        return Outcome.retry(elapsed, exc, tb) if retryable else Outcome.fail(elapsed, exc, tb)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() in a task fails that job, not its batch or worker
-        return ("fail", time.perf_counter() - t0, protocol.exception_meta(exc), protocol.format_traceback(exc))
+        return Outcome.fail(time.perf_counter() - t0, exc, results.format_traceback(exc))
     elapsed = time.perf_counter() - t0
     try:
-        return ("ok", elapsed, protocol.dumps(value))
+        return Outcome.ok(elapsed, results.dumps(value))
     except (TypeError, ValueError) as exc:
         meta = {"exc_type": "EncodeError", "exc_message": [f"result is not JSON-serialisable: {exc}"],
                 "exc_module": "kombu.exceptions"}
-        return ("fail", elapsed, meta, "")
+        return Outcome(Kind.FAIL, elapsed, exc_meta=meta)
 
 
 @ray.remote(max_retries=0, retry_exceptions=False)
-def run_heavy(settings: Settings, job: Job) -> tuple:
+def run_heavy(settings: Settings, work: Work) -> Outcome:
     """One heavy job as its own Ray task. Ray never re-runs it: the bridge is the one retry owner (a worker
     that dies is one of the job's ``max_retries``, with backoff), so a job that kills its worker runs at
     most ``max_retries + 1`` times, not that many times Ray's own retries."""
     prepare(settings)
-    return execute(settings, job)
+    return execute(settings, work)
 
 
 class Terminated(BaseException):  # noqa: N818 - reads as what happened to the job
@@ -172,7 +167,7 @@ class ThreadRunner:
         self.settings = settings
         self.lock = threading.Lock()
         self.current: tuple[int, float] | None = None  # (index in the batch, time.monotonic() it started)
-        self.done: list[tuple] = []                   # outcomes of the running batch so far
+        self.done: list[Outcome] = []                   # outcomes of the running batch so far
         self.abandoned = False
         self.detached = False  # finish the running job, then stop
         self.sent: tuple[int, float] | None = None  # the job an exception was raised in (one per job)
@@ -183,7 +178,7 @@ class ThreadRunner:
         self.thread = threading.Thread(target=self._serve, name="raysys-light", daemon=True)
         self.thread.start()
 
-    def submit(self, jobs: list[Job]) -> concurrent.futures.Future:
+    def submit(self, jobs: list[Work]) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
             self.done, self.cancelled = [], set()
@@ -202,24 +197,24 @@ class ThreadRunner:
                     with self.lock:
                         self.current = None
 
-    def _run(self, jobs: list[Job]) -> list[tuple]:
+    def _run(self, jobs: list[Work]) -> list[Outcome]:
         for i, job in enumerate(jobs):
             with self.lock:
                 if self.abandoned or self.detached:
                     break
                 if i in self.cancelled:
-                    self.done.append(("fail", 0.0, protocol.exception_meta(Terminated()), ""))
+                    self.done.append(Outcome.fail(0.0, Terminated()))
                     continue
                 self.current = (i, time.monotonic())
             outcome = None
             try:
                 outcome = execute(self.settings, job)
                 self._leave(i, outcome)
-            except (protocol.SoftTimeLimitExceeded, Terminated) as exc:  # delivered just outside the task's code
-                self._leave(i, outcome or ("fail", 0.0, protocol.exception_meta(exc), ""))
+            except (results.SoftTimeLimitExceeded, Terminated) as exc:  # delivered just outside the task's code
+                self._leave(i, outcome or Outcome.fail(0.0, exc))
         return self.done
 
-    def _leave(self, index: int, outcome: tuple) -> None:
+    def _leave(self, index: int, outcome: Outcome) -> None:
         """Record job ``index``'s outcome; safe to call again if a soft limit interrupted the first call."""
         with self.lock:
             if self.abandoned:
@@ -234,7 +229,7 @@ class ThreadRunner:
             if self.current != (index, started) or self.sent == self.current:
                 return False
             self.sent = self.current
-            self._raise(protocol.SoftTimeLimitExceeded)
+            self._raise(results.SoftTimeLimitExceeded)
             return True
 
     def terminate(self, index: int) -> bool:
@@ -262,7 +257,7 @@ class ThreadRunner:
             self.detached = True
             return len(self.done), (self.current[0] if self.current is not None else None)
 
-    def abandon(self, index: int, started: float) -> list[tuple] | None:
+    def abandon(self, index: int, started: float) -> list[Outcome] | None:
         """Leave this runner behind while job ``index`` (started at ``started``) still runs: the outcomes of
         the batch's jobs before it. None (nothing changes) if that job has finished meanwhile."""
         with self.lock:
@@ -289,7 +284,7 @@ class LightExecutor:
         gc.collect()
         gc.freeze()  # long-lived imports out of full collections (short pauses between batches)
 
-    def run_batch(self, jobs: list[Job]) -> list[tuple]:
+    def run_batch(self, jobs: list[Work]) -> list[Outcome]:
         return [execute(self.settings, job) for job in jobs]
 
     def pid(self) -> int:

@@ -1,4 +1,4 @@
-"""Wire formats: Celery task protocol v2 (JSON), raysys' native envelope, Celery result-backend values.
+"""Queue messages: Celery task protocol v2 (and 1) and raysys' native envelope, decoded and encoded.
 
 Messages (what producers LPUSH onto ``<queue>``):
 
@@ -29,168 +29,38 @@ Priorities: producers put priority ``p`` on ``<queue>\\x06\\x16<step>`` where th
 kombu's ``priority_steps`` not above ``p`` (0/3/6/9 by default, any subset of 0-9 when configured);
 consumers take all ten levels, lowest first.
 
-Results (``celery-task-meta-<id>``): ``{"status", "result", "traceback", "children", "date_done",
-"task_id"}`` with upper-case status, plus ``name``, ``args``, ``kwargs``, ``worker``, ``retries`` and
-``queue`` as a worker with ``result_extended`` writes them (RESULT_EXTENDED, on by default); failures carry
-``{"exc_type", "exc_message": [args], "exc_module"}`` as Celery's backend writes them, so an unchanged Celery
-client re-creates the exception. Values are JSON with kombu's markers for datetime/date/time/Decimal/UUID/
-bytes so a Celery client (kombu ``loads``) gets the same Python types back.
+The values inside (args, kwargs) use kombu's JSON (:mod:`raysys.queue.results`); the canvas a
+message carries is read in :mod:`raysys.queue.canvas`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import builtins
 import bz2
 import copy
 import datetime as dt
-import decimal
 import json
 import lzma
 import math
 import re
-import sys
 import time
-import traceback as tb_mod
 import uuid
 import zlib
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
-from raysys.constants import PRIORITY_SEP, PRIORITY_STEPS, RESULT_KEY_PREFIX
 from raysys.errors import Refused, TooLarge
+from raysys.queue.results import ContentDisallowed, DecodeError, dumps, loads
 
 CELERY_CONTENT_TYPE = "application/json"
 # Header (native field ``outages``) counting a job's retries after infrastructure outages; Celery workers keep
 # unknown headers as they are.
 OUTAGES_HEADER = "raysys_outages"
 
-# States, as Celery spells them.
-PENDING, STARTED, SUCCESS, FAILURE, RETRY, REVOKED, PROGRESS = (
-    "PENDING", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "PROGRESS",
-)
-READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
-EXCEPTION_STATES = frozenset({FAILURE, RETRY, REVOKED})
-
-
-# --- Celery's exception classes, for processes without Celery installed --------------------------------
-# Results name them with exc_module "celery.exceptions" so a Celery client re-creates its own classes.
-
-
-class SoftTimeLimitExceeded(Exception):  # noqa: N818 - Celery's name
-    """The job ran past its soft time limit and was cancelled."""
-
-
-class TimeLimitExceeded(Exception):  # noqa: N818 - Celery's name
-    """The job ran past its hard time limit and its worker was killed."""
-
-
-class TaskRevokedError(Exception):
-    """The job was revoked (for instance its ``expires`` passed before it ran)."""
-
-
-class NotRegistered(KeyError):  # noqa: N818 - Celery's name
-    """No task of that name is registered."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "not registered"
-
-
-class ContentDisallowed(Exception):  # noqa: N818 - kombu's name
-    """The message's content type is refused (pickle above all)."""
-
-
-class DecodeError(Exception):
-    """The message could not be decoded (malformed JSON or base64)."""
-
-
-class WorkerLostError(Exception):
-    """The worker running the job died and the job could not be run again."""
-
-
-class ChordError(Exception):
-    """A chord could not complete (here: raysys does not run chords; see the bridge's docstring)."""
-
-
-# exc_module each Celery-named class is reported under (what a Celery client has loaded).
-_CELERY_NAMES: dict[type, str] = {
-    SoftTimeLimitExceeded: "celery.exceptions",
-    TimeLimitExceeded: "celery.exceptions",
-    TaskRevokedError: "celery.exceptions",
-    NotRegistered: "celery.exceptions",
-    WorkerLostError: "celery.exceptions",
-    ChordError: "celery.exceptions",
-    ContentDisallowed: "kombu.exceptions",
-    DecodeError: "kombu.exceptions",
-}
-_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in _CELERY_NAMES}
-
-
-# --- JSON with kombu's type markers ----------------------------------------------------------------------
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, dt.datetime):
-        return {"__type__": "datetime", "__value__": o.isoformat()}
-    if isinstance(o, dt.date):
-        return {"__type__": "date", "__value__": o.isoformat()}
-    if isinstance(o, dt.time):
-        return {"__type__": "time", "__value__": o.isoformat()}
-    if isinstance(o, decimal.Decimal):
-        return {"__type__": "decimal", "__value__": str(o)}
-    if isinstance(o, uuid.UUID):
-        return {"__type__": "uuid", "__value__": str(o)}
-    if isinstance(o, bytes):
-        try:
-            return {"__type__": "bytes", "__value__": o.decode("utf-8")}
-        except UnicodeDecodeError:
-            return {"__type__": "base64", "__value__": base64.b64encode(o).decode()}
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    if hasattr(o, "tolist"):  # numpy arrays and scalars
-        return o.tolist()
-    if hasattr(o, "__fspath__"):
-        return str(o)
-    if hasattr(o, "__json__"):
-        return o.__json__()
-    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
-
-
-_DECODERS = {
-    "datetime": dt.datetime.fromisoformat,
-    "date": lambda v: dt.datetime.fromisoformat(v).date(),
-    "time": dt.time.fromisoformat,
-    "decimal": decimal.Decimal,
-    "uuid": uuid.UUID,
-    "bytes": lambda v: v.encode("utf-8"),
-    "base64": lambda v: base64.b64decode(v.encode()),
-}
-
-
-def _object_hook(o: dict) -> Any:
-    if len(o) == 2 and "__type__" in o and "__value__" in o:
-        decoder = _DECODERS.get(o["__type__"])
-        if decoder is not None:
-            return decoder(o["__value__"])
-    return o
-
-
-def dumps(value: Any) -> str:
-    """JSON text of ``value`` (kombu-compatible markers for datetimes etc.). Raises TypeError."""
-    return json.dumps(value, default=_default, separators=(", ", ": "))
-
-
-def loads(text: str | bytes) -> Any:
-    return json.loads(text, object_hook=_object_hook)
-
 
 # --- time ------------------------------------------------------------------------------------------------
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def to_timestamp(value: Any, name: str = "time", tz: str | None = None) -> float | None:
@@ -231,46 +101,6 @@ def _zone(tz: str | None) -> dt.tzinfo:
 
 def to_iso(ts: float | None) -> str | None:
     return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
-
-
-# --- queues and priorities -----------------------------------------------------------------------------
-
-
-# Every priority list a consumer takes from (kombu's priority_steps may be any subset of 0-9).
-CONSUMED_LEVELS: tuple[int, ...] = tuple(range(10))
-
-
-def priority_step(priority: int | None) -> int:
-    """kombu's mapping of a priority to a list step: the largest of 0, 3, 6, 9 not above it."""
-    p = int(priority or 0)
-    step = 0
-    for s in PRIORITY_STEPS:
-        if s <= p:
-            step = s
-    return step
-
-
-def list_for(queue: str, priority: int | None = None) -> str:
-    """The Redis list a message of ``priority`` for ``queue`` lives in (Celery's layout)."""
-    return step_list(queue, priority_step(priority))
-
-
-def step_list(queue: str, step: int) -> str:
-    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
-
-
-def lists_in_order(queues: list[str] | tuple[str, ...]) -> list[str]:
-    """Every list of ``queues`` in the order kombu consumes them: priority first, then queue.
-
-    Consumers take every level 0-9, not only kombu's default steps 0/3/6/9: a producer configured with
-    ``broker_transport_options={"priority_steps": list(range(10))}`` puts priority 5 on ``<queue>\\x06\\x165``.
-    """
-    return [step_list(q, s) for s in CONSUMED_LEVELS for q in queues]
-
-
-def result_key(task_id: str) -> str:
-    return f"{RESULT_KEY_PREFIX}{task_id}"
-
 
 # --- decoded messages ---------------------------------------------------------------------------------
 
@@ -640,13 +470,6 @@ def _decode_native(env: dict, queue: str, tz: str | None) -> Message:
 # --- encoding messages ----------------------------------------------------------------------------------
 
 
-def signature(task: str, args: list | tuple = (), kwargs: dict | None = None, *, immutable: bool = False,
-              **options: Any) -> dict:
-    """A Celery signature dict (what ``embed.callbacks``/``chain`` hold)."""
-    return {"task": task, "args": list(args), "kwargs": dict(kwargs or {}), "options": options,
-            "subtask_type": None, "immutable": immutable}
-
-
 def encode_celery(task: str, args: list | tuple = (), kwargs: dict | None = None, *, task_id: str | None = None,
                   queue: str = "celery", eta: float | None = None, expires: float | None = None, retries: int = 0,
                   time_limit: float | None = None, soft_time_limit: float | None = None,
@@ -729,228 +552,3 @@ def _seconds(value: Any, name: str) -> float | None:
         raise ValueError(f"{name} must be finite")
     return value
 
-
-def chosen_id(sig: dict) -> str | None:
-    """The ``task_id`` a signature's producer chose for it (``options.task_id``), if any."""
-    options = sig.get("options")
-    return _str_id(options.get("task_id")) if isinstance(options, dict) else None
-
-
-def next_message(sig: dict, parent: Message, value: Any = None, *, prepend: tuple = (),
-                 chain: list | None = None, default_queue: str, group: str | None = None,
-                 group_index: int | None = None, allowed_queues: frozenset[str] | None = None) -> tuple[str, str, str]:
-    """Celery's way of publishing a signature after ``parent`` ran: ``(list, raw, task_id)``.
-
-    ``prepend`` (the parent's return value for callbacks and chain steps, its id for errbacks) goes
-    before the signature's own args unless the signature is immutable. A queue the signature names
-    (``options.queue``) must be one of ``allowed_queues`` (when given); the list is that queue's, or its
-    Celery priority list, never another key.
-
-    Raises:
-        ValueError: the signature's options cannot be read (a bad countdown, eta, ...) or name a queue
-            that is not allowed.
-    """
-    options = sig.get("options") if isinstance(sig.get("options"), dict) else {}
-    args = list(sig.get("args") or [])
-    if not sig.get("immutable"):
-        args = [*prepend, *args]
-    task_id = _str_id(options.get("task_id")) or str(uuid.uuid4())
-    named = options.get("queue") if isinstance(options.get("queue"), str) else None
-    if named and allowed_queues is not None and named not in allowed_queues:
-        raise ValueError(f"queue {named[:100]!r} is not a configured queue (allowed: {', '.join(sorted(allowed_queues))};"
-                         " RAYSYS_CALLBACK_QUEUES adds more)")
-    queue = named or default_queue
-    countdown = _seconds(options.get("countdown"), "countdown")
-    eta = to_timestamp(options.get("eta"), "eta") if options.get("eta") else (
-        time.time() + countdown if countdown else None)
-    expires = options.get("expires")
-    if isinstance(expires, (int, float)) and not isinstance(expires, bool):
-        expires = time.time() + _seconds(expires, "expires")
-    else:
-        expires = to_timestamp(expires, "expires")
-    priority = _priority(options.get("priority", parent.priority))
-    raw = encode_celery(
-        sig["task"], args, sig.get("kwargs") or {}, task_id=task_id, queue=queue, eta=eta, expires=expires,
-        time_limit=_limit(options.get("time_limit"), "time_limit"),
-        soft_time_limit=_limit(options.get("soft_time_limit"), "soft_time_limit"),
-        root_id=parent.root_id or parent.id, parent_id=parent.id, priority=priority,
-        callbacks=_sig_list(options.get("link"), "link"), errbacks=_sig_list(options.get("link_error"), "link_error"),
-        chain=chain, reply_to=options.get("reply_to") if isinstance(options.get("reply_to"), str) else None,
-        group=group or _opt_str(options.get("group_id"), "group_id"),
-        group_index=group_index if group_index is not None else options.get("group_index"),
-        ignore_result=bool(options.get("ignore_result")),
-    )
-    return list_for(queue, priority), raw, task_id
-
-
-def chord_ids(sig: dict) -> list[str]:
-    """Every job id a client may wait on in a ``celery.chord`` signature: the body's (what ``chord()``
-    returns), the header members' and the chord's own."""
-    ids: list[str] = []
-
-    def add(s: Any) -> None:
-        if isinstance(s, dict):
-            task_id = _str_id((s.get("options") or {}).get("task_id")) if isinstance(s.get("options"), dict) else None
-            if task_id and task_id not in ids:
-                ids.append(task_id)
-            for member in (s.get("kwargs") or {}).get("tasks") or () if isinstance(s.get("kwargs"), dict) else ():
-                add(member)
-        elif isinstance(s, list):
-            for member in s:
-                add(member)
-
-    kwargs = sig.get("kwargs") if isinstance(sig.get("kwargs"), dict) else {}
-    add(kwargs.get("body"))
-    add(kwargs.get("header"))
-    add(sig)
-    return ids
-
-
-def expand(sig: dict, chain: list | None = None) -> list[tuple[dict, list | None, str | None, int | None]]:
-    """The plain signatures to publish for ``sig``: ``(signature, chain, group id, group index)``.
-
-    Celery's canvas primitives arrive as signatures of its built-in tasks: ``celery.group`` (publish every
-    member, sharing the group id) and ``celery.chain`` (publish the first step with the rest as its
-    chain, stored last step first). Anything else (``celery.chord`` included) is published as it is.
-    """
-    kind = sig.get("task")
-    tasks = (sig.get("kwargs") or {}).get("tasks") if kind in ("celery.group", "celery.chain") else None
-    if kind == "celery.group" and isinstance(tasks, list) and tasks:
-        gid = _str_id((sig.get("options") or {}).get("task_id")) or str(uuid.uuid4())
-        out = []
-        for i, member in enumerate(tasks):
-            for s, c, _, _ in expand(_sig(member, "group"), chain):
-                out.append((s, c, gid, i))
-        return out
-    if kind == "celery.chain" and isinstance(tasks, list) and tasks:
-        steps = [_sig(t, "chain") for t in tasks]
-        rest = list(reversed(steps[1:])) + list(chain or [])
-        return expand(steps[0], rest or None)
-    return [(sig, chain, None, None)]
-
-
-# --- results --------------------------------------------------------------------------------------------
-
-
-def exception_meta(exc: BaseException) -> dict:
-    """``{"exc_type", "exc_message", "exc_module"}`` as Celery's JSON backend writes it."""
-    cls = type(exc)
-    module = _CELERY_NAMES.get(cls, cls.__module__)
-    args = []
-    for a in exc.args:
-        try:
-            json.dumps(a, default=_default)
-            args.append(a)
-        except (TypeError, ValueError):
-            args.append(repr(a))
-    return {"exc_type": getattr(cls, "__qualname__", cls.__name__), "exc_message": args, "exc_module": module}
-
-
-def format_traceback(exc: BaseException) -> str:
-    return "".join(tb_mod.format_exception(type(exc), exc, exc.__traceback__))
-
-
-def children_of(ids: list[str]) -> list:
-    return [[[i, None], None] for i in ids]
-
-
-def result_meta(task_id: str, status: str, result: Any = None, *, traceback: str | None = None,
-                children: list | None = None, parent_id: str | None = None, ready: bool | None = None,
-                extended: dict | None = None) -> dict:
-    meta = {"status": status, "result": result, "traceback": traceback, "children": children or [],
-            "date_done": now_iso() if (status in READY_STATES if ready is None else ready) else None}
-    if parent_id:
-        meta["parent_id"] = parent_id
-    if extended:
-        meta.update(extended)
-    meta["task_id"] = task_id
-    return meta
-
-
-def extended_fields(msg: Message, worker: str) -> dict:
-    """What a Celery worker with ``result_extended=True`` adds to a result (``AsyncResult.name``, ``.args``,
-    ``.kwargs``, ``.worker``, ``.retries``, ``.queue`` read them)."""
-    return {"name": msg.task, "args": msg.args, "kwargs": msg.kwargs, "worker": worker, "retries": msg.retries,
-            "queue": msg.queue}
-
-
-def success_json(task_id: str, value_json: str, *, children: list | None = None, parent_id: str | None = None,
-                 extended: dict | None = None) -> str:
-    """SUCCESS value from an already-encoded result (keeps the bridge's per-job work to string joins)."""
-    parent = f', "parent_id": {json.dumps(parent_id)}' if parent_id else ""
-    extra = f", {dumps(extended)[1:-1]}" if extended else ""
-    return (f'{{"status": "SUCCESS", "result": {value_json}, "traceback": null, '
-            f'"children": {json.dumps(children or [])}, "date_done": "{now_iso()}"{parent}{extra}, '
-            f'"task_id": {json.dumps(task_id)}}}')
-
-
-def failure_json(task_id: str, exc_meta: dict, traceback: str | None = None, *, status: str = FAILURE,
-                 parent_id: str | None = None, children: list | None = None, extended: dict | None = None) -> str:
-    return dumps(result_meta(task_id, status, exc_meta, traceback=traceback, parent_id=parent_id,
-                             children=children, extended=extended))
-
-
-def revoked_json(task_id: str, reason: str = "expired", *, extended: dict | None = None) -> str:
-    return dumps(result_meta(task_id, REVOKED, exception_meta(TaskRevokedError(reason)), extended=extended))
-
-
-def started_json(task_id: str, info: dict | None = None) -> str:
-    return dumps(result_meta(task_id, STARTED, info or {}))
-
-
-def progress_json(task_id: str, fraction: float, message: str = "") -> str:
-    return dumps(result_meta(task_id, PROGRESS, {"progress": fraction, "message": message}))
-
-
-def is_success(raw_meta: bytes | str | None) -> bool:
-    """Whether a stored result value is a SUCCESS (cheap check, no full decode)."""
-    if not raw_meta:
-        return False
-    if isinstance(raw_meta, bytes):
-        raw_meta = raw_meta.decode("utf-8", "replace")
-    return '"status": "SUCCESS"' in raw_meta[:64] or '"status":"SUCCESS"' in raw_meta[:64]
-
-
-# --- exceptions back from results ----------------------------------------------------------------------
-
-_SAFE_MODULES = ("builtins", "raysys.errors", "celery.exceptions", "billiard.exceptions", "kombu.exceptions")
-_dynamic: dict[tuple[str, str], type] = {}
-
-
-def exception_from_meta(meta: dict | None) -> BaseException | None:
-    """Re-create the exception a result describes, as a Celery client would (never imports a module)."""
-    if not meta:
-        return None
-    if not isinstance(meta, dict) or "exc_type" not in meta:
-        return Exception(meta)
-    name = str(meta.get("exc_type"))
-    module = str(meta.get("exc_module") or "")
-    cls: Any = None
-    if module in sys.modules and (module in _SAFE_MODULES or not module.startswith("_")):
-        cls = sys.modules[module]
-        for part in name.split("."):
-            cls = getattr(cls, part, None)
-            if cls is None:
-                break
-    if cls is None and module == "builtins":
-        cls = getattr(builtins, name, None)
-    if cls is None and module in ("celery.exceptions", "billiard.exceptions", "kombu.exceptions"):
-        cls = _BY_NAME.get(name)
-    if cls is None and module == "raysys.errors":
-        from raysys import errors  # noqa: PLC0415
-
-        cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-        key = (module, name)
-        cls = _dynamic.get(key)
-        if cls is None:
-            cls = type(name.rsplit(".", 1)[-1], (Exception,), {"__module__": module or __name__})
-            _dynamic[key] = cls
-    message = meta.get("exc_message", [])
-    args = message if isinstance(message, (list, tuple)) else [message]
-    try:
-        return cls(*args)
-    except Exception:  # noqa: BLE001 - a class whose __init__ wants other arguments
-        exc = Exception.__new__(cls)
-        exc.args = tuple(args)
-        return exc

@@ -1,11 +1,14 @@
-"""Run registered tasks directly as Ray tasks, outside the queues.
+"""Running a registered task: the one place queue, serve and jobs go through.
 
-The queue path (producer -> Redis -> bridge -> Ray) is for work that must survive restarts and be
-seen by Celery clients. Two callers want the same task code without the round trip through Redis:
-the HTTP layer's "wait for the result" mode and the batch jobs, which already hold the whole list of
-work. Both go through :func:`submit`, which runs the task with its registered Ray resources
-(``num_cpus``/``num_gpus``), so a task lands where the bridge would have put it and the model work
-still goes through the shared model actors.
+- :func:`resolve` and :func:`check`: the task behind a name (aliases accepted) and whether arguments fit it.
+- :func:`run_inline`: run it here and now with a :class:`TaskContext` (the bridge's light thread, its
+  executor actors and its heavy Ray tasks all end here; the queue turns what it returns or raises into a
+  Celery result).
+- :func:`ray_options` and :func:`submit`: run it as a Ray task with its registered resources
+  (``num_cpus``/``num_gpus``), so a task lands where the bridge would have put it; the HTTP layer's "wait for
+  the result" mode and the batch jobs (:func:`run_many`) use this, outside the queues.
+
+Errors from a Ray task arrive wrapped; :func:`raysys.errors.unwrap` gives the task's own exception back.
 """
 
 from __future__ import annotations
@@ -20,27 +23,46 @@ from typing import Any
 import ray
 
 from raysys.config import Settings
+from raysys.errors import unwrap
 from raysys.tasks.registry import TaskContext, TaskSpec, load_all, lookup
 
 log = logging.getLogger(__name__)
-
-
-@ray.remote(max_retries=0)
-def _run_task(settings: Settings, name: str, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    load_all()
-    spec = lookup(name)
-    ctx = TaskContext(settings=settings, task_id=task_id, task_name=spec.name, queue=spec.queue)
-    started = time.perf_counter()
-    try:
-        return spec.fn(ctx, *args, **kwargs)
-    finally:
-        log.info("direct task %s %s finished in %.3f s", spec.name, task_id, time.perf_counter() - started)
 
 
 def resolve(name: str) -> TaskSpec:
     """The registered task ``name`` (aliases accepted). Raises :class:`raysys.errors.UnknownTask`."""
     load_all()
     return lookup(name)
+
+
+def check(spec: TaskSpec, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Raise TypeError when ``args``/``kwargs`` do not fit ``spec``'s signature."""
+    spec.check_arguments(list(args), kwargs)
+
+
+def run_inline(settings: Settings, spec: TaskSpec, args: Sequence[Any], kwargs: dict[str, Any], *,
+               task_id: str, queue: str | None = None, retries: int = 0,
+               progress: Callable[[float, str], None] | None = None) -> Any:
+    """Run ``spec`` in this process and return its value; whatever the task raises propagates."""
+    ctx = TaskContext(settings=settings, task_id=task_id, task_name=spec.name,
+                      queue=spec.queue if queue is None else queue, retries=retries, progress_cb=progress)
+    return spec.fn(ctx, *args, **kwargs)
+
+
+def ray_options(spec: TaskSpec, task_id: str | None = None) -> dict[str, Any]:
+    """Ray options of one run of ``spec``: its registered resources, named after the task (and job)."""
+    name = f"{spec.name}:{task_id}" if task_id else spec.name
+    return {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus, "name": name}
+
+
+@ray.remote(max_retries=0)
+def _run_task(settings: Settings, name: str, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    spec = resolve(name)
+    started = time.perf_counter()
+    try:
+        return run_inline(settings, spec, args, kwargs, task_id=task_id)
+    finally:
+        log.info("direct task %s %s finished in %.3f s", spec.name, task_id, time.perf_counter() - started)
 
 
 def submit(settings: Settings, name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
@@ -53,15 +75,9 @@ def submit(settings: Settings, name: str, args: Sequence[Any] = (), kwargs: dict
     """
     spec = resolve(name)
     kwargs = dict(kwargs or {})
-    spec.check_arguments(list(args), kwargs)
-    return _run_task.options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, name=spec.name).remote(
-        settings, spec.name, task_id or str(uuid.uuid4()), list(args), kwargs)
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The task's own exception behind Ray's wrapper (``RayTaskError`` carries the traceback in its text)."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
+    check(spec, args, kwargs)
+    task_id = task_id or str(uuid.uuid4())
+    return _run_task.options(**ray_options(spec)).remote(settings, spec.name, task_id, list(args), kwargs)
 
 
 @dataclass
