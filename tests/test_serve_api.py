@@ -140,7 +140,8 @@ def test_readyz_is_503_when_redis_is_down(api):
     """In-process app over the same PostgreSQL, with Redis pointing at a closed port."""
     from fastapi.testclient import TestClient
 
-    from raysys.serve.app import Service, create_app
+    from raysys.serve.app import create_app
+    from raysys.serve.service import Service
 
     service = Service(api.settings.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
     with TestClient(create_app(service)) as client:

@@ -454,7 +454,8 @@ def test_forbidden_messages_do_not_reveal_real_paths_or_roots(api):
 def test_readyz_without_a_key_is_a_plain_status(api):
     from fastapi.testclient import TestClient
 
-    from raysys.serve.app import Service, create_app
+    from raysys.serve.app import create_app
+    from raysys.serve.service import Service
 
     r = api.http.get("/readyz")
     assert set(r.json()["checks"].values()) <= {"ok", "loading", "unavailable"}, r.text

@@ -147,7 +147,8 @@ def test_post_transcribe_needs_a_key_refuses_non_audio_and_returns_turns(asettin
     """The route in-process (FastAPI's TestClient) over the session's PostgreSQL, Redis and Ray."""
     from fastapi.testclient import TestClient
 
-    from raysys.serve.app import Service, create_app
+    from raysys.serve.app import create_app
+    from raysys.serve.service import Service
 
     async def key(db):
         return (await db.create_api_key(tenant_id, "asr"))[1]

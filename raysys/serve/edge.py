@@ -62,7 +62,7 @@ class Edge:
 
     Args:
         app: the wrapped ASGI app.
-        service: the replica's :class:`raysys.serve.app.Service` (``authenticate``, ``limits``, ``settings``).
+        service: the replica's :class:`raysys.serve.service.Service` (``authenticate``, ``limits``, ``settings``).
         upload_limit: the largest multipart body, in bytes.
         body_limit: the largest other body, in bytes.
     """
