@@ -161,7 +161,7 @@ class Builder:
             self.add(kind, [("agent", question), ("customer", answer)], [(1, value, typ)])
 
 
-def build(seed: int = 17) -> list[dict]:  # noqa: PLR0915 - one block per entity type reads best
+def build(seed: int = 17) -> list[dict]:  # one block per entity type reads best
     b = Builder(seed)
     r = b.r
     for _ in range(36):

@@ -130,7 +130,7 @@ class BridgeCore:
         gc.freeze()
         self.ready.set()
 
-    async def _supervise(self, name: str, loop_fn) -> None:  # noqa: ANN001
+    async def _supervise(self, name: str, loop_fn) -> None:
         """Run one of the bridge's loops; a bug that escapes it is logged and the loop restarted, so the
         bridge never silently stops claiming, flushing or heart-beating."""
         while not self.stopping or name == "flush":
@@ -153,7 +153,7 @@ class BridgeCore:
         if n:
             log.warning("bridge %s requeued %d jobs it held before a restart", self.name, n)
 
-    async def _until_ok(self, fn, what: str) -> Any:  # noqa: ANN001
+    async def _until_ok(self, fn, what: str) -> Any:
         delay = 0.1
         while True:
             try:

@@ -363,7 +363,7 @@ class Client:
         )
         return keys.list_for(queue, priority), raw, task_id
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's spelling
         return AsyncResult(task_id, self)
 
     def signature(self, name: str, args: Iterable = (), kwargs: dict | None = None, *, immutable: bool = False,

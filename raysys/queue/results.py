@@ -41,11 +41,11 @@ EXCEPTION_STATES = frozenset({FAILURE, RETRY, REVOKED})
 # Results name them with exc_module "celery.exceptions" so a Celery client re-creates its own classes.
 
 
-class SoftTimeLimitExceeded(Exception):  # noqa: N818 - Celery's name
+class SoftTimeLimitExceeded(Exception):  # Celery's name
     """The job ran past its soft time limit and was cancelled."""
 
 
-class TimeLimitExceeded(Exception):  # noqa: N818 - Celery's name
+class TimeLimitExceeded(Exception):  # Celery's name
     """The job ran past its hard time limit and its worker was killed."""
 
 
@@ -53,14 +53,14 @@ class TaskRevokedError(Exception):
     """The job was revoked (for instance its ``expires`` passed before it ran)."""
 
 
-class NotRegistered(KeyError):  # noqa: N818 - Celery's name
+class NotRegistered(KeyError):  # Celery's name
     """No task of that name is registered."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "not registered"
 
 
-class ContentDisallowed(Exception):  # noqa: N818 - kombu's name
+class ContentDisallowed(Exception):  # kombu's name
     """The message's content type is refused (pickle above all)."""
 
 

@@ -56,7 +56,7 @@ def _redis(settings: Settings) -> Any:
     return client
 
 
-def _progress(settings: Settings, task_id: str):  # noqa: ANN202
+def _progress(settings: Settings, task_id: str):
     def report(fraction: float, message: str) -> None:
         value = results.progress_json(task_id, fraction, message)
         key = keys.result_key(task_id)
@@ -138,7 +138,7 @@ def run_heavy(settings: Settings, work: Work) -> Outcome:
     return execute(settings, work)
 
 
-class Terminated(BaseException):  # noqa: N818 - reads as what happened to the job
+class Terminated(BaseException):  # reads as what happened to the job
     """Raised in a light job on the bridge's thread when it is revoked with ``terminate=True``: a
     BaseException, so the task's ``except Exception`` does not swallow it (its ``finally`` still runs)."""
 
