@@ -42,10 +42,13 @@ Celery compatibility beyond running jobs:
   broadcast like a Celery worker (:mod:`raysys.queue.control`).
 - ``ignore_result``: no state is stored at all (not even STARTED or FAILURE), as Celery does.
 - The same id delivered again while it runs on this bridge is dropped (one run, one result).
-- Chords are refused: every header part and the body get a FAILURE (``celery.exceptions.ChordError``) so
-  ``chord(...)().get()`` raises at once instead of waiting forever. Groups and chains run (a group's
-  members are published individually; ``celery.group``/``celery.chain`` signatures in links and chain
+- Chords run as Celery's Redis result backend runs them (:mod:`raysys.queue.chord`): the body once, after
+  every header part succeeded, with their results in order; a part that fails for good (or is refused or
+  revoked) fails the body with ``celery.exceptions.ChordError``. Groups and chains run (a group's members are
+  published individually; ``celery.group``/``celery.chain``/``celery.chord`` signatures in links and chain
   steps are expanded).
+- Task lifecycle hooks (``on_success``, ``on_failure``, ``on_retry``; per task and global, see
+  :mod:`raysys.tasks.hooks`) are called when a job's transition is settled here.
 """
 
 from __future__ import annotations
@@ -70,10 +73,11 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from raysys.config import Settings
 from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
 from raysys.errors import Refused, UnknownTask
-from raysys.queue import control, protocol
+from raysys.queue import chord, control, protocol
 from raysys.queue.metrics import BridgeMetrics
 from raysys.queue.redis import Broker, NotApplied, Ops, dead_entry
 from raysys.queue.worker import LightExecutor, ThreadRunner, prepare, run_heavy
+from raysys.tasks import hooks
 from raysys.tasks.registry import TaskSpec, lookup, names_of
 
 log = logging.getLogger("raysys.queue.bridge")
@@ -101,6 +105,7 @@ class Job:
     runner: Any = None        # the ThreadRunner running this light job's batch, and its place in it
     index: int = 0
     terminated: bool = False  # revoked with terminate=True while running
+    chord_recorded: bool = False  # chord: this header part's result is counted in Redis (its ack may follow)
 
     @property
     def id(self) -> str:
@@ -480,21 +485,19 @@ class BridgeCore:
             Refused: the message can never run (its FAILURE and dead letter are the caller's).
         """
         msg = protocol.decode(raw, queue, max_bytes=self.settings.max_message_bytes, tz=self.settings.timezone)
-        if msg.chord is not None:
-            raise protocol.refused("chords are not supported by raysys (run the header as a group and the body "
-                                   "on its results, or use a chain)", msg.id, msg.task,
-                                   error=protocol.ChordError(f"chord of {msg.task} refused: raysys does not run chords"),
-                                   also_fail=protocol.chord_body_id(msg.chord))
+        if msg.chord is not None:  # chord: a header part that can never be counted fails its body
+            chord.check_part(msg)
+        body = protocol.chord_body_id(msg.chord)  # chord: a refused part fails its body
         try:
             spec = lookup(msg.task)
         except UnknownTask:
             raise protocol.refused(f"unknown task {msg.task!r}", msg.id, msg.task,
-                                   error=protocol.NotRegistered(msg.task)) from None
+                                   error=protocol.NotRegistered(msg.task), also_fail=body) from None
         try:
             spec.check_arguments(msg.args, msg.kwargs)
         except TypeError as exc:
             raise protocol.refused(f"wrong arguments for {msg.task}: {exc}", msg.id, msg.task,
-                                   error=TypeError(str(exc))) from None
+                                   error=TypeError(str(exc)), also_fail=body) from None
         self.metrics.count("received", queue, spec.name)
         self.stats["received"] += 1
         if msg.id in self.revoked:
@@ -519,6 +522,9 @@ class BridgeCore:
         """REVOKED (``expired`` or ``revoked``, as a Celery worker writes it), ack, free the slot."""
         if not msg.ignore_result:
             self.buf.result(msg.id, protocol.revoked_json(msg.id, reason, extended=self._extended(msg)),
+                            self.settings.result_expires)
+        if msg.chord is not None:  # chord: a revoked part's body never gets all its parts
+            chord.fail_body(self.buf, msg, protocol.exception_meta(protocol.TaskRevokedError(reason)),
                             self.settings.result_expires)
         self.buf.ack(inflight, raw)
         self.buf_release.append(slot)
@@ -802,6 +808,10 @@ class BridgeCore:
     def _finish(self, job: Job, outcome: tuple) -> None:
         msg = job.msg
         kind, run_time = outcome[0], outcome[1]
+        if kind == "ok" and msg.chord is not None and not job.chord_recorded and not job.terminated:
+            # chord: count the header part (and publish the body) before its result and ack are written
+            asyncio.get_running_loop().create_task(self._chord_part(job, outcome))
+            return
         queue, task = msg.queue, job.spec.name
         self.metrics.observe(queue, task, run_time)
         self.by_task[task] += 1
@@ -828,6 +838,8 @@ class BridgeCore:
             self.metrics.count("succeeded", queue, task)
             self.stats["succeeded"] += 1
             _log_job(msg, "succeeded", elapsed, run_time)
+            if hooks.wanted(job.spec):  # hooks: on_success(retval, task_id, args, kwargs)
+                hooks.emit(job.spec, hooks.SUCCESS, msg.id, msg.args, msg.kwargs, retval=protocol.loads(value_json))
         elif kind == "outage" and msg.outages < self.settings.outage_max_retries:
             # A service the job needs is down (PostgreSQL restarting, ...): wait it out on the outage policy,
             # without spending the task's own retries, so an outage of minutes dead-letters nothing.
@@ -841,6 +853,9 @@ class BridgeCore:
                 buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, status=protocol.RETRY,
                                                          parent_id=msg.parent_id, extended=extended), ttl)
             self.due_event.set()
+            if hooks.wanted(job.spec):  # hooks: on_retry(exc, task_id, args, kwargs, einfo)
+                hooks.emit(job.spec, hooks.RETRY, msg.id, msg.args, msg.kwargs,
+                           exc=protocol.exception_from_meta(exc_meta), traceback=tb)
             self.metrics.count("retried", queue, task)
             self.stats["outage_retried"] += 1
             _log_job(msg, f"service unavailable, outage retry {msg.outages + 1}/{self.settings.outage_max_retries} "
@@ -866,6 +881,9 @@ class BridgeCore:
                     buf.result(msg.id, protocol.failure_json(msg.id, exc_meta, tb, status=protocol.RETRY,
                                                              parent_id=msg.parent_id, extended=extended), ttl)
                 self.due_event.set()
+                if hooks.wanted(job.spec):  # hooks: on_retry(exc, task_id, args, kwargs, einfo)
+                    hooks.emit(job.spec, hooks.RETRY, msg.id, msg.args, msg.kwargs,
+                               exc=protocol.exception_from_meta(exc_meta), traceback=tb)
                 self.metrics.count("retried", queue, task)
                 self.stats["retried"] += 1
                 _log_job(msg, f"retry in {countdown:.2f} s: {exc_meta.get('exc_type')}: "
@@ -883,6 +901,11 @@ class BridgeCore:
                     reason = f"gave up after {msg.retries} retries: {reason}"
                 buf.dead(queue, dead_entry(reason, queue, msg.raw, task_id=msg.id, task=msg.task,
                                            retries=msg.retries, consumer=self.name, source=job.source))
+                if msg.chord is not None:  # chord: a part failed for good, its body gets ChordError
+                    chord.fail_body(buf, msg, exc_meta, ttl)
+                if hooks.wanted(job.spec):  # hooks: on_failure(exc, task_id, args, kwargs, einfo)
+                    hooks.emit(job.spec, hooks.FAILURE, msg.id, msg.args, msg.kwargs,
+                               exc=protocol.exception_from_meta(exc_meta), traceback=tb)
                 self.metrics.count("failed", queue, task)
                 self.metrics.count("dead_lettered", queue, task)
                 self.stats["failed"] += 1
@@ -890,6 +913,42 @@ class BridgeCore:
         buf.ack(job.inflight, msg.raw)
         self.buf_release.append(job.slot)
         self.jobs.pop(msg.id, None)
+
+    async def _chord_part(self, job: Job, outcome: tuple) -> None:
+        """chord: record a succeeded header part in Redis and, when it completes the chord, publish the body;
+        then settle the part as usual (its result and ack). Redis outages are waited out (recording is
+        idempotent); a body that cannot be published (bad options) gets ChordError."""
+        msg, ttl = job.msg, self.settings.result_expires
+        while True:
+            try:
+                results = await chord.record_part(self.broker.redis, msg, outcome[2], ttl)
+                if results is not None:
+                    try:
+                        messages = chord.body_messages(msg, results, self.callback_targets, self._default_queue(msg))
+                    except (ValueError, TypeError) as exc:
+                        log.error("job %s %s: cannot publish its chord's body: %s", msg.id, msg.task, exc)
+                        chord.fail_body(self.buf, msg, protocol.exception_meta(exc), ttl)
+                    else:
+                        if await chord.publish_body(self.broker.redis, msg, messages, ttl):
+                            log.info("job %s %s completed chord %s: published %s", msg.id, msg.task, msg.group,
+                                     ", ".join(f"{m[2]}" for m in messages))
+                self._redis_back()
+                break
+            except (RedisError, OSError) as exc:
+                await self._redis_down(exc)
+        job.chord_recorded = True
+        self._finish(job, outcome)
+        self.flush_event.set()
+
+    def _default_queue(self, parent: protocol.Message) -> Any:
+        """chord: the queue a published task goes to when its signature names none (its registered queue)."""
+        def queue_of(name: str) -> str:
+            try:
+                spec = lookup(name)
+            except UnknownTask:
+                return parent.queue
+            return parent.queue if spec.queue == "*" else spec.queue
+        return queue_of
 
     def _backoff(self, job: Job) -> float:
         """Exponential backoff with jitter: base * 2**retries, capped, then between half and all of it."""
@@ -904,10 +963,7 @@ class BridgeCore:
         """
         ids = []
         try:
-            for s, c, group, index in protocol.expand(sig, chain):
-                if s["task"] == "celery.chord":  # a chain step Celery turned into a chord (group, then a task)
-                    self._refuse_chord(s, parent)
-                    continue
+            for s, c, group, index in chord.expand(sig, chain):  # chord: celery.chord steps publish their header
                 try:
                     spec = lookup(s["task"])
                     default = parent.queue if spec.queue == "*" else spec.queue
@@ -936,18 +992,6 @@ class BridgeCore:
                                                    task_id=(sig.get("options") or {}).get("task_id"),
                                                    task=sig.get("task"), consumer=self.name))
         return ids
-
-    def _refuse_chord(self, sig: dict, parent: protocol.Message) -> None:
-        """A chord reached as a callback or chain step: FAILURE (ChordError) for every id a client may wait
-        on, and a dead letter, instead of a chord that would never complete."""
-        ids = protocol.chord_ids(sig)
-        reason = f"chords are not supported by raysys (a chord after {parent.task} {parent.id})"
-        error = protocol.exception_meta(protocol.ChordError(reason))
-        for task_id in ids:  # ids the message named: failed only where no job has them (no result, no owner)
-            self.buf.result_new(task_id, protocol.failure_json(task_id, error), self.settings.result_expires)
-        self.buf.dead(parent.queue, dead_entry(reason, parent.queue, protocol.dumps(sig), task_id=ids[0] if ids else None,
-                                               task="celery.chord", consumer=self.name))
-        log.warning("job %s %s: %s; failed %s", parent.id, parent.task, reason, ", ".join(ids))
 
     # --- writing to Redis ---------------------------------------------------------------------------------
 

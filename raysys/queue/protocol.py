@@ -111,7 +111,7 @@ class WorkerLostError(Exception):
 
 
 class ChordError(Exception):
-    """A chord could not complete (here: raysys does not run chords; see the bridge's docstring)."""
+    """A chord could not complete: a header part failed, was refused or revoked (:mod:`raysys.queue.chord`)."""
 
 
 # exc_module each Celery-named class is reported under (what a Celery client has loaded).
@@ -779,6 +779,7 @@ def next_message(sig: dict, parent: Message, value: Any = None, *, prepend: tupl
         group=group or _opt_str(options.get("group_id"), "group_id"),
         group_index=group_index if group_index is not None else options.get("group_index"),
         ignore_result=bool(options.get("ignore_result")),
+        chord=_sig(options["chord"], "chord") if options.get("chord") else None,  # chord: a header part's body
     )
     return list_for(queue, priority), raw, task_id
 
@@ -811,7 +812,8 @@ def expand(sig: dict, chain: list | None = None) -> list[tuple[dict, list | None
 
     Celery's canvas primitives arrive as signatures of its built-in tasks: ``celery.group`` (publish every
     member, sharing the group id) and ``celery.chain`` (publish the first step with the rest as its
-    chain, stored last step first). Anything else (``celery.chord`` included) is published as it is.
+    chain, stored last step first). Anything else is published as it is (``celery.chord``: see
+    :func:`raysys.queue.chord.expand`).
     """
     kind = sig.get("task")
     tasks = (sig.get("kwargs") or {}).get("tasks") if kind in ("celery.group", "celery.chain") else None

@@ -1,0 +1,215 @@
+"""Celery chords: a group of header tasks whose results, in order, feed one body task.
+
+Chords are kept in Redis exactly as Celery's Redis result backend keeps them
+(``celery/backends/redis.py``: ``on_chord_part_return``, ``set_chord_size``), so a Celery client (which
+writes the chord size when it applies a chord) and raysys agree, and a Celery worker sharing the Redis during
+a migration sees the same state. Keys, for the header's group id ``<gid>`` (no key prefix: Celery's names):
+
+- ``celery-taskset-meta-<gid>.s``  the chord size (written by the Celery client's ``set_chord_size``, or by
+                                   raysys for a chord it starts itself: a chord reached as a chain step).
+- ``celery-taskset-meta-<gid>.t``  Celery's size correction (``add_to_chord``); added to the size.
+- ``celery-taskset-meta-<gid>.j``  sorted set of the parts' results, JSON ``[1, <id>, "SUCCESS", <value>]``
+                                   scored by the part's ``group_index``: the body gets them in header order.
+- ``celery-taskset-meta-<gid>.d``  set of ``<id>:<group_index>`` already recorded: a part redelivered after a
+                                   crash (its result recorded, its ack lost) is not counted twice.
+- ``celery-taskset-meta-<gid>.c``  ``done`` once the body was published (or a Celery worker's dispatch claim):
+                                   a late copy of a part publishes nothing.
+
+All expire with the results (``RESULT_EXPIRES``). The bridge records a part that SUCCEEDED (:func:`record_part`,
+one script) *before* its ack is written, so a crash in between runs the part again and records it again, as
+one member. The part that completes the chord publishes the body with :func:`publish_body` (one script:
+publish, mark done, drop the chord's keys), also before its own ack: a crash after it leaves the ``done``
+marker, so the body is published once. A part that fails for good (retries spent, refused, revoked) fails the
+body at once with Celery's ``ChordError("Dependency <id> raised ...")`` (:func:`fail_body`, in the part's own
+atomic batch); the body is then never published, even when the other parts succeed. Chords reached as a chain
+step or a callback (a ``celery.chord`` signature) are started by :func:`expand`: each header task is published
+with the body (its ``chord_size`` set) embedded, as Celery's ``chord`` task does.
+
+Only parts that succeed cost Redis round trips (one; two for the last one); other jobs none.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from typing import Any
+
+from raysys.constants import RESULT_KEY_PREFIX
+from raysys.queue import protocol
+
+GROUP_KEY_PREFIX = "celery-taskset-meta-"  # Celery's ``group_keyprefix``
+
+# Record one successful part. KEYS: .j .t .s .d .c. ARGV: member id ("<id>:<index>"), value, score, ttl,
+# size hint ("" if none: the size the message carried, written to .s when the client wrote none).
+# Returns {-1} when the chord is done already, {count, total} while incomplete (total -1: size unknown), and
+# {count, total, results...} (in header order) once every part is recorded.
+RECORD = """
+if redis.call('EXISTS', KEYS[5]) == 1 then return {-1} end
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('SADD', KEYS[4], ARGV[1])
+end
+local ttl = tonumber(ARGV[4])
+local size = redis.call('GET', KEYS[3])
+if not size and ARGV[5] ~= '' then
+  size = ARGV[5]
+  redis.call('SET', KEYS[3], size)
+end
+if ttl > 0 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+local count = redis.call('ZCARD', KEYS[1])
+if not size then return {count, -1} end
+local total = tonumber(size) + tonumber(redis.call('GET', KEYS[2]) or '0')
+if count < total then return {count, total} end
+local out = {count, total}
+for _, v in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do out[#out + 1] = v end
+return out
+"""
+
+# Publish the body once. KEYS: .c .j .t .s .d, the body's result key, then one list per message.
+# ARGV: ttl, then the messages. Returns 1 if published, 0 if done before (or the body already has a result).
+PUBLISH = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
+for i = 2, #ARGV do redis.call('LPUSH', KEYS[5 + i], ARGV[i]) end
+redis.call('SET', KEYS[1], 'done', 'EX', math.max(tonumber(ARGV[1]), 300))
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+return 1
+"""
+
+
+def group_key(group_id: str, suffix: str) -> str:
+    """Celery's key for a chord's state (``.j``, ``.t``, ``.s``, ``.d``, ``.c``)."""
+    return f"{GROUP_KEY_PREFIX}{group_id}{suffix}"
+
+
+def body_id(msg: protocol.Message) -> str | None:
+    """The id of the body a header part feeds (what the client's ``chord(...)()`` waits on)."""
+    ids = protocol.chord_body_id(msg.chord)
+    return ids[0] if ids else None
+
+
+def check_part(msg: protocol.Message) -> None:
+    """Refuse a header part that can never be counted (no group id, no body id): its body fails at once.
+
+    Raises:
+        raysys.errors.Refused: with the body's id in ``also_fail``.
+    """
+    if not msg.group or body_id(msg) is None:
+        missing = "group id" if not msg.group else "body task_id"
+        raise protocol.refused(f"chord part without a {missing}: it cannot be counted", msg.id, msg.task,
+                               error=protocol.ChordError(f"chord part {msg.id} has no {missing}"),
+                               also_fail=protocol.chord_body_id(msg.chord))
+
+
+async def record_part(redis: Any, msg: protocol.Message, value_json: str, ttl: int) -> list | None:
+    """Record part ``msg``'s result (``value_json``); the header's results, in order, once all are in.
+
+    Returns None while parts are missing (or the chord is done already). Raises RedisError/OSError (call
+    again: recording is idempotent).
+    """
+    gid = msg.group or ""
+    index = msg.group_index
+    score = "+inf" if index is None else str(index)
+    value = f'[1, {json.dumps(msg.id)}, "SUCCESS", {value_json}]'
+    size = (msg.chord or {}).get("chord_size")
+    hint = str(size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else ""
+    keys = [group_key(gid, s) for s in (".j", ".t", ".s", ".d", ".c")]
+    out = await redis.eval(RECORD, len(keys), *keys, f"{msg.id}:{score}", value, score, ttl, hint)
+    if len(out) < 2 or int(out[1]) < 0 or int(out[0]) < int(out[1]):
+        return None
+    return [json.loads(v)[3] for v in out[2:]]
+
+
+def body_messages(msg: protocol.Message, results: list, allowed_queues: frozenset[str],
+                  default_queue: Any) -> list[tuple[str, str, str]]:
+    """The body's messages ``(list, raw, id)`` with the header's results as its first argument (a group or
+    chain body expanded as Celery does). ``default_queue(task_name)`` names the queue of a task without one.
+
+    Raises:
+        ValueError: the body's options cannot be read or name a queue that is not allowed.
+    """
+    body = dict(msg.chord or {})
+    options = dict(body.get("options") or {})
+    chain = options.pop("chain", None)
+    options.pop("chord_size", None)
+    body["options"] = options
+    out = []
+    for s, c, group, index in protocol.expand(body, chain if isinstance(chain, list) and chain else None):
+        out.append(protocol.next_message(s, msg, prepend=(results,), chain=c, default_queue=default_queue(s["task"]),
+                                         group=group, group_index=index, allowed_queues=allowed_queues))
+    return out
+
+
+async def publish_body(redis: Any, msg: protocol.Message, messages: list[tuple[str, str, str]], ttl: int) -> bool:
+    """Publish the body's messages unless the chord is done (or its body has a result). True if published."""
+    gid = msg.group or ""
+    keys = [group_key(gid, s) for s in (".c", ".j", ".t", ".s", ".d")]
+    keys.append(f"{RESULT_KEY_PREFIX}{body_id(msg)}")
+    keys += [name for name, _, _ in messages]
+    return bool(await redis.eval(PUBLISH, len(keys), *keys, ttl, *[raw for _, raw, _ in messages]))
+
+
+def fail_body(ops: Any, msg: protocol.Message, exc_meta: dict | None, ttl: int) -> str | None:
+    """Add to ``ops`` (the part's own batch) the body's FAILURE with Celery's ``ChordError``; the body's id.
+
+    Only where no job owns the body's id yet (no result, no owner): a body that ran is never overwritten.
+    """
+    target = body_id(msg)
+    if target is None:
+        return None
+    cause = protocol.exception_from_meta(exc_meta) if exc_meta else None
+    error = protocol.ChordError(f"Dependency {msg.id} raised {cause!r}")
+    ops.result_new(target, protocol.failure_json(target, protocol.exception_meta(error)), ttl)
+    return target
+
+
+def expand(sig: dict, chain: list | None = None) -> list[tuple[dict, list | None, str | None, int | None]]:
+    """:func:`raysys.queue.protocol.expand`, plus ``celery.chord`` signatures: their header tasks, each
+    carrying the body (with ``chord_size`` and, in ``options.chain``, the chain steps after the chord) in
+    ``options.chord``, the header's group id and its index. A header member that is a chain carries the
+    body on its last step.
+    """
+    out = []
+    for s, c, group, index in protocol.expand(sig, chain):
+        if s.get("task") != "celery.chord":
+            out.append((s, c, group, index))
+            continue
+        out += _chord_header(s, c)
+    return out
+
+
+def _chord_header(sig: dict, chain: list | None) -> list[tuple[dict, list | None, str | None, int | None]]:
+    kwargs = sig.get("kwargs") if isinstance(sig.get("kwargs"), dict) else {}
+    header, body = kwargs.get("header"), kwargs.get("body")
+    if isinstance(header, dict) and header.get("task") == "celery.group":
+        gid = protocol.chosen_id(header)
+        header = (header.get("kwargs") or {}).get("tasks")
+    else:
+        gid = None
+    if not isinstance(header, list) or not header or not isinstance(body, dict):
+        raise ValueError("a celery.chord signature needs a header of tasks and a body")
+    gid = gid or protocol.chosen_id(sig) or str(uuid.uuid4())
+    body = copy.deepcopy(body)
+    options = body.setdefault("options", {})
+    if protocol.chosen_id(body) is None:
+        options["task_id"] = str(uuid.uuid4())
+    if chain:
+        options["chain"] = chain
+    options["group_id"] = gid
+    out = []
+    members = [m for h in header for m in protocol.expand(h)]
+    body["chord_size"] = len(members)
+    for index, (s, c, _, _) in enumerate(members):
+        if s.get("task") == "celery.chord":
+            raise ValueError("a chord in a chord's header is not supported")
+        target = c[0] if c else s  # a chain is stored last step first: its last step feeds the chord
+        target = copy.deepcopy(target)
+        target.setdefault("options", {}).update(chord=body, group_id=gid, group_index=index)
+        if c:
+            c = [target, *c[1:]]
+        else:
+            s = target
+        out.append((s, c, gid, index))
+    return out
