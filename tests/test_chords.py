@@ -77,6 +77,26 @@ def test_a_chord_as_a_chain_step_runs_and_the_chain_goes_on(celery_app):
     res = chain(sig(app, "tests.add", 1, 2), group(sig(app, "tests.add", 10), sig(app, "tests.add", 20)),
                 sig(app, "tests.tsum"))()
     assert res.get(timeout=60) == 13 + 23
+    # a chord as a link callback: its header gets the parent's result
+    callback = chord([sig(app, "tests.add", 1), sig(app, "tests.mul", 10)], sig(app, "tests.tsum"))
+    body = callback.freeze()
+    parent = sig(app, "tests.add", 2, 3).apply_async(link=callback)
+    assert parent.get(timeout=60) == 5
+    assert app.AsyncResult(body.id).get(timeout=60) == 6 + 50
+
+
+def test_a_chord_step_that_cannot_start_fails_its_body_instead_of_a_hang(r, wait_for):
+    body_id = str(uuid.uuid4())
+    step = {"task": "celery.chord", "args": [], "kwargs": {"header": "not a group",
+                                                           "body": protocol.signature("tests.tsum", task_id=body_id)},
+            "options": {}, "subtask_type": "chord", "immutable": False}
+    parent = str(uuid.uuid4())
+    r.lpush("ingest", protocol.encode_native("tests.add", [1, 2], task_id=parent, chain=[step]))
+    meta = wait_for(lambda: (m := r.get(protocol.result_key(body_id))) and json.loads(m), what="the body's result")
+    assert meta["status"] == "FAILURE" and meta["result"]["exc_type"] == "ChordError"
+    assert json.loads(r.get(protocol.result_key(parent)))["status"] == "SUCCESS"  # the parent's own result stands
+    entry = wait_for(lambda: r.lrange("ingest.dead", 0, -1), what="the step's dead letter")
+    assert "celery.chord" in json.loads(entry[0])["reason"]
 
 
 def test_a_redelivered_part_is_counted_once(r, wait_for):

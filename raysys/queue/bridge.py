@@ -927,7 +927,7 @@ class BridgeCore:
                         messages = chord.body_messages(msg, results, self.callback_targets, self._default_queue(msg))
                     except (ValueError, TypeError) as exc:
                         log.error("job %s %s: cannot publish its chord's body: %s", msg.id, msg.task, exc)
-                        chord.fail_body(self.buf, msg, protocol.exception_meta(exc), ttl)
+                        chord.fail_body(self.buf, msg, None, ttl, reason=f"Callback error: {exc!r}")
                     else:
                         if await chord.publish_body(self.broker.redis, msg, messages, ttl):
                             log.info("job %s %s completed chord %s: published %s", msg.id, msg.task, msg.group,
@@ -988,6 +988,7 @@ class BridgeCore:
         except (ValueError, TypeError) as exc:
             reason = f"cannot publish {sig.get('task')!r} after {parent.task} {parent.id}: {exc}"
             log.error("bridge %s: %s", self.name, reason)
+            chord.fail_chords(self.buf, sig, reason, self.settings.result_expires)  # chord: none waits forever
             self.buf.dead(parent.queue, dead_entry(reason, parent.queue, protocol.dumps(sig),
                                                    task_id=(sig.get("options") or {}).get("task_id"),
                                                    task=sig.get("task"), consumer=self.name))

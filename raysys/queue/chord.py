@@ -151,18 +151,45 @@ async def publish_body(redis: Any, msg: protocol.Message, messages: list[tuple[s
     return bool(await redis.eval(PUBLISH, len(keys), *keys, ttl, *[raw for _, raw, _ in messages]))
 
 
-def fail_body(ops: Any, msg: protocol.Message, exc_meta: dict | None, ttl: int) -> str | None:
-    """Add to ``ops`` (the part's own batch) the body's FAILURE with Celery's ``ChordError``; the body's id.
+def fail_body(ops: Any, msg: protocol.Message, exc_meta: dict | None, ttl: int, reason: str | None = None) -> str | None:
+    """Add to ``ops`` (the part's own batch) the body's FAILURE with Celery's ``ChordError`` (``Dependency <id>
+    raised <exc>``, or ``reason``); returns the body's id.
 
     Only where no job owns the body's id yet (no result, no owner): a body that ran is never overwritten.
     """
     target = body_id(msg)
     if target is None:
         return None
-    cause = protocol.exception_from_meta(exc_meta) if exc_meta else None
-    error = protocol.ChordError(f"Dependency {msg.id} raised {cause!r}")
-    ops.result_new(target, protocol.failure_json(target, protocol.exception_meta(error)), ttl)
+    if reason is None:
+        cause = protocol.exception_from_meta(exc_meta) if exc_meta else None
+        reason = f"Dependency {msg.id} raised {cause!r}"
+    ops.result_new(target, protocol.failure_json(target, protocol.exception_meta(protocol.ChordError(reason))), ttl)
     return target
+
+
+def fail_chords(ops: Any, sig: Any, reason: str, ttl: int) -> list[str]:
+    """A callback or chain step that could not be published: fail (``ChordError``) the ids a client may wait
+    on in every ``celery.chord`` inside ``sig`` (bodies, header tasks), where nobody uses them. Returns them."""
+    failed: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.get("task") == "celery.chord":
+            for task_id in protocol.chord_ids(node):
+                error = protocol.exception_meta(protocol.ChordError(reason))
+                if ops.result_new(task_id, protocol.failure_json(task_id, error), ttl):
+                    failed.append(task_id)
+        kwargs = node.get("kwargs") if isinstance(node.get("kwargs"), dict) else {}
+        walk(kwargs.get("tasks"))
+        walk(kwargs.get("body"))
+
+    walk(sig)
+    return failed
 
 
 def expand(sig: dict, chain: list | None = None) -> list[tuple[dict, list | None, str | None, int | None]]:
