@@ -257,6 +257,7 @@ class BridgeCore:
         self.flush_event.set()
         while (len(self.buf) or self._flushing) and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.02)
+        await asyncio.to_thread(hooks.drain, 5.0)  # hooks: the settled jobs' hooks run before the bridge goes
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -929,7 +930,7 @@ class BridgeCore:
                         log.error("job %s %s: cannot publish its chord's body: %s", msg.id, msg.task, exc)
                         chord.fail_body(self.buf, msg, None, ttl, reason=f"Callback error: {exc!r}")
                     else:
-                        if await chord.publish_body(self.broker.redis, msg, messages, ttl):
+                        if await chord.publish_body(self.broker.redis, msg, messages, ttl, self.settings.key_prefix):
                             log.info("job %s %s completed chord %s: published %s", msg.id, msg.task, msg.group,
                                      ", ".join(f"{m[2]}" for m in messages))
                 self._redis_back()

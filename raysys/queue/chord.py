@@ -35,7 +35,7 @@ import json
 import uuid
 from typing import Any
 
-from raysys.constants import RESULT_KEY_PREFIX
+from raysys.constants import JOB_TENANT_PREFIX, RESULT_KEY_PREFIX
 from raysys.queue import protocol
 
 GROUP_KEY_PREFIX = "celery-taskset-meta-"  # Celery's ``group_keyprefix``
@@ -68,11 +68,14 @@ for _, v in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do out[#out + 1] = v en
 return out
 """
 
-# Publish the body once. KEYS: .c .j .t .s .d, the body's result key, then one list per message.
-# ARGV: ttl, then the messages. Returns 1 if published, 0 if done before (or the body already has a result).
+# Publish the body once. KEYS: .c .j .t .s .d, the body's result key, its owner key (an HTTP job's tenant:
+# never take over another job's id), then one list per message. ARGV: ttl, then the messages.
+# Returns 1 if published, 0 if done before (or the body's id has a result or an owner).
 PUBLISH = """
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
-for i = 2, #ARGV do redis.call('LPUSH', KEYS[5 + i], ARGV[i]) end
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1 then
+  return 0
+end
+for i = 2, #ARGV do redis.call('LPUSH', KEYS[6 + i], ARGV[i]) end
 redis.call('SET', KEYS[1], 'done', 'EX', math.max(tonumber(ARGV[1]), 300))
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return 1
@@ -142,11 +145,13 @@ def body_messages(msg: protocol.Message, results: list, allowed_queues: frozense
     return out
 
 
-async def publish_body(redis: Any, msg: protocol.Message, messages: list[tuple[str, str, str]], ttl: int) -> bool:
-    """Publish the body's messages unless the chord is done (or its body has a result). True if published."""
+async def publish_body(redis: Any, msg: protocol.Message, messages: list[tuple[str, str, str]], ttl: int,
+                       key_prefix: str = "") -> bool:
+    """Publish the body's messages unless the chord is done (or its body's id has a result, or an owner under
+    ``key_prefix``: another job's). True if published."""
     gid = msg.group or ""
     keys = [group_key(gid, s) for s in (".c", ".j", ".t", ".s", ".d")]
-    keys.append(f"{RESULT_KEY_PREFIX}{body_id(msg)}")
+    keys += [f"{RESULT_KEY_PREFIX}{body_id(msg)}", f"{key_prefix}{JOB_TENANT_PREFIX}{body_id(msg)}"]
     keys += [name for name, _, _ in messages]
     return bool(await redis.eval(PUBLISH, len(keys), *keys, ttl, *[raw for _, raw, _ in messages]))
 
