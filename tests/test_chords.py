@@ -6,6 +6,7 @@ see :mod:`raysys.queue.chord`.
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 
@@ -15,6 +16,13 @@ from celery import chain, chord, group
 from raysys.queue import protocol
 
 pytest_plugins = ("queue_fixtures",)
+
+
+@pytest.fixture(autouse=True)
+def _collect_results():
+    """Drop this test's Celery AsyncResults while Redis is still up (their __del__ talks to it)."""
+    yield
+    gc.collect()
 
 pytestmark = pytest.mark.usefixtures("bridges")
 
@@ -137,3 +145,27 @@ def test_a_redelivered_part_is_counted_once(r, wait_for):
              what="the late copy's result")
     assert r.lrange(f"{key}:parts", 0, -1)[-1] == b"b-late"
     assert r.llen(key) == 1  # the body ran once
+
+
+def test_a_chord_step_expands_to_its_header_parts_carrying_the_body():
+    from raysys.queue import chord as chords
+
+    s = protocol.signature
+    header = {"task": "celery.group", "args": [], "kwargs": {"tasks": [
+        s("tests.add", [1], task_id="h0"),
+        {"task": "celery.chain", "args": [], "kwargs": {"tasks": [s("tests.add", [2], task_id="h1a"),
+                                                                  s("tests.mul", [3], task_id="h1b")]},
+         "options": {}, "immutable": False}]}, "options": {"task_id": "gid"}, "immutable": False}
+    step = {"task": "celery.chord", "args": [], "kwargs": {"header": header, "body": s("tests.tsum", task_id="b")},
+            "options": {"task_id": "gid"}, "immutable": False}
+    after = [s("tests.add", [100], task_id="next")]
+    out = chords.expand(step, after)
+    assert [(x["task"], group, index) for x, _, group, index in out] == [("tests.add", "gid", 0), ("tests.add", "gid", 1)]
+    first, (second, second_chain) = out[0][0], out[1][:2]
+    body = first["options"]["chord"]
+    assert body["options"]["task_id"] == "b" and body["chord_size"] == 2 and body["options"]["chain"] == after
+    assert "chord" not in second["options"]  # a chain member: its last step feeds the chord
+    assert second_chain[0]["task"] == "tests.mul" and second_chain[0]["options"]["chord"] == body
+    assert second_chain[0]["options"]["group_index"] == 1
+    with pytest.raises(ValueError, match="header"):
+        chords.expand({**step, "kwargs": {"header": [42], "body": s("tests.tsum")}})

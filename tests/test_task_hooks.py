@@ -7,6 +7,7 @@ client through a real bridge. Hooks record into Redis; the test polls with a dea
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import textwrap
@@ -18,6 +19,13 @@ import pytest
 from raysys.config import Settings
 
 pytest_plugins = ("queue_fixtures",)
+
+
+@pytest.fixture(autouse=True)
+def _collect_results():
+    """Drop this test's Celery AsyncResults while Redis is still up (their __del__ talks to it)."""
+    yield
+    gc.collect()
 
 OPERATOR_MODULE = '''
 """An operator's task module: an invoice task with Celery-style hooks, and an audit middleware."""

@@ -122,7 +122,7 @@ async def record_part(redis: Any, msg: protocol.Message, value_json: str, ttl: i
     out = await redis.eval(RECORD, len(keys), *keys, f"{msg.id}:{score}", value, score, ttl, hint)
     if len(out) < 2 or int(out[1]) < 0 or int(out[0]) < int(out[1]):
         return None
-    return [json.loads(v)[3] for v in out[2:]]
+    return [protocol.loads(v)[3] for v in out[2:]]
 
 
 def body_messages(msg: protocol.Message, results: list, allowed_queues: frozenset[str],
@@ -222,6 +222,9 @@ def _chord_header(sig: dict, chain: list | None) -> list[tuple[dict, list | None
         gid = None
     if not isinstance(header, list) or not header or not isinstance(body, dict):
         raise ValueError("a celery.chord signature needs a header of tasks and a body")
+    for member in (*header, body):
+        if not isinstance(member, dict) or not isinstance(member.get("task"), str) or not member["task"]:
+            raise ValueError("a celery.chord signature's header and body must be signatures with a task name")
     gid = gid or protocol.chosen_id(sig) or str(uuid.uuid4())
     body = copy.deepcopy(body)
     options = body.setdefault("options", {})

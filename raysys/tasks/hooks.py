@@ -139,6 +139,8 @@ def emit(spec: Any, event: str, task_id: str, args: list, kwargs: dict, *, retva
 
 def drain(timeout: float = 5.0) -> bool:
     """Wait until every hook queued so far has run (for a bridge stopping, and tests); False on timeout."""
+    if _thread is None:  # no hook ever queued
+        return True
     done = threading.Event()
     _ensure_thread()
     _calls.put(done)
