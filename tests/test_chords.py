@@ -169,3 +169,17 @@ def test_a_chord_step_expands_to_its_header_parts_carrying_the_body():
     assert second_chain[0]["options"]["group_index"] == 1
     with pytest.raises(ValueError, match="header"):
         chords.expand({**step, "kwargs": {"header": [42], "body": s("tests.tsum")}})
+
+
+def test_a_revoked_part_fails_the_body(celery_app, r, wait_for):
+    gid, body_id, part_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    celery_app.control.revoke(part_id)
+    wait_for(lambda: r.zscore("raysys:revoked", part_id) is not None, what="the bridge heard the revoke")
+    body = protocol.signature("tests.tsum", task_id=body_id)
+    r.set(f"celery-taskset-meta-{gid}.s", 2)
+    r.lpush("ingest", protocol.encode_celery("tests.add", [1, 1], task_id=part_id, queue="ingest", group=gid,
+                                             group_index=0, chord=body))
+    meta = wait_for(lambda: (m := r.get(protocol.result_key(body_id))) and json.loads(m), what="the body's result")
+    assert meta["status"] == "FAILURE" and meta["result"]["exc_type"] == "ChordError"
+    assert "TaskRevokedError" in meta["result"]["exc_message"][0]
+    assert json.loads(r.get(protocol.result_key(part_id)))["status"] == "REVOKED"
