@@ -26,6 +26,10 @@ step or a callback (a ``celery.chord`` signature) are started by :func:`expand`:
 with the body (its ``chord_size`` set) embedded, as Celery's ``chord`` task does.
 
 Only parts that succeed cost Redis round trips (one; two for the last one); other jobs none.
+
+Limits: fail-fast (the body fails at the first part that fails for good); ``res.get()`` on the chord raises the
+failing part's own exception (Celery's client checks the header's results first), ``AsyncResult(body_id).get()``
+raises ``ChordError``; the body's errbacks are not called; a chord in a chord's header is refused.
 """
 
 from __future__ import annotations
