@@ -5,6 +5,7 @@ They talk to Redis through ``ctx.settings`` to leave traces the tests read (run 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -200,3 +201,10 @@ def pg_touch(ctx: TaskContext, key: str) -> int:
             await conn.close()
 
     return asyncio.run(query())
+
+
+@task("tests.collect", queue="ingest", light=True, num_cpus=0)
+def collect(ctx: TaskContext, values: list, key: str) -> list:
+    """A chord body: appends the header's results (JSON) to the Redis list ``key`` and returns them."""
+    _r(ctx).rpush(key, json.dumps(values))
+    return values

@@ -7,8 +7,10 @@ counting each transition once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
+import uuid
 
 import pytest
 import redis
@@ -19,6 +21,7 @@ from raysys.queue.job import LIGHT, Job, Kind, Outcome
 from raysys.queue.metrics import BridgeMetrics
 from raysys.queue.redis import Broker, Ops
 from raysys.queue.run import limits
+from raysys.tasks import hooks
 from raysys.tasks.registry import load_all, lookup
 from tests.queue_fixtures import TASK_MODULES, bridge_settings
 
@@ -233,3 +236,71 @@ def test_each_transition_is_counted_once_for_the_stats_and_the_ray_counters():
     assert m.pending == {("received", "ingest", "tests.add"): 1, ("failed", "ingest", "tests.add"): 1,
                          ("dead_lettered", "ingest", "tests.add"): 1, ("dead_lettered", "ingest", "?"): 1,
                          ("failed", "ingest", "?"): 1}
+
+
+# --- chords and task hooks in the plan ------------------------------------------------------------------------
+
+
+def chord_part(r, qs, body_id: str, **options) -> tuple[Job, settle.Env]:
+    body = canvas.signature("tests.tsum", task_id=body_id)
+    return claimed(r, qs, "tests.add", (1, 2), group="g-" + body_id, group_index=0, chord=body, **options)
+
+
+def test_a_chord_part_that_fails_revoked_or_whose_body_cannot_publish_fails_the_body_in_its_own_batch(r, qs):
+    body_id = str(uuid.uuid4())
+    job, env = chord_part(r, qs, body_id)
+    plan = settle.settle(job, Outcome.fail(0.1, ValueError("boom")), env, NOW)
+    ops = [op for op, _ in plan.steps]
+    assert ops.index("result_new") < ops.index("ack") and plan.hook == ()  # before the ack; no hook registered
+    write(qs, plan)
+    meta = stored(r, body_id)
+    assert meta["status"] == "FAILURE" and meta["result"]["exc_type"] == "ChordError"
+    assert f"Dependency {job.id} raised ValueError" in meta["result"]["exc_message"][0]
+    # revoked before it ran: the body fails too (TaskRevokedError); after its success was counted: it does not
+    body_id = str(uuid.uuid4())
+    job, env = chord_part(r, qs, body_id)
+    write(qs, settle.revoked(job.msg, job.spec.name, job.inflight, job.slot, "revoked", env))
+    assert "TaskRevokedError" in stored(r, body_id)["result"]["exc_message"][0]
+    job, env = chord_part(r, qs, str(uuid.uuid4()))
+    job.terminated = job.chord_recorded = True
+    assert "result_new" not in [op for op, _ in settle.settle(job, Outcome.ok(0.1, "3"), env, NOW).steps]
+    # the part completed its chord but the body's options could not be published
+    body_id = str(uuid.uuid4())
+    job, env = chord_part(r, qs, body_id)
+    job.chord_recorded, job.chord_error = True, "Callback error: ValueError('bad countdown')"
+    write(qs, settle.settle(job, Outcome.ok(0.1, "3"), env, NOW))
+    assert stored(r, job.id)["status"] == "SUCCESS"
+    assert "Callback error" in stored(r, body_id)["result"]["exc_message"][0]
+
+
+def test_a_chord_chain_step_publishes_its_header_and_a_bad_one_fails_its_body(r, qs):
+    body_id = str(uuid.uuid4())
+    header = {"task": "celery.group", "args": [], "kwargs": {"tasks": [canvas.signature("tests.add", [1]),
+                                                                       canvas.signature("tests.add", [2])]},
+              "options": {"task_id": "gid-" + body_id}, "immutable": False}
+    step = {"task": "celery.chord", "args": [], "options": {}, "immutable": False,
+            "kwargs": {"header": header, "body": canvas.signature("tests.tsum", task_id=body_id)}}
+    job, env = claimed(r, qs, "tests.add", (1, 2), chain=[step])
+    plan = settle.settle(job, Outcome.ok(0.1, "3"), env, NOW)
+    parts = [messages.decode(args[1], "ingest") for op, args in plan.steps if op == "publish"]
+    assert [(m.args, m.group, m.group_index, m.chord["options"]["task_id"]) for m in parts] == [
+        ([3, 1], "gid-" + body_id, 0, body_id), ([3, 2], "gid-" + body_id, 1, body_id)]
+    bad = {**step, "kwargs": {"header": "not a group", "body": step["kwargs"]["body"]}}
+    job, env = claimed(r, qs, "tests.add", (1, 2), chain=[bad])
+    write(qs, settle.settle(job, Outcome.ok(0.1, "3"), env, NOW))
+    assert stored(r, job.id)["status"] == "SUCCESS" and stored(r, body_id)["result"]["exc_type"] == "ChordError"
+
+
+def test_a_plan_names_the_tasks_hook_once_per_event(r, qs):
+    own = hooks.TaskHooks(on_success=print, on_failure=print, on_retry=print)
+    job, env = claimed(r, qs, "tests.add", (1, 2))
+    job.spec = dataclasses.replace(job.spec, hooks=own)
+    plan = settle.settle(job, Outcome.ok(0.1, '{"a": [1]}'), env, NOW)
+    assert plan.hook[0][1:3] == (hooks.SUCCESS, job.id) and plan.hook[1] == {"retval": {"a": [1]}}
+    plan = settle.settle(job, Outcome.retry(0.1, RuntimeError("again")), env, NOW, Top())
+    (_, event, *_), extra = plan.hook
+    assert event == hooks.RETRY and isinstance(extra["exc"], RuntimeError) and str(extra["exc"]) == "again"
+    plan = settle.settle(job, Outcome.fail(0.1, ValueError("no")), env, NOW)
+    assert plan.hook[0][1] == hooks.FAILURE and isinstance(plan.hook[1]["exc"], ValueError)
+    job.terminated = True  # a revoked job calls no hook
+    assert settle.settle(job, Outcome.ok(0.1, "1"), env, NOW).hook == ()

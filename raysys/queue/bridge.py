@@ -12,7 +12,9 @@ stages around a claimed :class:`~raysys.queue.job.Job` and the :class:`~raysys.q
    (result, retry with backoff, outage retry, dead letter, callbacks, chains, groups, revoke), appended to the
    batch the writer (:mod:`raysys.queue.writer`) applies in one atomic script call, with the job's ack.
    :meth:`BridgeCore.commit` is where every plan goes: the one place a transition is counted (metrics and
-   stats alike), logged, and where later steps of applying it (chord bookkeeping, task hooks) belong.
+   stats alike), logged, and its task hook queued (:mod:`raysys.tasks.hooks`). A chord header part that
+   succeeded is first counted in Redis, and the chord's body published when it completes the chord
+   (:meth:`BridgeCore.finish`, :func:`raysys.queue.chord.complete_part`), before its own plan is made.
 4. **control** (:mod:`raysys.queue.control`): Celery's ``revoke`` and ``inspect`` broadcasts.
 
 A heartbeat marks the consumer alive; survivors requeue the in-flight lists of a consumer whose heartbeat
@@ -32,10 +34,13 @@ Celery compatibility beyond running jobs:
   broadcast like a Celery worker (:mod:`raysys.queue.control`).
 - ``ignore_result``: no state is stored at all (not even STARTED or FAILURE), as Celery does.
 - The same id delivered again while it runs on this bridge is dropped (one run, one result).
-- Chords are refused: every header part and the body get a FAILURE (``celery.exceptions.ChordError``) so
-  ``chord(...)().get()`` raises at once instead of waiting forever. Groups and chains run (a group's
-  members are published individually; ``celery.group``/``celery.chain`` signatures in links and chain
+- Chords run as Celery's Redis result backend runs them (:mod:`raysys.queue.chord`): the body once, after
+  every header part succeeded, with their results in order; a part that fails for good (or is refused or
+  revoked) fails the body with ``celery.exceptions.ChordError``. Groups and chains run (a group's members are
+  published individually; ``celery.group``/``celery.chain``/``celery.chord`` signatures in links and chain
   steps are expanded).
+- Task lifecycle hooks (``on_success``, ``on_failure``, ``on_retry``; per task and global, see
+  :mod:`raysys.tasks.hooks`) are called when a job's transition is settled here, once per event.
 """
 
 from __future__ import annotations
@@ -57,15 +62,16 @@ from redis.exceptions import RedisError
 from raysys import logs
 from raysys.config import Settings
 from raysys.constants import BRIDGE_ACTOR_PREFIX, RAY_NAMESPACE
-from raysys.queue import messages, settle
+from raysys.queue import chord, messages, settle
 from raysys.queue.claim import ClaimStage, write_refused
 from raysys.queue.control import REVOKE_KEEP_SECONDS, ControlStage
-from raysys.queue.job import Job, Outcome, log_job
+from raysys.queue.job import Job, Kind, Outcome, log_job
 from raysys.queue.metrics import BridgeMetrics
 from raysys.queue.redis import Broker
 from raysys.queue.run import RunStage
 from raysys.queue.run_worker import prepare
 from raysys.queue.writer import Writer
+from raysys.tasks import hooks
 from raysys.tasks.registry import REGISTRY, names_of
 
 log = logging.getLogger("raysys.queue.bridge")
@@ -173,6 +179,7 @@ class BridgeCore:
         self.flush_event.set()
         while self.writer.pending() and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.02)
+        await asyncio.to_thread(hooks.drain, 5.0)  # the settled jobs' hooks run before the bridge goes
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -193,12 +200,32 @@ class BridgeCore:
 
     def finish(self, job: Job, outcome: Outcome) -> None:
         """The run stage's report: ``job`` ended with ``outcome``."""
+        if outcome.kind is Kind.OK and job.msg.chord is not None and not (job.chord_recorded or job.terminated):
+            # a chord header part: counted (and the body published) before its result and ack are written
+            asyncio.get_running_loop().create_task(self._chord_part(job, outcome))
+            return
         queue, task = job.msg.queue, job.spec.name
         self.metrics.observe(queue, task, outcome.run_time)
         self.by_task[task] += 1
         self.jobs.pop(job.id, None)
         now = time.time()
         self.commit(settle.settle(job, outcome, self.env, now), job.msg, now - job.claimed, outcome.run_time)
+
+    async def _chord_part(self, job: Job, outcome: Outcome) -> None:
+        """Count a succeeded chord header part in Redis (publishing the body if it completes the chord), then
+        settle it. Redis outages are waited out: recording and publishing are idempotent."""
+        while True:
+            try:
+                job.chord_error = await chord.complete_part(self.broker.redis, job.msg, outcome.value_json,
+                                                            self.settings.result_expires, self.env.callback_targets,
+                                                            self.settings.key_prefix)
+                self.redis_back()
+                break
+            except (RedisError, OSError) as exc:
+                await self.redis_down(exc)
+        job.chord_recorded = True
+        self.finish(job, outcome)
+        self.flush_event.set()
 
     def finish_revoked(self, job: Job, reason: str) -> None:
         """``job`` was revoked before it ran."""
@@ -208,9 +235,11 @@ class BridgeCore:
     def commit(self, plan: settle.Plan, msg: messages.Message | None = None, elapsed: float = 0.0,
                run_time: float | None = None) -> None:
         """Every transition comes here: its operations join the pending batch (the writer applies them with
-        the job's ack), it is counted once and logged. Chord bookkeeping and task hooks are steps of this."""
+        the job's ack), it is counted once, logged, and its task hook (if any) queued."""
         self.writer.add(plan)
         self.metrics.transition(plan.transition, plan.counts, plan.queue, plan.task)
+        if plan.hook:  # the task's lifecycle hook (only when it has one), on the hook thread
+            hooks.emit(*plan.hook[0], **plan.hook[1])
         if plan.delayed:
             self.due_event.set()
         for level, text in plan.logs:

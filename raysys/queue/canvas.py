@@ -2,8 +2,8 @@
 
 A finished job publishes its callbacks (``link``), errbacks (``link_error``) and the next step of its
 chain as new messages (:func:`next_message`); ``celery.group`` and ``celery.chain`` signatures are
-expanded first (:func:`expand`); chords are refused, and :func:`chord_ids` names every id a client may
-wait on so each gets a FAILURE.
+expanded first (:func:`expand`; ``celery.chord`` by :func:`raysys.queue.chord.expand`), and
+:func:`chord_ids` names every id a client may wait on in a chord that cannot start, so each gets a FAILURE.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def next_message(sig: dict, parent: Message, value: Any = None, *, prepend: tupl
         group=group or _opt_str(options.get("group_id"), "group_id"),
         group_index=group_index if group_index is not None else options.get("group_index"),
         ignore_result=bool(options.get("ignore_result")),
+        chord=_sig(options["chord"], "chord") if options.get("chord") else None,  # a chord header part's body
     )
     return list_for(queue, priority), raw, task_id
 
@@ -115,7 +116,8 @@ def expand(sig: dict, chain: list | None = None) -> list[tuple[dict, list | None
 
     Celery's canvas primitives arrive as signatures of its built-in tasks: ``celery.group`` (publish every
     member, sharing the group id) and ``celery.chain`` (publish the first step with the rest as its
-    chain, stored last step first). Anything else (``celery.chord`` included) is published as it is.
+    chain, stored last step first). Anything else is published as it is (``celery.chord``: see
+    :func:`raysys.queue.chord.expand`).
     """
     kind = sig.get("task")
     tasks = (sig.get("kwargs") or {}).get("tasks") if kind in ("celery.group", "celery.chain") else None

@@ -5,7 +5,8 @@
    ``BLMOVE`` per queue (a *waiter*) blocks for the next message (only while a slot is free). Light jobs have
    ``light_capacity`` slots per bridge, heavy jobs ``concurrency`` per queue: the backlog stays in Redis.
 2. **Admit**: decode (Celery protocol v2 or the native envelope), look the task up, check its arguments;
-   refused messages get a FAILURE result (when an id is readable), a ``<queue>.dead`` entry and a log line.
+   refused messages get a FAILURE result (when an id is readable), a ``<queue>.dead`` entry and a log line
+   (a refused chord header part also fails its body, :func:`raysys.queue.chord.check_part`).
    Expired jobs get REVOKED, a future ``eta`` goes to the delayed set, and a job whose SUCCESS is already
    stored (or that runs here already) is acked without running again. The rest go to the run stage.
 
@@ -26,7 +27,7 @@ from typing import Any
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 
 from raysys.errors import Refused, UnknownTask
-from raysys.queue import messages, results, settle
+from raysys.queue import chord, messages, results, settle
 from raysys.queue.job import LIGHT, Job
 from raysys.tasks.registry import lookup
 
@@ -246,21 +247,19 @@ class ClaimStage:
         """
         settings = self.core.settings
         msg = messages.decode(raw, queue, max_bytes=settings.max_message_bytes, tz=settings.timezone)
-        if msg.chord is not None:
-            raise messages.refused("chords are not supported by raysys (run the header as a group and the body "
-                                   "on its results, or use a chain)", msg.id, msg.task,
-                                   error=results.ChordError(f"chord of {msg.task} refused: raysys does not run chords"),
-                                   also_fail=messages.chord_body_id(msg.chord))
+        if msg.chord is not None:  # a header part that can never be counted fails its body
+            chord.check_part(msg)
+        body = messages.chord_body_id(msg.chord)  # a refused chord part fails its body
         try:
             spec = lookup(msg.task)
         except UnknownTask:
             raise messages.refused(f"unknown task {msg.task!r}", msg.id, msg.task,
-                                   error=results.NotRegistered(msg.task)) from None
+                                   error=results.NotRegistered(msg.task), also_fail=body) from None
         try:
             spec.check_arguments(msg.args, msg.kwargs)
         except TypeError as exc:
             raise messages.refused(f"wrong arguments for {msg.task}: {exc}", msg.id, msg.task,
-                                   error=TypeError(str(exc))) from None
+                                   error=TypeError(str(exc)), also_fail=body) from None
         self.core.metrics.count("received", queue, spec.name)
         if msg.id in self.core.revoked:
             self.core.commit(settle.revoked(msg, spec.name, inflight, slot, "revoked", self.core.env))

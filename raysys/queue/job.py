@@ -37,6 +37,8 @@ class Job:
     runner: Any = None        # the ThreadRunner running this light job's batch, and its place in it
     index: int = 0
     terminated: bool = False  # revoked with terminate=True while running
+    chord_recorded: bool = False   # a chord header part's success is counted in Redis (its result and ack follow)
+    chord_error: str | None = None  # ... and its body could not be published: the body's ChordError reason
 
     @property
     def id(self) -> str:

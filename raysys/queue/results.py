@@ -73,7 +73,7 @@ class WorkerLostError(Exception):
 
 
 class ChordError(Exception):
-    """A chord could not complete (here: raysys does not run chords; see the bridge's docstring)."""
+    """A chord could not complete: a header part failed, was refused or revoked (:mod:`raysys.queue.chord`)."""
 
 
 # exc_module each Celery-named class is reported under (what a Celery client has loaded).

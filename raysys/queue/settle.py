@@ -9,16 +9,22 @@ stats alike), logs it, and frees its slot once the batch is written.
 Transitions (``Plan.transition``):
 
 - ``succeeded``: SUCCESS (SETEX + PUBLISH, Celery's format), link callbacks and the next chain step published
-  (``celery.group``/``celery.chain`` signatures expanded; a chord reached that way is refused).
+  (``celery.group``/``celery.chain``/``celery.chord`` signatures expanded, :mod:`raysys.queue.chord`). A chord
+  header part's success was counted in Redis before its plan is made (the bridge's ``finish``): its plan only
+  fails the body when the body could not be published.
 - ``retried``: RETRY state and the message again in the delayed set, ``retries + 1``, due after the task's
   countdown or exponential backoff with jitter (``retry_backoff * 2**retries``, capped, half to all of it).
 - ``outage_retried``: the same on the infrastructure-outage policy (``OUTAGE_*``), not spending the task's
   retries; once those are spent the outage is an ordinary retryable failure.
-- ``failed``: FAILURE, errbacks published, a ``<queue>.dead`` entry.
-- ``revoked`` (``revoked``, ``expired`` or ``terminated``), ``refused`` (a message that can never run),
+- ``failed``: FAILURE, errbacks published, a ``<queue>.dead`` entry; a chord header part fails its body
+  (``ChordError``, only where no job has the body's id).
+- ``revoked`` (``revoked``, ``expired`` or ``terminated``; a chord part fails its body), ``refused`` (a message
+  that can never run; a chord part fails its body),
   ``delayed`` (an ``eta`` in the future), ``duplicates`` (acked without running).
 
 Every plan of a claimed message ends with its ack, so the transition and the ack are one atomic write.
+A plan also names the task lifecycle hook its transition calls (``Plan.hook``: success, retry, failure; only
+when the task has one, :mod:`raysys.tasks.hooks`); the bridge queues it when it commits the plan.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from typing import Any
 
 from raysys.config import Settings
 from raysys.errors import Refused, UnknownTask
-from raysys.queue import canvas, messages, results
+from raysys.queue import canvas, chord, messages, results
 from raysys.queue.job import Job, Kind, Outcome
 from raysys.queue.messages import Message
 from raysys.queue.redis import Ops, dead_entry
+from raysys.tasks import hooks
 from raysys.tasks.registry import lookup
 
 log = logging.getLogger("raysys.queue.bridge")
@@ -71,6 +78,7 @@ class Plan:
     logs: list[tuple[int, str]] | tuple = ()  # other lines (callbacks published or not)
     delayed: bool = False              # something went to the delayed set: wake the due loop
     children: list[str] | tuple = ()   # ids of the jobs it published
+    hook: tuple = ()                   # (hooks.emit's arguments, its keywords): the task hook to call, if any
 
     def log(self, level: int, text: str) -> None:
         if not self.logs:
@@ -104,7 +112,7 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
     """The plan of ``job`` that ended with ``outcome`` at ``now`` (unix seconds)."""
     msg, s = job.msg, env.settings
     if job.terminated:  # revoked with terminate=True: its worker was killed on purpose
-        return revoked(msg, job.spec.name, job.inflight, job.slot, "terminated", env)
+        return revoked(msg, job.spec.name, job.inflight, job.slot, "terminated", env, fail_chord=not job.chord_recorded)
     plan = Plan("", msg.queue, job.spec.name)
     store = not msg.ignore_result  # Celery stores no state at all for ignore_result jobs
     extended = env.extended(msg) if store else None
@@ -120,11 +128,16 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
             if msg.chain:
                 children += _publish_next(msg.chain[-1], msg, (value,), msg.chain[:-1], env, plan, chosen)
             plan.children = children
+        if job.chord_error is not None:  # this part completed its chord, whose body could not be published
+            chord.fail_body(plan, msg, None, ttl, reason=job.chord_error)
         if store:
             plan.steps.append(("result", (msg.id, results.success_json(
                 msg.id, outcome.value_json, children=results.children_of(plan.children), parent_id=msg.parent_id,
                 extended=extended), ttl)))
         plan.transition, plan.counts, plan.note = "succeeded", ("succeeded",), "succeeded"
+        if hooks.wanted(job.spec):  # on_success(retval, task_id, args, kwargs)
+            plan.hook = ((job.spec, hooks.SUCCESS, msg.id, msg.args, msg.kwargs),
+                         {"retval": results.loads(outcome.value_json)})
         return plan.ack(job.inflight, msg.raw, job.slot)
     meta, tb = outcome.exc_meta or {}, outcome.traceback
     error = f"{meta.get('exc_type')}: {_short(meta.get('exc_message'))}"
@@ -137,6 +150,7 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
         plan.transition, plan.counts, plan.level = "outage_retried", ("retried",), logging.WARNING
         plan.note = (f"service unavailable, outage retry {msg.outages + 1}/{s.outage_max_retries} in "
                      f"{countdown:.1f} s: {error}")
+        _hook(plan, job, hooks.RETRY, meta, tb)
         return plan.ack(job.inflight, msg.raw, job.slot)
     retry = kind in (Kind.RETRY, Kind.OUTAGE)  # outage retries spent: an ordinary failure, on the task's retries
     max_retries = s.max_retries if job.spec.max_retries is None else job.spec.max_retries
@@ -151,6 +165,7 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
                meta, tb, store, extended, env)
         plan.transition, plan.counts, plan.level = "retried", ("retried",), logging.WARNING
         plan.note = f"retry in {countdown:.2f} s: {error}"
+        _hook(plan, job, hooks.RETRY, meta, tb)
         return plan.ack(job.inflight, msg.raw, job.slot)
     if msg.errbacks:
         chosen = set()
@@ -162,8 +177,11 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
     reason = f"gave up after {msg.retries} retries: {error}" if retry else error
     plan.steps.append(("dead", (msg.queue, dead_entry(reason, msg.queue, msg.raw, task_id=msg.id, task=msg.task,
                                                      retries=msg.retries, consumer=env.consumer, source=job.source))))
+    if msg.chord is not None:  # a header part failed for good: its body gets ChordError
+        chord.fail_body(plan, msg, meta, ttl)
     plan.transition, plan.counts, plan.level = "failed", ("failed", "dead_lettered"), logging.WARNING
     plan.note = f"failed: {reason}"
+    _hook(plan, job, hooks.FAILURE, meta, tb)
     return plan.ack(job.inflight, msg.raw, job.slot)
 
 
@@ -177,12 +195,23 @@ def _retry(plan: Plan, job: Job, due: float, again: str, meta: dict, tb: str, st
     plan.delayed = True
 
 
-def revoked(msg: Message, task: str, inflight: str, slot: tuple[str, str], reason: str, env: Env) -> Plan:
-    """REVOKED (``expired``, ``revoked`` or ``terminated``, as a Celery worker writes it) and the ack."""
+def _hook(plan: Plan, job: Job, event: str, meta: dict, tb: str) -> None:
+    """``on_retry``/``on_failure(exc, task_id, args, kwargs, einfo)`` for the plan, if the task has a hook."""
+    if hooks.wanted(job.spec):
+        plan.hook = ((job.spec, event, job.id, job.msg.args, job.msg.kwargs),
+                     {"exc": results.exception_from_meta(meta), "traceback": tb})
+
+
+def revoked(msg: Message, task: str, inflight: str, slot: tuple[str, str], reason: str, env: Env, *,
+            fail_chord: bool = True) -> Plan:
+    """REVOKED (``expired``, ``revoked`` or ``terminated``, as a Celery worker writes it) and the ack; a chord
+    header part's body gets ChordError (unless ``fail_chord`` is False: the part's success was counted)."""
     plan = Plan("revoked", msg.queue, task, ("revoked",), note=f"revoked ({reason})")
+    ttl = env.settings.result_expires
     if not msg.ignore_result:
-        plan.steps.append(("result", (msg.id, results.revoked_json(msg.id, reason, extended=env.extended(msg)),
-                           env.settings.result_expires)))
+        plan.steps.append(("result", (msg.id, results.revoked_json(msg.id, reason, extended=env.extended(msg)), ttl)))
+    if msg.chord is not None and fail_chord:  # a revoked part's body never gets all its parts
+        chord.fail_body(plan, msg, results.exception_meta(results.TaskRevokedError(reason)), ttl)
     return plan.ack(inflight, msg.raw, slot)
 
 
@@ -230,10 +259,7 @@ def _publish_next(sig: dict, parent: Message, prepend: tuple, chain: list | None
     """
     ids = []
     try:
-        for s, c, group, index in canvas.expand(sig, chain):
-            if s["task"] == "celery.chord":  # a chain step Celery turned into a chord (group, then a task)
-                _refuse_chord(s, parent, env, plan)
-                continue
+        for s, c, group, index in chord.expand(sig, chain):  # celery.chord: its header parts, carrying the body
             try:
                 spec = lookup(s["task"])
                 default = parent.queue if spec.queue == "*" else spec.queue
@@ -264,24 +290,11 @@ def _publish_next(sig: dict, parent: Message, prepend: tuple, chain: list | None
     except (ValueError, TypeError) as exc:
         reason = f"cannot publish {sig.get('task')!r} after {parent.task} {parent.id}: {exc}"
         plan.log(logging.ERROR, f"bridge {env.consumer}: {reason}")
+        chord.fail_chords(plan, sig, reason, env.settings.result_expires)  # no client waits forever on a chord
         plan.steps.append(("dead", (parent.queue, dead_entry(reason, parent.queue, results.dumps(sig),
                                                             task_id=(sig.get("options") or {}).get("task_id"),
                                                             task=sig.get("task"), consumer=env.consumer))))
     return ids
-
-
-def _refuse_chord(sig: dict, parent: Message, env: Env, plan: Plan) -> None:
-    """A chord reached as a callback or chain step: FAILURE (ChordError) for every id a client may wait
-    on, and a dead letter, instead of a chord that would never complete."""
-    ids = canvas.chord_ids(sig)
-    reason = f"chords are not supported by raysys (a chord after {parent.task} {parent.id})"
-    error = results.exception_meta(results.ChordError(reason))
-    for task_id in ids:  # ids the message named: failed only where no job has them (no result, no owner)
-        plan.steps.append(("result_new", (task_id, results.failure_json(task_id, error), env.settings.result_expires)))
-    plan.steps.append(("dead", (parent.queue, dead_entry(reason, parent.queue, results.dumps(sig),
-                                                        task_id=ids[0] if ids else None, task="celery.chord",
-                                                        consumer=env.consumer))))
-    plan.log(logging.WARNING, f"job {parent.id} {parent.task}: {reason}; failed {', '.join(ids)}")
 
 
 def _short(message: Any) -> str:

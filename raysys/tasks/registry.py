@@ -3,8 +3,10 @@
 A task is a plain function registered with :func:`task`. Its first parameter is a
 :class:`TaskContext` (settings, job id, try number, progress), then the Celery ``args``/``kwargs``
 exactly as producers send them. It returns a JSON-serialisable value. It may raise
-:class:`raysys.errors.Retry` to be retried, :class:`raysys.errors.InvalidInput`/``NotFound`` to fail
-at once, and any other exception to be retried up to ``max_retries`` with backoff.
+:class:`raysys.errors.Retry` (or call ``ctx.retry(exc=..., countdown=...)``, as Celery's ``self.retry``) to
+be retried, :class:`raysys.errors.InvalidInput`/``NotFound`` to fail at once, and any other exception to be
+retried up to ``max_retries`` with backoff. Lifecycle hooks (``on_success``, ``on_failure``, ``on_retry``, or
+``hooks=`` an object with them) are options of :func:`task` too (:mod:`raysys.tasks.hooks`).
 
 Short names are accepted as aliases (``ingest_document`` for ``workers.tasks.ingest_document``).
 """
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysys.config import Settings
-from raysys.errors import UnknownTask
+from raysys.errors import Retry, UnknownTask
+from raysys.tasks import hooks as task_hooks
 
 # Modules that register tasks; imported by load_all() wherever tasks run or are listed.
 TASK_MODULES = (
@@ -48,6 +51,15 @@ class TaskContext:
         if self.progress_cb is not None:
             self.progress_cb(max(0.0, min(1.0, fraction)), message)
 
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
+              max_retries: int | None = None) -> None:
+        """Run this job again after ``countdown`` seconds (None: the task's backoff), as Celery's ``self.retry``.
+
+        Raises:
+            raysys.errors.Retry: always (let it propagate); past ``max_retries`` the job fails with ``exc``.
+        """
+        raise Retry(exc, countdown=countdown, max_retries=max_retries)
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -62,6 +74,7 @@ class TaskSpec:
     num_gpus: float = 0.0
     soft_time_limit: float | None = None  # None: settings.task_soft_time_limit
     time_limit: float | None = None       # None: settings.task_time_limit
+    hooks: task_hooks.TaskHooks | None = None  # on_success / on_failure / on_retry (raysys.tasks.hooks)
 
     def check_arguments(self, args: list | tuple, kwargs: dict) -> None:
         """Raise TypeError when ``args``/``kwargs`` do not fit the task's signature."""
@@ -73,11 +86,19 @@ _LOADED = {"builtin": False}  # whether load_all() imported the built-in task mo
 _ALIASES: dict[str, str] = {}
 
 
-def task(name: str, queue: str, *, aliases: tuple[str, ...] = (), **options: Any) -> Callable:
-    """Register ``fn`` under ``name`` (and each alias); options as in :class:`TaskSpec`."""
+def task(name: str, queue: str, *, aliases: tuple[str, ...] = (), hooks: Any = None,
+         on_success: Callable | None = None, on_failure: Callable | None = None, on_retry: Callable | None = None,
+         **options: Any) -> Callable:
+    """Register ``fn`` under ``name`` (and each alias); options as in :class:`TaskSpec`.
+
+    ``on_success(retval, task_id, args, kwargs)``, ``on_failure(exc, task_id, args, kwargs, einfo)`` and
+    ``on_retry(exc, task_id, args, kwargs, einfo)`` are the task's lifecycle hooks, as Celery's ``Task``
+    methods; ``hooks`` an object or class with such methods (:mod:`raysys.tasks.hooks`).
+    """
+    spec_hooks = task_hooks.TaskHooks.build(hooks, on_success=on_success, on_failure=on_failure, on_retry=on_retry)
 
     def register(fn: Callable) -> Callable:
-        spec = TaskSpec(name=name, fn=fn, queue=queue, aliases=tuple(aliases), **options)
+        spec = TaskSpec(name=name, fn=fn, queue=queue, aliases=tuple(aliases), hooks=spec_hooks, **options)
         REGISTRY[name] = spec
         for alias in (*aliases, name.rsplit(".", 1)[-1]):
             _ALIASES.setdefault(alias, name)
