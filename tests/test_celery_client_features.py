@@ -77,7 +77,9 @@ def test_countdown_eta_naive_aware_negative_and_expires(celery_app, r):
         assert res.get(timeout=30) == name
     at = times(r, key)
     assert at["naive"] >= sent + 1.2 and at["plus5"] >= sent + 1.0
-    assert at["negative"] < sent + 5 and at["expires-later"] < sent + 5  # not delayed (loose: a loaded machine)
+    # Not held back: taking ``expires`` (60 s) for an ETA would hold a job a minute; a cold bridge's first
+    # Ray workers may take seconds to start on a loaded machine, which is not what this checks.
+    assert at["negative"] < sent + 30 and at["expires-later"] < sent + 30
     for res in expired:
         with pytest.raises(TaskRevokedError, match="expired"):
             res.get(timeout=30)
