@@ -300,8 +300,9 @@ class BridgeCore:
             in_flight = dict.fromkeys(self.queues, 0)
             for job in self.jobs.values():
                 in_flight[job.msg.queue] = in_flight.get(job.msg.queue, 0) + 1
+            taken = self.metrics.take()
             with contextlib.suppress(Exception):
-                self.metrics.push(depths, in_flight)
+                await asyncio.to_thread(self.metrics.export, taken, depths, in_flight)
             self.last_depths = depths
             horizon = time.time() - REVOKE_KEEP_SECONDS
             if self.revoked and min(self.revoked.values()) < horizon:

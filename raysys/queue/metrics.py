@@ -87,21 +87,29 @@ class BridgeMetrics:
         """``n`` batched writes of results/acks to Redis went through (``ok``) or failed."""
         self.pending_writes["ok" if ok else "error"] += n
 
-    def push(self, depths: dict[str, int] | None, in_flight: dict[str, int]) -> None:
-        pending, self.pending = self.pending, defaultdict(int)
+    def take(self) -> tuple:
+        """What was counted since the last take, handed over (cheap: on the bridge's event loop)."""
+        taken = (self.pending, self.times, self.waits, self.pending_writes)
+        self.pending, self.times, self.waits, self.pending_writes = defaultdict(int), [], [], defaultdict(int)
+        return taken
+
+    def export(self, taken: tuple, depths: dict[str, int] | None, in_flight: dict[str, int]) -> None:
+        """Hand ``taken`` and the gauges to Ray (thousands of calls at a high job rate: the bridge runs this
+        on a thread, off its event loop, so no job waits on it)."""
+        pending, times, waits, writes = taken
         for (name, queue, task), n in pending.items():
             self.counters[name].inc(n, tags={"queue": queue, "task": task})
-        times, self.times = self.times, []
         for queue, task, seconds in times:
             self.run_time.observe(seconds, tags={"queue": queue, "task": task})
-        waits, self.waits = self.waits, []
         for queue, task, seconds in waits:
             self.wait_time.observe(seconds, tags={"queue": queue, "task": task})
         for queue, n in (depths or {}).items():
             self.depth.set(n, tags={"queue": queue})
         for queue, n in in_flight.items():
             self.in_flight.set(n, tags={"queue": queue, "bridge": self.bridge})
-        writes, self.pending_writes = self.pending_writes, defaultdict(int)
         for outcome, n in writes.items():
             self.writes.inc(n, tags={"bridge": self.bridge, "outcome": outcome})
         self.heartbeat.set(time.time(), tags={"bridge": self.bridge})
+
+    def push(self, depths: dict[str, int] | None, in_flight: dict[str, int]) -> None:
+        self.export(self.take(), depths, in_flight)
