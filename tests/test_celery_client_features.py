@@ -367,7 +367,7 @@ def test_revoke_queued_delayed_and_running_jobs(celery_app, r):
     running.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match="terminated"):
         running.get(timeout=20)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 20  # interrupted: the job would sleep 30 s
     with pytest.raises(TaskRevokedError, match="revoked"):
         delayed.get(timeout=30)
     assert r.llen(key) == 0 and r.zscore("raysys:revoked", delayed.id)
@@ -386,7 +386,7 @@ def test_revoke_with_terminate_interrupts_a_running_light_job(celery_app, bridge
     running.revoke(terminate=True)
     with pytest.raises(TaskRevokedError, match="terminated"):
         running.get(timeout=20)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 20  # interrupted: the job would spin 30 s
     assert celery_app.send_task("raysys.ping", args=("still",)).get(timeout=10) == "still"
 
 

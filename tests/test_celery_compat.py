@@ -97,7 +97,9 @@ def test_countdown_and_eta_run_late_enough(celery_app, r):
     at = {k.decode(): float(v) for k, v in r.hgetall(f"{key}:at").items()}
     assert at["countdown"] >= sent + 1.5
     assert at["eta"] >= sent + 1.0
-    assert at["countdown"] < sent + 5
+    # Not held far past its time (a countdown read as minutes would be 90 s late); a cold bridge's first Ray
+    # workers may take seconds to start on a loaded machine, which is not what this checks.
+    assert at["countdown"] < sent + 60
 
 
 def test_expired_jobs_are_revoked(celery_app):
@@ -159,7 +161,7 @@ def test_soft_time_limit_gives_soft_time_limit_exceeded(celery_app, task, soft, 
     res = celery_app.send_task(task, args=(20,), soft_time_limit=soft, time_limit=hard)
     with pytest.raises(SoftTimeLimitExceeded):
         res.get(timeout=30)
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < 15  # stopped at its soft limit: the job would run 20 s
     assert celery_app.send_task("raysys.ping", args=("after",)).get(timeout=10) == "after"
 
 
@@ -187,7 +189,7 @@ def test_light_job_blocked_past_its_hard_limit_fails_and_the_bridge_goes_on(cele
     assert [p.get(timeout=10) for p in pings] == [f"p{i}" for i in range(10)]
     with pytest.raises(TimeLimitExceeded):
         stuck.get(timeout=30)
-    assert 1.5 <= time.monotonic() - t0 < 10
+    assert 1.5 <= time.monotonic() - t0 < 30  # stopped at its hard limit: the job would block 60 s
     assert ray.get(bridges[0].stats.remote())["totals"].get("light_threads_abandoned", 0) >= 1
     assert celery_app.send_task("tests.add", args=(40, 2)).get(timeout=10) == 42
 
@@ -199,7 +201,7 @@ def test_hard_time_limit_gives_time_limit_exceeded(celery_app):
     res = celery_app.send_task("tests.stubborn", args=(20,), soft_time_limit=0.5, time_limit=1.5)
     with pytest.raises(TimeLimitExceeded):
         res.get(timeout=30)
-    assert 1.5 <= time.monotonic() - t0 < 10
+    assert 1.5 <= time.monotonic() - t0 < 15  # stopped at its hard limit: the job would run 20 s
 
 
 def test_bridge_threads_take_the_configured_niceness(ray_cluster, qsettings, tmp_path):
