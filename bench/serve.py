@@ -231,7 +231,7 @@ def main() -> int:
             serve.shutdown()
             if bridges:
                 stop_bridges(bridges)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - any failure of a probe request counts as not ready yet
             pass
         ray.shutdown()
         stop_postgres(pg_pid)

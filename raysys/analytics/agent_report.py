@@ -71,11 +71,9 @@ def charts(today: Sequence[dict[str, Any]], trend: dict[str, list], png: Callabl
     lines per agent) for the :data:`CHART_AGENTS` busiest agents; {} when the day had no agent rows."""
     if not today:
         return {}
-    import matplotlib  # noqa: PLC0415
-
+    import matplotlib  # noqa: PLC0415 - matplotlib: only when charts are drawn (its backend is set first)
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after the backend is chosen
     top = list(today[:CHART_AGENTS])
     names = [str(r["agent_id"]) for r in reversed(top)]
     out: dict[str, bytes] = {}

@@ -42,12 +42,11 @@ def transcribe_recording(settings: Settings, audio: str | Path | bytes, *, layou
 
     Raises InvalidInput (bad audio or arguments), ModelUnavailable (a model cannot be loaded).
     """
-    import concurrent.futures  # noqa: PLC0415
+    import concurrent.futures  # noqa: PLC0415 - with the imports below: only the transcription path
 
-    from raysys.actors.diarization import diarize_file  # noqa: PLC0415
-    from raysys.actors.transcription import transcribe_audio  # noqa: PLC0415
-    from raysys.models.transcription import words_to_turns  # noqa: PLC0415
-
+    from raysys.actors.diarization import diarize_file  # noqa: PLC0415 - loads Ray and the model actors: only when a recording is transcribed
+    from raysys.actors.transcription import transcribe_audio  # noqa: PLC0415 - as above
+    from raysys.models.transcription import words_to_turns  # noqa: PLC0415 - as above
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     report = progress or (lambda f, m: None)

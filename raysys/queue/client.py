@@ -58,8 +58,7 @@ def resolve_task(name: str, settings: Settings) -> tuple[str, str]:
     first configured queue. Raises :class:`UnknownTask` when neither knows it.
     """
     try:
-        from raysys.tasks.registry import REGISTRY, load_all, lookup  # noqa: PLC0415
-
+        from raysys.tasks.registry import REGISTRY, load_all, lookup  # noqa: PLC0415 - a producer that names queues itself never loads the task modules
         if not REGISTRY or settings.task_modules:
             load_all(settings.task_modules)
         spec = lookup(name)
@@ -293,8 +292,7 @@ class Client:
     @property
     def redis(self) -> Any:
         if self._redis is None:
-            import redis  # noqa: PLC0415
-
+            import redis  # noqa: PLC0415 - only the subscribe-to-results path needs the client here
             self._redis = redis.Redis.from_url(self.settings.redis_url)
         return self._redis
 
