@@ -35,6 +35,7 @@ VERSION = "1"
 def build(data: Path) -> str:
     """The weights file's text, trained on every EmoDB clip under ``data``."""
     from raysys.models import emotion_training as recipe  # noqa: PLC0415 - after the argument parsing, so --help needs no torch
+
     clips = recipe.emodb_clips(data)
     features = recipe.featurize(clips)
     weights = recipe.fit(features, clips)

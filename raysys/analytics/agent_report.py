@@ -72,8 +72,10 @@ def charts(today: Sequence[dict[str, Any]], trend: dict[str, list], png: Callabl
     if not today:
         return {}
     import matplotlib  # noqa: PLC0415 - matplotlib: only when charts are drawn (its backend is set first)
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt  # noqa: PLC0415 - after the backend is chosen
+
     top = list(today[:CHART_AGENTS])
     names = [str(r["agent_id"]) for r in reversed(top)]
     out: dict[str, bytes] = {}

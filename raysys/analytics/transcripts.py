@@ -47,6 +47,7 @@ def transcribe_recording(settings: Settings, audio: str | Path | bytes, *, layou
     from raysys.actors.diarization import diarize_file  # noqa: PLC0415 - loads Ray and the model actors: only when a recording is transcribed
     from raysys.actors.transcription import transcribe_audio  # noqa: PLC0415 - as above
     from raysys.models.transcription import words_to_turns  # noqa: PLC0415 - as above
+
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     report = progress or (lambda f, m: None)

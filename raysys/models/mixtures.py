@@ -47,6 +47,7 @@ def librispeech_speakers(folder: str | Path, min_seconds: float = 15.0) -> dict[
     """``{speaker: [wav, ...]}`` of the LibriSpeech-named files in ``folder`` (``<spk>-<chapter>-<utt>.wav``)
     with at least ``min_seconds`` of audio per speaker; sorted, so the result does not depend on the disk."""
     import soundfile as sf  # noqa: PLC0415 - test and bench mixtures only: the diarizer never loads it
+
     by_speaker: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(Path(folder).glob("*.wav")):
         parts = path.stem.split("-")
@@ -58,12 +59,14 @@ def librispeech_speakers(folder: str | Path, min_seconds: float = 15.0) -> dict[
 
 def _load(path: Path) -> np.ndarray:
     from raysys.audio import load_audio  # noqa: PLC0415 - as above
+
     return load_audio(path)[0].astype(np.float32)
 
 
 def _telephone(x: np.ndarray) -> np.ndarray:
     """Down to 8 kHz and back: the 300-3400 Hz band a phone line keeps (the 8 kHz call a contact centre records)."""
     from scipy.signal import resample_poly  # noqa: PLC0415 - scipy.signal: only when a source needs resampling
+
     return resample_poly(resample_poly(x, 1, 2), 2, 1)[:len(x)].astype(np.float32)
 
 

@@ -59,6 +59,7 @@ def resolve_task(name: str, settings: Settings) -> tuple[str, str]:
     """
     try:
         from raysys.tasks.registry import REGISTRY, load_all, lookup  # noqa: PLC0415 - a producer that names queues itself never loads the task modules
+
         if not REGISTRY or settings.task_modules:
             load_all(settings.task_modules)
         spec = lookup(name)
@@ -293,6 +294,7 @@ class Client:
     def redis(self) -> Any:
         if self._redis is None:
             import redis  # noqa: PLC0415 - only the subscribe-to-results path needs the client here
+
             self._redis = redis.Redis.from_url(self.settings.redis_url)
         return self._redis
 

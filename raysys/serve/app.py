@@ -183,6 +183,7 @@ def create_app(service: Service) -> FastAPI:
             result = await asyncio.to_thread(transcribe_recording, settings, str(path), layout=layout,
                                              language=language)
             from raysys.analytics.redaction_turns import Policy, redact_transcription  # noqa: PLC0415 - phonenumbers' metadata: only when a transcript is answered
+
             policy = Policy.for_tenant(settings, await service.db.tenant_pii(tenant_id))
             result, _ = redact_transcription(result, policy)  # PII leaves only as tags (issue 17)
             return {**{k: v for k, v in result.items() if k != "diarization"},
