@@ -1,7 +1,9 @@
 """raysys' queue bridge against a real Celery prefork worker, side by side on the same Redis.
 
 Both consume the queue ``bench`` and run the same no-op job (``raysys.ping``, result stored in the
-Redis result backend). Measured, one system at a time (the other one stopped):
+Redis result backend). Measured, one system at a time (the other one stopped), each on a fresh
+redis-server of the same build and configuration (the embedded stack's: append-only), so neither
+inherits the other's append-only log, nor its rewrite:
 
 - **drain**: 10,000 jobs pushed at once (one pipeline); jobs/s from the first push to the last result.
 - **latency**: jobs offered at 200/s; enqueue -> result received over pub/sub, p50 to p99. The first
@@ -172,7 +174,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--latency-jobs", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="each round runs both systems afresh; the table shows the median of the rounds")
     parser.add_argument("--only", choices=("celery", "raysys"))
     args = parser.parse_args()
@@ -180,17 +182,16 @@ def main() -> None:
     rounds: dict[str, list[dict]] = {"celery": [], "raysys": []}
     with tempfile.TemporaryDirectory(prefix="raysys-bench-") as tmp:
         workdir = Path(tmp)
-        pid, url = start_redis(workdir / "redis", free_port())
-        try:
-            for i in range(args.rounds):
-                for name, runner in (("celery", run_celery), ("raysys", run_raysys)):
-                    if args.only and args.only != name:
-                        continue
-                    redis.Redis.from_url(url).flushall()
-                    print(f"round {i + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
+        for i in range(args.rounds):
+            for name, runner in (("celery", run_celery), ("raysys", run_raysys)):
+                if args.only and args.only != name:
+                    continue
+                print(f"round {i + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
+                pid, url = start_redis(workdir / f"redis-{name}-{i}", free_port())
+                try:
                     rounds[name].append(runner(url, workdir, args))
-        finally:
-            terminate([pid])
+                finally:
+                    terminate([pid])
     c, s = (_median(rounds["celery"]), _median(rounds["raysys"]))
     print(f"\nqueue bridge benchmark: no-op jobs with results stored, same Redis, {os.cpu_count()} CPUs, "
           f"median of {args.rounds} rounds")

@@ -300,9 +300,11 @@ class BridgeCore:
             in_flight = dict.fromkeys(self.queues, 0)
             for job in self.jobs.values():
                 in_flight[job.msg.queue] = in_flight.get(job.msg.queue, 0) + 1
-            taken = self.metrics.take()
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.metrics.export, taken, depths, in_flight)
+            try:  # in slices between which the event loop goes on with the jobs (see export_steps)
+                for _ in self.metrics.export_steps(self.metrics.take(), depths, in_flight):
+                    await asyncio.sleep(0)
+            except Exception:  # noqa: BLE001 - metrics are never worth a stalled heartbeat
+                log.debug("bridge %s: metrics export failed", self.name, exc_info=True)
             self.last_depths = depths
             horizon = time.time() - REVOKE_KEEP_SECONDS
             if self.revoked and min(self.revoked.values()) < horizon:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 
 from ray.util import metrics
 
 JOB_TRANSITIONS = ("received", "succeeded", "failed", "retried", "dead_lettered", "revoked")
 LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800]
 MAX_SAMPLES = 5000  # latency samples kept between two pushes (beyond: dropped, the counters stay exact)
+EXPORT_SLICE = 100  # Ray metric calls (about 6 us each) between two yields of :meth:`BridgeMetrics.export_steps`
 
 
 class BridgeMetrics:
@@ -93,16 +95,22 @@ class BridgeMetrics:
         self.pending, self.times, self.waits, self.pending_writes = defaultdict(int), [], [], defaultdict(int)
         return taken
 
-    def export(self, taken: tuple, depths: dict[str, int] | None, in_flight: dict[str, int]) -> None:
-        """Hand ``taken`` and the gauges to Ray (thousands of calls at a high job rate: the bridge runs this
-        on a thread, off its event loop, so no job waits on it)."""
+    def export_steps(self, taken: tuple, depths: dict[str, int] | None, in_flight: dict[str, int]) -> Iterator[None]:
+        """Hand ``taken`` and the gauges to Ray, yielding after every ``EXPORT_SLICE`` calls.
+
+        A busy second holds thousands of samples (tens of milliseconds of Ray calls). The bridge runs the
+        steps on its event loop and lets the loop turn between two of them, so a job waits for one slice at
+        most. (On a thread it waited longer: a thread holding the GIL keeps the event loop from its replies
+        for up to the interpreter's switch interval, 5 ms, every time.)
+        """
         pending, times, waits, writes = taken
         for (name, queue, task), n in pending.items():
             self.counters[name].inc(n, tags={"queue": queue, "task": task})
-        for queue, task, seconds in times:
-            self.run_time.observe(seconds, tags={"queue": queue, "task": task})
-        for queue, task, seconds in waits:
-            self.wait_time.observe(seconds, tags={"queue": queue, "task": task})
+        for histogram, samples in ((self.run_time, times), (self.wait_time, waits)):
+            for start in range(0, len(samples), EXPORT_SLICE):
+                yield
+                for queue, task, seconds in samples[start:start + EXPORT_SLICE]:
+                    histogram.observe(seconds, tags={"queue": queue, "task": task})
         for queue, n in (depths or {}).items():
             self.depth.set(n, tags={"queue": queue})
         for queue, n in in_flight.items():
@@ -110,6 +118,11 @@ class BridgeMetrics:
         for outcome, n in writes.items():
             self.writes.inc(n, tags={"bridge": self.bridge, "outcome": outcome})
         self.heartbeat.set(time.time(), tags={"bridge": self.bridge})
+
+    def export(self, taken: tuple, depths: dict[str, int] | None, in_flight: dict[str, int]) -> None:
+        """:meth:`export_steps` at once."""
+        for _ in self.export_steps(taken, depths, in_flight):
+            pass
 
     def push(self, depths: dict[str, int] | None, in_flight: dict[str, int]) -> None:
         self.export(self.take(), depths, in_flight)

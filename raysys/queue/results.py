@@ -144,9 +144,22 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=_default, separators=(", ", ": "))
 
 
-def loads(text: str | bytes) -> Any:
-    return json.loads(text, object_hook=_object_hook)
+_TYPED = json.JSONDecoder(object_hook=_object_hook)
 
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON text, with kombu's ``{"__type__": ..., "__value__": ...}`` markers turned back into values.
+
+    Text that cannot hold a marker (no ``__type__``, no ``\\u`` escape that could spell one) skips the
+    per-object hook: the whole decode stays in C, and every job's message and result is decoded this way.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        if b"__type__" not in text and b"\\u" not in text:
+            return json.loads(text)
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
+    elif "__type__" not in text and "\\u" not in text:
+        return json.loads(text)
+    return _TYPED.decode(text)
 
 
 def now_iso() -> str:

@@ -13,6 +13,7 @@ Short names are accepted as aliases (``ingest_document`` for ``workers.tasks.ing
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterable
@@ -78,7 +79,12 @@ class TaskSpec:
 
     def check_arguments(self, args: list | tuple, kwargs: dict) -> None:
         """Raise TypeError when ``args``/``kwargs`` do not fit the task's signature."""
-        inspect.signature(self.fn).bind(None, *args, **kwargs)
+        self.signature.bind(None, *args, **kwargs)
+
+    @functools.cached_property
+    def signature(self) -> inspect.Signature:
+        """The task function's signature, read once (every admitted job is checked against it)."""
+        return inspect.signature(self.fn)
 
 
 REGISTRY: dict[str, TaskSpec] = {}
