@@ -28,6 +28,7 @@ import promql_parser
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_until
 
 from raysys import logs
 from raysys.stack import free_port, ray_pids, start_ray_head, terminate
@@ -163,18 +164,25 @@ def test_every_metric_the_rules_and_the_dashboard_use_is_exported_after_real_job
     threading.Thread(target=read_driver, daemon=True).start()
     try:
         deadline = time.monotonic() + 420
-        while not driven.wait(1.0):
-            assert driver.poll() is None, f"the driver failed:\n{driver.stderr.read()[-4000:]}"
-            assert time.monotonic() < deadline, "the driver did not finish its jobs"
+
+        def driver_done() -> bool:
+            assert driven.is_set() or driver.poll() is None, f"the driver failed:\n{driver.stderr.read()[-4000:]}"
+            return driven.is_set()
+
+        wait_until(driver_done, timeout=420, interval=0.5, message="the driver to run its jobs")
         # Ray's agents export what the processes reported (every few seconds): poll for the whole set.
-        missing: set[str] = set()
-        while time.monotonic() < deadline:
-            exported = scrape(temp)
-            missing = {n for n in names if n not in exported}
-            if not missing:
-                break
-            time.sleep(3.0)
-        assert not missing, f"not exported: {sorted(missing)}"
+        last: dict[str, dict] = {}
+
+        def all_exported() -> bool:
+            last["exported"] = scrape(temp)
+            return names <= last["exported"].keys()
+
+        try:
+            wait_until(all_exported, timeout=max(1.0, deadline - time.monotonic()), interval=3.0,
+                       message="every metric the rules and panels use to be exported")
+        except AssertionError:
+            raise AssertionError(f"not exported: {sorted(names - last['exported'].keys())}") from None
+        exported = last["exported"]
         for what, (metrics, labels) in wanted.items():
             for metric in metrics - GPU_ONLY:
                 lacking = labels - exported[metric] - {"le"} if not metric.endswith("_bucket") else \

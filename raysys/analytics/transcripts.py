@@ -15,6 +15,7 @@ speaks most of the rest is the customer (:func:`raysys.analytics.callmetrics.map
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from raysys.analytics import callmetrics, redaction_turns
 from raysys.config import Settings
+from raysys.models.transcription import words_to_turns
 from raysys.storage.postgres import Call, Turn, open_db, run_sync
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,10 @@ def transcribe_recording(settings: Settings, audio: str | Path | bytes, *, layou
 
     Raises InvalidInput (bad audio or arguments), ModelUnavailable (a model cannot be loaded).
     """
-    import concurrent.futures  # noqa: PLC0415 - with the imports below: only the transcription path
-
-    from raysys.actors.diarization import diarize_file  # noqa: PLC0415 - loads Ray and the model actors: only when a recording is transcribed
-    from raysys.actors.transcription import transcribe_audio  # noqa: PLC0415 - as above
-    from raysys.models.transcription import words_to_turns  # noqa: PLC0415 - as above
+    # The actor modules import torch and Ray (about 4 s): only a process that transcribes pays for them, not
+    # every process that imports the task modules (the bridges, the Serve replicas).
+    from raysys.actors.diarization import diarize_file  # noqa: PLC0415 - see above
+    from raysys.actors.transcription import transcribe_audio  # noqa: PLC0415 - see above
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
