@@ -152,20 +152,21 @@ FROM (SELECT number, toDateTime64({start:DateTime64(3)}, 3, 'UTC')
 
 def bench_aggregation(settings, ctx_cls, million: bool) -> dict[str, float]:
     from raysys import synthetic
-    from raysys.actors.warehouse import wh_call
+    from raysys.actors.warehouse import Warehouse
     from raysys.tasks.metrics import aggregate_daily_metrics
 
     ctx = ctx_cls(settings=settings, task_id="bench")
+    warehouse = Warehouse(settings)
     out = {}
     day = date(2025, 3, 10)
     ds = synthetic.generate(tenants=1, calls=1000, days=1, seed=1, end=day, tenant_prefix="agg1k")
-    wh_call(settings, "insert_call_facts", [synthetic.call_fact(c) for c in ds.calls])
+    warehouse.insert_call_facts([synthetic.call_fact(c) for c in ds.calls])
     cases = [("1,000 calls (one day)", ds.tenants[0], None)]
     if million:
         for label, tenant, days in (("1,000,000 calls (one day)", "agg1m_1d", 1),
                                     ("1,000,000 calls (8 days recomputed)", "agg1m_8d", 8)):
             t0 = time.perf_counter()
-            wh_call(settings, "command", GEN_SQL, {
+            warehouse.command(GEN_SQL, {
                 "t": tenant, "customers": 300_000, "n": 1_000_000, "span": days * 86_400_000,
                 "start": datetime.combine(day - timedelta(days=days - 1), datetime.min.time())})
             print(f"  generated {label} in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -42,10 +42,12 @@ def ctx(asettings, ray_cluster):
     return TaskContext(settings=asettings, task_id="test")
 
 
-def wh(settings, method, *args):
-    from raysys.actors.warehouse import wh_call
+@pytest.fixture
+def warehouse(asettings, ray_cluster):
+    """The analytics tests' chDB through its Warehouse actor: ``warehouse.insert_call_facts(facts)``."""
+    from raysys.actors.warehouse import Warehouse
 
-    return wh_call(settings, method, *args)
+    return Warehouse(asettings)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from analytics_fixtures import run, utc, wh, with_db
+from analytics_fixtures import run, utc, with_db
 
 from raysys.analytics import agentmetrics, callmetrics
 from raysys.analytics.agent_report import AGENT_CHARTS, sparkline
@@ -138,13 +138,13 @@ def _check(row, expected):
         assert row[key] == (pytest.approx(value) if value is not None else None), key
 
 
-def test_agent_scorecards_from_known_calls(ctx, asettings, tenant_id):
+def test_agent_scorecards_from_known_calls(ctx, warehouse, tenant_id):
     t = tenant_id
     facts = _facts(t)
-    wh(asettings, "insert_call_facts", facts)
+    warehouse.insert_call_facts(facts)
     out = aggregate_daily_metrics(ctx, date=DAY.isoformat(), tenant_id=t)
     assert out["agents"] == 2  # a1 and a2; the call without an agent has no scorecard
-    rows = wh(asettings, "agent_metrics", t, DAY, DAY)
+    rows = warehouse.agent_metrics(t, DAY, DAY)
     assert [r["agent_id"] for r in rows] == ["a1", "a2"] and {r["tenant_id"] for r in rows} == {t}
     a1, a2 = rows
     _check(a1, _expected(facts, t, "a1", DAY))
@@ -157,17 +157,17 @@ def test_agent_scorecards_from_known_calls(ctx, asettings, tenant_id):
     assert a1["agent_interruptions_per_call"] == pytest.approx(1.0)
     assert [tuple(x) for x in a1["top_intents"]] == [("billing", 2), ("card", 1)]
     assert a2["fcr"] == pytest.approx(1.0) and a2["fcr_final"] == 1
-    assert wh(asettings, "agent_metrics", t, DAY, DAY, "a2")[0]["calls"] == 1
+    assert warehouse.agent_metrics(t, DAY, DAY, "a2")[0]["calls"] == 1
     # The later day has its own scorecards; recomputing a day replaces its rows.
     later = date(2025, 3, 5)
     assert aggregate_daily_metrics(ctx, date=later.isoformat(), tenant_id=t)["agents"] == 1
     aggregate_daily_metrics(ctx, date=DAY.isoformat(), tenant_id=t)
-    rows = wh(asettings, "agent_metrics", t, DAY, later)
+    rows = warehouse.agent_metrics(t, DAY, later)
     assert [(r["day"], r["agent_id"]) for r in rows] == [(DAY, "a1"), (DAY, "a2"), (later, "a3")]
-    assert wh(asettings, "agent_metrics", "other_" + t, DAY, DAY) == []  # that tenant was not aggregated
+    assert warehouse.agent_metrics("other_" + t, DAY, DAY) == []  # that tenant was not aggregated
 
 
-def test_report_has_the_agent_table_charts_and_csv(ctx, asettings, tenant_id, smtp_server):
+def test_report_has_the_agent_table_charts_and_csv(ctx, asettings, warehouse, tenant_id, smtp_server):
     url, handler = smtp_server
     ctx.settings = asettings.replace(smtp_url=url, report_sender="reports@raysys.test")
 
@@ -179,7 +179,7 @@ def test_report_has_the_agent_table_charts_and_csv(ctx, asettings, tenant_id, sm
     # A week of a1's history for its sparklines: one call a day on three earlier days.
     facts += [_fact(tenant_id, f"h{k}", utc(2025, 3, 3, 9) - timedelta(days=k), "a1", f"H{k}", "card", True, 60 * k, 0, 0, (0, 0),
                     None, 0.5, 0, 0, 0, 0, False) for k in (2, 4, 6)]
-    wh(asettings, "insert_call_facts", facts)
+    warehouse.insert_call_facts(facts)
     out = generate_daily_report(ctx, tenant_id, DAY.isoformat())  # aggregates the day and its agents first
     assert out["emailed"] is True and out["agents"] == 2
     directory = asettings.reports_dir / tenant_id / DAY.isoformat()

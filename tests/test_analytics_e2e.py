@@ -10,9 +10,10 @@ from datetime import timedelta
 from email import policy
 from pathlib import Path
 
-from analytics_fixtures import SMALL_CATALOGUE, rttm_turns, run, stereo_call, utc, wh, with_db
+from analytics_fixtures import SMALL_CATALOGUE, rttm_turns, run, stereo_call, utc, with_db
 from conftest import shared_data
 
+from raysys.actors.warehouse import Warehouse
 from raysys.analytics.intents import IntentModel
 from raysys.analytics.report import CHARTS
 from raysys.storage.postgres import Call, Turn
@@ -72,7 +73,7 @@ def test_calls_through_redis_to_postgres_clickhouse_metrics_and_emailed_report(
         rows = run(with_db(settings, stored))
         assert [r["intent"] for r in rows] == ["card_lost", "delivery_status", "password_reset"]
         assert rows[0]["diarization"]["segments"] and rows[1]["emotion"]["segments"] and rows[2]["emotion"] is None
-        assert wh(settings, "count_call_facts", tenant_id) == 3
+        assert Warehouse(settings).count_call_facts(tenant_id) == 3
 
         agg = client.send_task("workers.tasks.aggregate_daily_metrics", kwargs={"date": DAY, "tenant_id": tenant_id})
         (metrics,) = agg.get(timeout=120)["metrics"]

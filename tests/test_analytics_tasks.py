@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from analytics_fixtures import SMALL_CATALOGUE, run, utc, wh, with_db
+from analytics_fixtures import SMALL_CATALOGUE, run, utc, with_db
 
 from raysys.analytics.intents import IntentModel
 from raysys.errors import Forbidden, InvalidInput, NotFound
@@ -46,7 +46,7 @@ def intent_settings(asettings, tmp_path, tenant_id, text_encoder):
     return asettings.replace(intent_model_dir=str(tmp_path / "intents"))
 
 
-def test_call_without_audio_gets_text_analytics_stored_once(ctx, intent_settings, tenant_id):
+def test_call_without_audio_gets_text_analytics_stored_once(ctx, intent_settings, warehouse, tenant_id):
     ctx.settings = intent_settings
     call_id = f"{tenant_id}_call1"
     seed(intent_settings, tenant_id, call_id)
@@ -63,7 +63,7 @@ def test_call_without_audio_gets_text_analytics_stored_once(ctx, intent_settings
     assert row["silence_seconds"] == pytest.approx(14.0 - 13.0)
     assert row["sentiment_end"] > 0.3  # "Thanks, that's great."
     assert row["details"]["sentiment_source"] == "text" and row["details"]["timeline"]["source"] == "turns"
-    fact = wh(intent_settings, "call_fact", tenant_id, call_id)
+    fact = warehouse.call_fact(tenant_id, call_id)
     assert fact["intent"] == "card_lost" and fact["aht_seconds"] == pytest.approx(150) and fact["resolved"] == 1
     assert str(fact["day"]) == "2025-03-10"
     # The agent scorecards' inputs: 7.5 of the 13 s of speech are the agent's, its one interruption, the
@@ -80,8 +80,8 @@ def test_call_without_audio_gets_text_analytics_stored_once(ctx, intent_settings
         return await db.pool.fetchval("SELECT count(*) FROM call_analytics WHERE call_id = $1", call_id)
 
     assert run(with_db(intent_settings, count)) == 1
-    assert wh(intent_settings, "count_call_facts", tenant_id) == 1
-    assert wh(intent_settings, "call_fact", tenant_id, call_id)["sentiment_end"] < 0
+    assert warehouse.count_call_facts(tenant_id) == 1
+    assert warehouse.call_fact(tenant_id, call_id)["sentiment_end"] < 0
 
 
 def test_missing_call_bad_ids_and_paths_outside_the_roots_fail_clearly(ctx, asettings, tenant_id, tmp_path):
@@ -118,7 +118,7 @@ def _overlap(a, b):
     return sum(max(0.0, min(x[1], y[1]) - max(x[0], y[0])) for x in a for y in b)
 
 
-def test_call_with_a_real_recording_maps_diarized_speakers_to_roles(ctx, intent_settings, tenant_id):
+def test_call_with_a_real_recording_maps_diarized_speakers_to_roles(ctx, intent_settings, warehouse, tenant_id):
     """pyannote's 30 s two-speaker sample; the turns (from its RTTM reference) say who is the agent."""
     import shutil
 
@@ -155,7 +155,7 @@ def test_call_with_a_real_recording_maps_diarized_speakers_to_roles(ctx, intent_
     hyp_len = sum(e - s for s, e in agent_hyp)
     assert hyp_len > 0 and _overlap(agent_hyp, agent_ref) / hyp_len > 0.7
     assert 0 < row["talk_seconds"] and row["silence_seconds"] >= 0 and -1 <= row["sentiment_mean"] <= 1
-    assert wh(intent_settings, "call_fact", tenant_id, f"{tenant_id}_audio")["num_speakers"] == 2
+    assert warehouse.call_fact(tenant_id, f"{tenant_id}_audio")["num_speakers"] == 2
 
 
 def test_stereo_recording_maps_roles_by_channel(ctx, asettings, tenant_id):

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from analytics_fixtures import wh
 from conftest import shared_data
 
 from raysys.analytics import audit, audit_report
@@ -45,7 +44,7 @@ def _rows(out, model):
     return {r["metric"]: r for r in out["results"] if r["model"] == model}
 
 
-def test_emotion_and_sentiment_audits_are_stored_flagged_and_charted(ctx, asettings, tmp_path):
+def test_emotion_and_sentiment_audits_are_stored_flagged_and_charted(ctx, asettings, warehouse, tmp_path):
     from raysys.actors.emotion import analyze_file
     from raysys.audio import load_audio
 
@@ -62,9 +61,9 @@ def test_emotion_and_sentiment_audits_are_stored_flagged_and_charted(ctx, asetti
     assert set(emo) == {"uar", "accuracy"} and set(sen) == {"accuracy", "macro_f1"}
     assert 0.0 <= emo["uar"]["value"] <= 1.0 and emo["uar"]["rtf"] > 0
     assert sen["accuracy"]["value"] == 1.0 and sen["accuracy"]["version"] == model.model_version
-    stored = wh(asettings, "query", "SELECT model, metric, version, value, details FROM model_audits "
-                "WHERE run_id = {r:String} AND model IN ('emotion', 'sentiment') ORDER BY model, metric",
-                {"r": first["run_id"]})
+    stored = warehouse.query("SELECT model, metric, version, value, details FROM model_audits "
+                             "WHERE run_id = {r:String} AND model IN ('emotion', 'sentiment') ORDER BY model, metric",
+                             {"r": first["run_id"]})
     assert [(r["model"], r["metric"]) for r in stored] == [("emotion", "accuracy"), ("emotion", "uar"),
                                                            ("sentiment", "accuracy"), ("sentiment", "macro_f1")]
     assert '"skipped": 1' in stored[0]["details"]  # the boredom clip has no label in the models' set
@@ -108,8 +107,8 @@ def test_emotion_and_sentiment_audits_are_stored_flagged_and_charted(ctx, asetti
     assert emo["accuracy"]["value"] == 0.0 and emo["accuracy"]["baseline"] == 1.0 and emo["accuracy"]["regression"]
     assert sen["accuracy"]["value"] == 0.0 and sen["accuracy"]["baseline"] == 1.0 and sen["accuracy"]["regression"]
     assert {"emotion:uar", "emotion:accuracy", "sentiment:accuracy", "sentiment:macro_f1"} <= set(third["regressions"])
-    flags = wh(asettings, "query", "SELECT model, metric, regression FROM model_audits WHERE run_id = {r:String} "
-               "AND model IN ('emotion', 'sentiment')", {"r": third["run_id"]})
+    flags = warehouse.query("SELECT model, metric, regression FROM model_audits WHERE run_id = {r:String} "
+                            "AND model IN ('emotion', 'sentiment')", {"r": third["run_id"]})
     assert all(f["regression"] == 1 for f in flags) and len(flags) == 4
 
     # the audit report charts every model's figures over the runs, the newest run's regressions named

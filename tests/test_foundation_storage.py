@@ -135,25 +135,14 @@ def test_sessions_table_round_trip(pg_url):
     assert row["data"] == {"caller": "+971"} and row["redis_key"] == "session:sess1"
 
 
-class _ActorWarehouse:
-    """The session chDB through its Warehouse actor (chDB admits one process per directory, so the
-    pytest process must not open it itself: every other test reaches it through the actor too)."""
-
-    def __init__(self, settings):
-        self.settings = settings
-
-    def __getattr__(self, method):
-        from raysys.actors.warehouse import wh_call
-
-        return lambda *args, **kwargs: wh_call(self.settings, method, *args, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def wh(chdb_dsn, ray_cluster, tmp_path_factory):
+    """The session chDB through its Warehouse actor (chDB admits one process per directory, so the
+    pytest process must not open it itself: every other test reaches it through the actor too)."""
+    from raysys.actors.warehouse import Warehouse
     from raysys.config import Settings
 
-    return _ActorWarehouse(Settings.from_env({}, clickhouse_url=chdb_dsn,
-                                             data_dir=str(tmp_path_factory.mktemp("wh"))))
+    return Warehouse(Settings.from_env({}, clickhouse_url=chdb_dsn, data_dir=str(tmp_path_factory.mktemp("wh"))))
 
 
 def test_call_facts_round_trip_through_chdb_and_replace_by_call(wh, tenant_id):

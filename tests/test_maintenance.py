@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import ray
 import redis
-from analytics_fixtures import SMALL_CATALOGUE, run, wh, with_db
+from analytics_fixtures import SMALL_CATALOGUE, run, with_db
 
+from raysys.actors.warehouse import Warehouse
 from raysys.analytics.intents import IntentModel
 from raysys.errors import InvalidInput
 from raysys.storage.postgres import Call, Turn
@@ -49,7 +50,7 @@ def _call_ids(settings, tenant):
     return run(with_db(settings, go))
 
 
-def test_cleanup_expires_sessions_archives_old_calls_and_removes_old_temp_files(ctx, asettings, tenant_id):
+def test_cleanup_expires_sessions_archives_old_calls_and_removes_old_temp_files(ctx, asettings, warehouse, tenant_id):
     ids = _seed_calls(asettings, tenant_id)
     r = redis.Redis.from_url(asettings.redis_url)
     for sid in ("s_expired", "s_live"):
@@ -67,7 +68,7 @@ def test_cleanup_expires_sessions_archives_old_calls_and_removes_old_temp_files(
     assert not r.exists(f"session:{tenant_id}_s_expired") and r.exists(f"session:{tenant_id}_s_live")
     assert out["calls_archived"] == 2 and out["calls_deleted"] == 2 and out["archive_failed"] == 0
     assert _call_ids(asettings, tenant_id) == [ids[2]]
-    archived = {a["call_id"]: a for a in wh(asettings, "archived_calls", tenant_id)}
+    archived = {a["call_id"]: a for a in warehouse.archived_calls(tenant_id)}
     assert sorted(archived) == sorted(ids[:2])
     assert [t["text"] for t in json.loads(archived[ids[0]]["turns"])] == ["hello", "my bill"]
     assert json.loads(archived[ids[0]]["analytics"])["summary"] == "Customer: my bill"
@@ -86,8 +87,9 @@ def test_cleanup_never_deletes_a_call_whose_archive_failed(ctx, asettings, tenan
     broken = asettings.replace(clickhouse_url=f"chdb://{tmp_path / 'broken-chdb'}")
     ctx.settings = broken
     ids = _seed_calls(broken, tenant_id)
-    wh(broken, "command", "DROP TABLE IF EXISTS calls_archive")
-    wh(broken, "command", "CREATE TABLE calls_archive (x UInt8) ENGINE = Memory")
+    broken_warehouse = Warehouse(broken)
+    broken_warehouse.command("DROP TABLE IF EXISTS calls_archive")
+    broken_warehouse.command("CREATE TABLE calls_archive (x UInt8) ENGINE = Memory")
     try:
         out = cleanup_expired_sessions(ctx)
         assert out["archive_failed"] == 2 and out["calls_archived"] == 0 and out["calls_deleted"] == 0
@@ -99,8 +101,8 @@ def test_cleanup_never_deletes_a_call_whose_archive_failed(ctx, asettings, tenan
 
         assert run(with_db(broken, turns)) == 2
         # Once the archive works again, the next run archives and deletes them.
-        wh(broken, "command", "DROP TABLE calls_archive")
-        wh(broken, "command", ARCHIVE_DDL)
+        broken_warehouse.command("DROP TABLE calls_archive")
+        broken_warehouse.command(ARCHIVE_DDL)
         out = cleanup_expired_sessions(ctx)
         assert out["calls_archived"] == 2 and out["calls_deleted"] == 2 and out["archive_failed"] == 0
         assert _call_ids(broken, tenant_id) == [ids[2]]
@@ -119,7 +121,7 @@ def _audit_set(path, text_encoder, rows, labels=None):
     return path
 
 
-def test_audit_models_stores_accuracy_and_flags_a_regression(ctx, asettings, tmp_path, text_encoder):
+def test_audit_models_stores_accuracy_and_flags_a_regression(ctx, asettings, warehouse, tmp_path, text_encoder):
     held_out = [("someone took my card", "card_lost"), ("my parcel is late", "delivery_status"),
                 ("I can't sign in, password rejected", "password_reset"), ("card stolen at the bar", "card_lost")]
     good = _audit_set(tmp_path / "good", text_encoder, held_out)
@@ -140,15 +142,15 @@ def test_audit_models_stores_accuracy_and_flags_a_regression(ctx, asettings, tmp
     (res,) = [r for r in second["results"] if r["model"] == "intents"]
     assert res["value"] < 0.5 and res["baseline"] == 1.0 and res["regression"] is True
     assert second["regressions"] == ["intents:accuracy"]
-    stored = wh(asettings, "query", "SELECT value, regression, version FROM model_audits WHERE run_id = {r:String} "
-                "AND model = 'intents'", {"r": second["run_id"]})
+    stored = warehouse.query("SELECT value, regression, version FROM model_audits WHERE run_id = {r:String} "
+                             "AND model = 'intents'", {"r": second["run_id"]})
     assert stored == [{"value": res["value"], "regression": 1, "version": res["version"]}]
     ctx.settings = asettings.replace(audit_dir=str(tmp_path / "missing"))
     with pytest.raises(InvalidInput, match="no audit set"):
         audit_models(ctx)
 
 
-def test_audit_models_measures_der_and_speed_on_a_default_set_from_shared_data(ctx, asettings, tmp_path):
+def test_audit_models_measures_der_and_speed_on_a_default_set_from_shared_data(ctx, asettings, warehouse, tmp_path):
     from conftest import SHARED_DATA, shared_data
 
     from raysys.analytics.audit import build_default_set
@@ -164,6 +166,6 @@ def test_audit_models_measures_der_and_speed_on_a_default_set_from_shared_data(c
     (res,) = [r for r in out["results"] if r["model"] != "sentiment"]
     assert res["model"] == "diarization" and res["metric"] == "der"
     assert 0 <= res["value"] < 0.3 and 0 < res["rtf"] < 1
-    row = wh(asettings, "query", "SELECT details FROM model_audits WHERE run_id = {r:String} AND model = 'diarization'",
-             {"r": out["run_id"]})
+    row = warehouse.query("SELECT details FROM model_audits WHERE run_id = {r:String} AND model = 'diarization'",
+                          {"r": out["run_id"]})
     assert json.loads(row[0]["details"])["files"] == ["sample.wav"]

@@ -9,8 +9,9 @@ from datetime import date, timedelta
 from email import policy
 
 import pytest
-from analytics_fixtures import run, utc, wh, with_db
+from analytics_fixtures import run, utc, with_db
 
+from raysys.actors.warehouse import Warehouse
 from raysys.analytics.report import CHARTS, build_report, save_report
 from raysys.errors import NotFound, Retry
 from raysys.stack import free_port
@@ -63,7 +64,7 @@ def _seed(settings, tenant, recipients):
     facts = [{"tenant_id": tenant, "call_id": c["call_id"], "started_at": c["started_at"], "customer_id": c["customer_id"],
               "intent": c["intent"], "resolved": True, "aht_seconds": c["aht_seconds"], "sentiment_mean": c["sentiment_mean"]}
              for c in _calls(4)]
-    wh(settings, "insert_call_facts", facts)
+    Warehouse(settings).insert_call_facts(facts)
 
 
 def test_generate_daily_report_emails_inline_charts_and_csv(ctx, asettings, tenant_id, smtp_server):

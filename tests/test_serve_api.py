@@ -370,7 +370,7 @@ def test_upload_needs_a_key(api):
 
 
 def test_daily_metrics_are_the_tenants_own(api):
-    from raysys.actors.warehouse import wh_call
+    from raysys.actors.warehouse import Warehouse
     from raysys.storage.warehouse import DAILY_COLUMNS
 
     day = date(2026, 3, 2)
@@ -378,7 +378,7 @@ def test_daily_metrics_are_the_tenants_own(api):
     for t, total in (("a", 11), ("b", 99)):
         rows.append([api.tenants[t], day, total, 300.0, 500.0, 0.8, 1, 0.2, [("card_lost", total)], [0] * 24,
                      datetime.now(UTC)])
-    wh_call(api.settings, "insert", "daily_metrics", rows, DAILY_COLUMNS)
+    Warehouse(api.settings).insert("daily_metrics", rows, DAILY_COLUMNS)
     r = api.http.get("/v1/metrics/daily", params={"start": "2026-03-01", "end": "2026-03-03"}, headers=api.auth("a"))
     assert r.status_code == 200, r.text
     days = r.json()["days"]
@@ -390,16 +390,17 @@ def test_daily_metrics_are_the_tenants_own(api):
 
 
 def test_agent_metrics_are_the_tenants_own(api):
-    from raysys.actors.warehouse import wh_call
+    from raysys.actors.warehouse import Warehouse
 
     day = date(2026, 3, 2)
     facts = [{"tenant_id": api.tenants[t], "call_id": f"{t}{k}", "started_at": datetime(2026, 3, 2, 9, k, tzinfo=UTC),
               "customer_id": f"{t}{k}", "agent_id": agent, "intent": "card_lost", "resolved": True, "aht_seconds": aht}
              for t, k, agent, aht in (("a", 1, "a1", 100.0), ("a", 2, "a1", 300.0), ("a", 3, "shared", 50.0),
                                       ("b", 1, "shared", 900.0), ("b", 2, "b1", 10.0))]
-    wh_call(api.settings, "insert_call_facts", facts)
+    warehouse = Warehouse(api.settings)
+    warehouse.insert_call_facts(facts)
     for t in ("a", "b"):
-        wh_call(api.settings, "aggregate_agents", day, day, 7, api.tenants[t])
+        warehouse.aggregate_agents(day, day, 7, api.tenants[t])
     r = api.http.get("/v1/metrics/agents", params={"day": "2026-03-02"}, headers=api.auth("a"))
     assert r.status_code == 200, r.text
     body = r.json()

@@ -189,11 +189,11 @@ def _head(api: Api, path: str, length: int, content_type: str = "application/jso
 
 @pytest.mark.parametrize("shape", ["positional-null", "keyword-null", "absent"])
 def test_aggregate_daily_metrics_returns_only_the_callers_tenant(api, shape):
-    from raysys.actors.warehouse import wh_call
+    from raysys.actors.warehouse import Warehouse
 
     day = date(2026, 2, 1) + timedelta(days=["positional-null", "keyword-null", "absent"].index(shape))
     started = datetime(day.year, day.month, day.day, 10, 0, tzinfo=UTC)
-    wh_call(api.settings, "insert_call_facts", [
+    Warehouse(api.settings).insert_call_facts([
         {"tenant_id": api.tenants[t], "call_id": f"{t}_{shape}_{i}", "started_at": started + timedelta(minutes=i),
          "customer_id": f"c{i}", "intent": "billing", "resolved": True, "aht_seconds": 100.0 * (i + 1)}
         for t in ("a", "b") for i in range(2)])

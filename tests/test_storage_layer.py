@@ -117,7 +117,7 @@ def test_the_typed_warehouse_proxy_reads_a_day(tmp_path, chdb_dsn, ray_cluster, 
         wh.calls_of_day(tenant_id, day, ["call_id", "secret"], 2)
     row = dict(zip(DAILY_COLUMNS, [tenant_id, day, 3, 101.0, 102.0, 1.0, 0, 0.0, [("billing", 3)], [0] * 24,
                                    datetime.now(UTC)], strict=True))
-    wh._call("insert", "daily_metrics", [list(row.values())], DAILY_COLUMNS)
+    assert wh.insert("daily_metrics", [list(row.values())], DAILY_COLUMNS) == 1
     (got,) = wh.day_metrics(day, tenant_id)
     assert got["tenant_id"] == tenant_id and got["total_calls"] == 3 and got["top_intents"] == [["billing", 3]]
     assert wh.day_metrics(day, "nobody") == []

@@ -10,7 +10,7 @@ failure.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
@@ -62,93 +62,98 @@ class Warehouse:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # ``method`` is the storage class's own function, so a renamed method fails here, not on the actor.
         handle, name = warehouse(self.settings), warehouse_name(self.settings)
         deadline.wait_started(handle, name, {"CPU": 0.0}, self.settings.actor_start_timeout)
-        return deadline.get_within(handle.call.remote(method, *args, **kwargs), self.settings.warehouse_call_timeout,
-                                   f"the Warehouse actor {name} ({method})")
+        return deadline.get_within(handle.call.remote(method.__name__, *args, **kwargs),
+                                   self.settings.warehouse_call_timeout,
+                                   f"the Warehouse actor {name} ({method.__name__})")
 
     # health -------------------------------------------------------------------------------------------
 
     def ping(self) -> bool:
-        return self._call("ping")
+        return self._call(store.Warehouse.ping)
 
     def version(self) -> str:
-        return self._call("version")
+        return self._call(store.Warehouse.version)
 
     # call facts and daily metrics ----------------------------------------------------------------------
 
     def insert_call_facts(self, facts: Sequence[dict[str, Any]]) -> int:
         """Insert (or replace) one ``call_facts`` row per call; returns how many."""
-        return self._call("insert_call_facts", list(facts))
+        return self._call(store.Warehouse.insert_call_facts, list(facts))
 
     def call_fact(self, tenant_id: str, call_id: str) -> dict[str, Any] | None:
-        return self._call("call_fact", tenant_id, call_id)
+        return self._call(store.Warehouse.call_fact, tenant_id, call_id)
 
     def count_call_facts(self, tenant_id: str) -> int:
-        return self._call("count_call_facts", tenant_id)
+        return self._call(store.Warehouse.count_call_facts, tenant_id)
 
     def delete_tenant(self, tenant_id: str) -> None:
-        self._call("delete_tenant", tenant_id)
+        self._call(store.Warehouse.delete_tenant, tenant_id)
 
     def daily_metrics(self, tenant_id: str, start: date, end: date) -> list[dict[str, Any]]:
         """The tenant's ``daily_metrics`` rows for ``start <= day <= end``, oldest first."""
-        return self._call("daily_metrics", tenant_id, start, end)
+        return self._call(store.Warehouse.daily_metrics, tenant_id, start, end)
 
     def day_metrics(self, day: date, tenant_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """The ``daily_metrics`` rows of one day, for one tenant or all."""
-        return self._call("day_metrics", day, tenant_id, limit)
+        return self._call(store.Warehouse.day_metrics, day, tenant_id, limit)
 
     def calls_of_day(self, tenant_id: str, day: date, columns: Sequence[str], limit: int) -> list[dict[str, Any]]:
         """The tenant's ``call_facts`` of ``day``, earliest first."""
-        return self._call("calls_of_day", tenant_id, day, list(columns), limit)
+        return self._call(store.Warehouse.calls_of_day, tenant_id, day, list(columns), limit)
 
     def aggregate_days(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> None:
         """Recompute the tenants' ``daily_metrics`` rows of days ``first``..``last``."""
-        self._call("aggregate_days", first, last, window_days, tenant_id)
+        self._call(store.Warehouse.aggregate_days, first, last, window_days, tenant_id)
 
     def aggregate_agents(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> int:
         """Recompute the per-agent daily rows of days ``first``..``last``; the number of agent rows of ``last``."""
-        return self._call("aggregate_agents", first, last, window_days, tenant_id)
+        return self._call(store.Warehouse.aggregate_agents, first, last, window_days, tenant_id)
 
     def aggregate_daily(self, first: date, last: date, window_days: int, tenant_id: str | None = None) -> int:
         """Both: the tenants' and the agents' rows of ``first``..``last``; the number of agent rows of ``last``."""
-        return self._call("aggregate_daily", first, last, window_days, tenant_id)
+        return self._call(store.Warehouse.aggregate_daily, first, last, window_days, tenant_id)
 
     def agent_metrics(self, tenant_id: str, start: date, end: date, agent_id: str | None = None) -> list[dict[str, Any]]:
         """A tenant's agent scorecards of days ``start``..``end`` (one agent's with ``agent_id``)."""
-        return self._call("agent_metrics", tenant_id, start, end, agent_id)
+        return self._call(store.Warehouse.agent_metrics, tenant_id, start, end, agent_id)
+
+    # primitives (tools, tests and benches; the application uses the methods above) ----------------------
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
-        """Run one statement (tools and tests; the aggregation runs through :func:`raysys.analytics.aggregation.aggregate_days`)."""
-        return self._call("command", sql, parameters)
+        """Run one statement; its result (the aggregation runs through :meth:`aggregate_days`)."""
+        return self._call(store.Warehouse.command, sql, parameters)
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts; use ``{name:Type}`` placeholders for every value."""
+        return self._call(store.Warehouse.query, sql, parameters)
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> int:
+        """Insert ``rows`` (values in ``columns`` order) into ``table``; returns how many."""
+        return self._call(store.Warehouse.insert, table, list(rows), list(columns))
 
     # call archive -------------------------------------------------------------------------------------
 
     def archive_calls(self, rows: Sequence[dict[str, Any]]) -> int:
-        return self._call("archive_calls", list(rows))
+        return self._call(store.Warehouse.archive_calls, list(rows))
 
     def archived_checksums(self, tenant_id: str, call_ids: Sequence[str]) -> dict[str, str]:
-        return self._call("archived_checksums", tenant_id, list(call_ids))
+        return self._call(store.Warehouse.archived_checksums, tenant_id, list(call_ids))
 
     def archived_calls(self, tenant_id: str, limit: int = 1000) -> list[dict[str, Any]]:
-        return self._call("archived_calls", tenant_id, limit)
+        return self._call(store.Warehouse.archived_calls, tenant_id, limit)
 
     # model audits -------------------------------------------------------------------------------------
 
     def insert_model_audits(self, rows: Sequence[dict[str, Any]]) -> int:
-        return self._call("insert_model_audits", list(rows))
+        return self._call(store.Warehouse.insert_model_audits, list(rows))
 
     def last_model_audit(self, model: str, metric: str) -> dict[str, Any] | None:
-        return self._call("last_model_audit", model, metric)
+        return self._call(store.Warehouse.last_model_audit, model, metric)
 
     def model_audit_history(self, runs: int = 30) -> list[dict[str, Any]]:
-        return self._call("model_audit_history", runs)
+        return self._call(store.Warehouse.model_audit_history, runs)
 
-
-def wh_call(settings: Settings, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a Warehouse method by name (tests and tools that reach a primitive such as ``insert``).
-
-    Application code uses :class:`Warehouse`. Raises what :class:`Warehouse`'s methods raise.
-    """
-    return Warehouse(settings)._call(method, *args, **kwargs)

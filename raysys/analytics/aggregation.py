@@ -43,9 +43,9 @@ def aggregate_days(command: Callable[[str, dict[str, Any]], Any], first: date, l
     """Recompute ``daily_metrics`` for ``first..last`` (one tenant or all); with ``agents`` the agents' rows
     too.
 
-    ``command(sql, params)`` runs a statement on the warehouse (``Warehouse.command`` or, on a cluster,
-    ``wh_call(settings, "command", ...)``). Calls up to ``window_days`` after ``last`` are read too, so a
-    backfill sees the repeat contacts that followed.
+    ``command(sql, params)`` runs a statement on the warehouse (``Warehouse.command`` of
+    :mod:`raysys.storage.warehouse` or, on a cluster, of :mod:`raysys.actors.warehouse`). Calls up to
+    ``window_days`` after ``last`` are read too, so a backfill sees the repeat contacts that followed.
     """
     aggregate(command, first, last, window_days=window_days, tenant_id=tenant_id, today=today, agents=agents)
     return {"first": first.isoformat(), "last": last.isoformat(), "tenant_id": tenant_id,
