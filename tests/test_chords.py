@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from celery import chain, chord, group
+from queue_fixtures import settled
 from waiting import wait_until
 
 from raysys.queue import canvas, messages, results
@@ -75,6 +76,25 @@ def test_a_failing_header_task_fails_the_body_with_chord_error(celery_app, r):
     res = chord([sig(app, "tests.add", 1, 2), sig(app, "tests.no_such_task")])(sig(app, "tests.tsum"))
     with pytest.raises(ChordError):
         app.AsyncResult(res.id).get(timeout=60)
+
+
+def test_a_failed_chords_body_errbacks_run_once_with_the_bodys_id(celery_app, r):
+    """``body.on_error(errback)``: when header tasks fail, Celery's backend calls the body's errbacks with the
+    body's id (``chord_error_from_stack``). Two failing parts: the errback still runs once."""
+    from celery.exceptions import ChordError
+
+    app = celery_app
+    key = f"errback-{uuid.uuid4()}"
+    body = sig(app, "tests.collect", f"{key}:body")
+    body.link_error(sig(app, "tests.record", key))  # runs as tests.record(<body id>, key)
+    res = chord([sig(app, "tests.boom", "a"), sig(app, "tests.add", 1, 2), sig(app, "tests.boom", "b")])(body)
+    with pytest.raises(ChordError):
+        app.AsyncResult(res.id).get(timeout=60)
+    assert wait_until(lambda: r.lrange(res.id, 0, -1), message="the body's errback to run") == [key.encode()]
+    parts = res.parent.results
+    wait_until(lambda: all(p.state in ("SUCCESS", "FAILURE") for p in parts), message="every part settled")
+    wait_until(lambda: settled(r, "ingest", "analytics"), message="every job acked")
+    assert r.lrange(res.id, 0, -1) == [key.encode()] and r.llen(f"{key}:body") == 0
 
 
 def test_a_chord_as_a_chain_step_runs_and_the_chain_goes_on(celery_app):

@@ -273,6 +273,49 @@ def test_a_chord_part_that_fails_revoked_or_whose_body_cannot_publish_fails_the_
     assert "Callback error" in stored(r, body_id)["result"]["exc_message"][0]
 
 
+def test_a_failed_chord_body_calls_its_errbacks_once_with_its_id(r, qs):
+    """Celery's backend (``chord_error_from_stack``) calls the body's ``link_error`` errbacks with the body's
+    id: in the batch that writes the body's ChordError, and only then (a second failing part, or a refused
+    one, leaves both the FAILURE and the errbacks as the first part wrote them)."""
+    body_id = str(uuid.uuid4())
+    errbacks = [canvas.signature("tests.record", ["failed"]),
+                canvas.signature("tests.mul", [2, 3], immutable=True, queue="analytics"),
+                canvas.signature("tests.record", ["nowhere"], queue="not-a-queue")]
+    body = canvas.signature("tests.tsum", task_id=body_id, link_error=errbacks)
+
+    def part(index: int) -> Job:
+        return claimed(r, qs, "tests.add", (1, 2), group="g-" + body_id, group_index=index, chord=body)
+
+    job, env = part(0)
+    first = settle.settle(job, Outcome.fail(0.1, ValueError("boom")), env, NOW)
+    assert any("'not-a-queue' is not a configured queue" in text for _, text in first.logs)
+    write(qs, first)
+    assert stored(r, body_id)["result"]["exc_type"] == "ChordError"
+    published = [messages.decode(raw, "ingest") for raw in r.lrange("ingest", 0, -1)]
+    assert [(m.task, m.args, m.parent_id, m.root_id) for m in published] == [
+        ("tests.record", [body_id, "failed"], body_id, body_id)]
+    assert [(m.task, m.args) for m in map(lambda raw: messages.decode(raw, "analytics"),
+                                          r.lrange("analytics", 0, -1))] == [("tests.mul", [2, 3])]
+    # another part fails for good, in a batch of its own: nothing more is published, the FAILURE stands
+    job, env = part(1)
+    write(qs, settle.settle(job, Outcome.fail(0.1, KeyError("late")), env, NOW))
+    # and a refused part (unknown task) too
+    raw = messages.encode_celery("tests.no_such_task", [], queue="ingest", group="g-" + body_id, group_index=2,
+                                 chord=body).encode()
+    refusal = messages.refused("unknown task", messages.sniff_id(raw), "tests.no_such_task",
+                               also_fail=(body_id,), chord_body=body)
+    write(qs, settle.refused(refusal, "ingest", "ingest", "raysys:inflight:settle-test:ingest", raw, LIGHT, env))
+    assert r.llen("ingest") == 1 and r.llen("analytics") == 1
+    assert "Dependency" in stored(r, body_id)["result"]["exc_message"][0]
+    # a body with no result yet, failed by a refused part: its errbacks go out with that FAILURE
+    other = str(uuid.uuid4())
+    body = canvas.signature("tests.tsum", task_id=other, link_error=errbacks[:1])
+    refusal = messages.refused("unknown task", None, "tests.no_such_task", also_fail=(other,), chord_body=body)
+    write(qs, settle.refused(refusal, "ingest", "ingest", "raysys:inflight:settle-test:ingest", raw, LIGHT, env))
+    assert "was refused" in stored(r, other)["result"]["exc_message"][0]
+    assert messages.decode(r.lindex("ingest", 0), "ingest").args == [other, "failed"]
+
+
 def test_a_chord_chain_step_publishes_its_header_and_a_bad_one_fails_its_body(r, qs):
     body_id = str(uuid.uuid4())
     header = {"task": "celery.group", "args": [], "kwargs": {"tasks": [canvas.signature("tests.add", [1]),

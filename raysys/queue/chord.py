@@ -21,7 +21,10 @@ one member. The part that completes the chord publishes the body with :func:`pub
 publish, mark done, drop the chord's keys), also before its own ack: a crash after it leaves the ``done``
 marker, so the body is published once. A part that fails for good (retries spent, refused, revoked) fails the
 body at once with Celery's ``ChordError("Dependency <id> raised ...")`` (:func:`fail_body`, in the part's own
-atomic batch); the body is then never published, even when the other parts succeed. Chords reached as a chain
+atomic batch), and the body's errbacks (``link_error``) are published, each called with the body's id as
+Celery's backend does (``chord_error_from_stack``), in the same script and only if that FAILURE was the one
+written (a second failing part neither overwrites it nor calls them again); the body is then never published,
+even when the other parts succeed. Chords reached as a chain
 step or a callback (a ``celery.chord`` signature) are started by :func:`expand`: each header task is published
 with the body (its ``chord_size`` set) embedded, as Celery's ``chord`` task does.
 
@@ -29,7 +32,7 @@ Only parts that succeed cost Redis round trips (one; two for the last one); othe
 
 Limits: fail-fast (the body fails at the first part that fails for good); ``res.get()`` on the chord raises the
 failing part's own exception (Celery's client checks the header's results first), ``AsyncResult(body_id).get()``
-raises ``ChordError``; the body's errbacks are not called; a chord in a chord's header is refused.
+raises ``ChordError``; a chord in a chord's header is refused.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def check_part(msg: messages.Message) -> None:
         missing = "group id" if not msg.group else "body task_id"
         raise messages.refused(f"chord part without a {missing}: it cannot be counted", msg.id, msg.task,
                                error=results.ChordError(f"chord part {msg.id} has no {missing}"),
-                               also_fail=messages.chord_body_id(msg.chord))
+                               also_fail=messages.chord_body_id(msg.chord), chord_body=msg.chord)
 
 
 async def record_part(redis: Any, msg: messages.Message, value_json: str, ttl: int) -> list | None:
@@ -166,10 +169,11 @@ async def publish_body(redis: Any, msg: messages.Message, out: list[tuple[str, s
     return bool(await redis.eval(PUBLISH, len(keys), *keys, ttl, *[raw for _, raw, _ in out]))
 
 
-def fail_body(plan: Any, msg: messages.Message, exc_meta: dict | None, ttl: int,
+def fail_body(plan: Any, msg: messages.Message, exc_meta: dict | None, ttl: int, targets: frozenset[str],
               reason: str | None = None) -> str | None:
     """Add to ``plan`` (a :class:`raysys.queue.settle.Plan`: the part's own batch, before its ack) the body's
-    FAILURE with Celery's ``ChordError`` (``Dependency <id> raised <exc>``, or ``reason``); returns the body's id.
+    FAILURE with Celery's ``ChordError`` (``Dependency <id> raised <exc>``, or ``reason``) and its errbacks
+    (:func:`body_errbacks`; ``targets``: the queues they may go to); returns the body's id.
 
     Only where no job owns the body's id yet (no result, no owner): a body that ran is never overwritten.
     """
@@ -179,9 +183,54 @@ def fail_body(plan: Any, msg: messages.Message, exc_meta: dict | None, ttl: int,
     if reason is None:
         cause = results.exception_from_meta(exc_meta) if exc_meta else None
         reason = f"Dependency {msg.id} raised {cause!r}"
-    error = results.exception_meta(results.ChordError(reason))
-    plan.steps.append(("result_new", (target, results.failure_json(target, error), ttl)))
+    fail_body_id(plan, target, msg.chord, reason, msg.queue, ttl, targets)
     return target
+
+
+def fail_body_id(plan: Any, target: str, body: Any, reason: str, queue: str, ttl: int,
+                 targets: frozenset[str]) -> None:
+    """Add to ``plan`` the FAILURE (``ChordError(reason)``) of the chord body ``target`` (its signature
+    ``body`` when known), with its errbacks published only if that FAILURE is written."""
+    error = results.exception_meta(results.ChordError(reason))
+    then, problems = body_errbacks(body, target, queue, targets)
+    for problem in problems:
+        plan.log(logging.WARNING, problem)
+    plan.steps.append(("result_new", (target, results.failure_json(target, error), ttl, then)))
+
+
+def body_errbacks(body: Any, target: str, queue: str, targets: frozenset[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The messages of the errbacks (``options.link_error``) of the chord body ``target`` that failed, as
+    Celery's result backend sends them (``chord_error_from_stack``): each errback called with the body's id
+    (before its own arguments unless immutable), the body as its parent and root; groups and chains expanded.
+
+    Returns ``(list, raw)`` pairs, and a line per errback that cannot be published (bad options, a queue
+    that is not in ``targets``); ``queue`` (the failing part's) is where an errback of an unknown task goes.
+    """
+    options = body.get("options") if isinstance(body, dict) and isinstance(body.get("options"), dict) else {}
+    errbacks = options.get("link_error") or []
+    if isinstance(errbacks, dict):
+        errbacks = [errbacks]
+    parent = messages.Message(id=target, task=str(body.get("task")) if isinstance(body, dict) else "?",
+                              args=[], kwargs={}, queue=queue)
+    out: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for sig in errbacks if isinstance(errbacks, list) else ():
+        if not (isinstance(sig, dict) and isinstance(sig.get("task"), str)):
+            problems.append(f"chord body {target}: an errback is not a signature: {str(sig)[:200]}")
+            continue
+        try:
+            for s, c, group, index in expand(sig):
+                try:
+                    spec = lookup(s["task"])
+                    default = queue if spec.queue == "*" else spec.queue
+                except UnknownTask:
+                    default = queue
+                list_name, raw, _ = canvas.next_message(s, parent, prepend=(target,), chain=c, default_queue=default,
+                                                        group=group, group_index=index, allowed_queues=targets)
+                out.append((list_name, raw))
+        except (ValueError, TypeError, KeyError) as exc:
+            problems.append(f"chord body {target}: errback {sig['task']!r} not published: {exc}")
+    return out, problems
 
 
 def fail_chords(plan: Any, sig: Any, reason: str, ttl: int) -> list[str]:

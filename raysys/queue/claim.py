@@ -254,12 +254,14 @@ class ClaimStage:
             spec = lookup(msg.task)
         except UnknownTask:
             raise messages.refused(f"unknown task {msg.task!r}", msg.id, msg.task,
-                                   error=results.NotRegistered(msg.task), also_fail=body) from None
+                                   error=results.NotRegistered(msg.task), also_fail=body,
+                                   chord_body=msg.chord) from None
         try:
             spec.check_arguments(msg.args, msg.kwargs)
         except TypeError as exc:
             raise messages.refused(f"wrong arguments for {msg.task}: {exc}", msg.id, msg.task,
-                                   error=TypeError(str(exc)), also_fail=body) from None
+                                   error=TypeError(str(exc)), also_fail=body,
+                                   chord_body=msg.chord) from None
         self.core.metrics.count("received", queue, spec.name)
         if msg.id in self.core.revoked:
             self.core.commit(settle.revoked(msg, spec.name, inflight, slot, "revoked", self.core.env))

@@ -136,15 +136,17 @@ class Message:
 
 
 def refused(reason: str, task_id: str | None = None, task: str | None = None, exc_cls: type = Refused,
-            also_fail: tuple[str, ...] = (), error: BaseException | None = None) -> Refused:
+            also_fail: tuple[str, ...] = (), error: BaseException | None = None, chord_body: Any = None) -> Refused:
     """A :class:`Refused` carrying what the bridge needs: the id to fail, the task, what to report (``error``,
-    else ``exc_cls(reason)``), and ``also_fail``: other ids a client may be waiting on (a refused chord's body)."""
+    else ``exc_cls(reason)``), and ``also_fail``: other ids a client may be waiting on (a refused chord part's
+    body, whose signature ``chord_body`` names its errbacks)."""
     err = Refused(reason)
     err.task_id = task_id  # type: ignore[attr-defined]
     err.task = task  # type: ignore[attr-defined]
     err.exc_cls = exc_cls  # type: ignore[attr-defined]
     err.error = error  # type: ignore[attr-defined]
     err.also_fail = also_fail  # type: ignore[attr-defined]
+    err.chord_body = chord_body  # type: ignore[attr-defined]
     return err
 
 
@@ -358,10 +360,12 @@ def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Mess
     body_id = chord_body_id(chord_body)
     if not isinstance(args, list):
         raise refused(f"body args must be a list, got {type(args).__name__}", task_id, task,
-                      exc_cls=DecodeError, also_fail=body_id)
+                      exc_cls=DecodeError, also_fail=body_id,
+                      chord_body=chord_body)
     if not isinstance(kwargs, dict):
         raise refused(f"body kwargs must be an object, got {type(kwargs).__name__}", task_id, task,
-                      exc_cls=DecodeError, also_fail=body_id)
+                      exc_cls=DecodeError, also_fail=body_id,
+                      chord_body=chord_body)
     if embed is not None and not isinstance(embed, dict):
         raise refused("body embed must be an object", task_id, task, exc_cls=DecodeError)
     embed = embed or {}
@@ -383,7 +387,8 @@ def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Mess
             chord=_sig(chord_body, "chord") if chord_body else None, envelope=env,
         )
     except ValueError as exc:
-        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id) from None
+        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id,
+                      chord_body=chord_body) from None
 
 
 def chord_body_id(body: Any) -> tuple[str, ...]:
@@ -420,7 +425,8 @@ def _decode_celery_v1(body: dict, env: dict, props: dict, queue: str, tz: str | 
         group = _opt_str(body.get("taskset") or body.get("group"), "taskset")
         priority = _priority(props.get("priority"))
     except ValueError as exc:
-        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id) from None
+        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id,
+                      chord_body=body.get("chord")) from None
     v2 = json.loads(encode_celery(
         task, args, kwargs, task_id=task_id, queue=queue, eta=eta, expires=expires, retries=retries,
         time_limit=hard, soft_time_limit=soft, group=group, priority=priority, callbacks=callbacks,

@@ -33,6 +33,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,7 @@ return out
 #   R key_i value ttl       store a result: SETEX + PUBLISH, unless a SUCCESS is stored already
 #   C key_i owner_i value ttl  store a result only for an id nobody uses: no result stored and no owner
 #                           (``{p}raysys:job-tenant:<id>``) recorded; else count it as refused
+#   W key_i raw             LPUSH a message only if the last C op stored its result (a chord body's errbacks)
 #   A key_i raw             ack: LREM one copy of raw from an in-flight list
 #   P key_i raw             publish a message: LPUSH onto a queue list (as producers do)
 #   N res_i owner_i key_i raw dead_i entry  publish a message under an id its producer chose (a callback's
@@ -130,6 +132,7 @@ local set = redis.pcall('SET', KEYS[1], '1', 'EX', 3600)
 if type(set) == 'table' and set.err then return {0, -2, 0, 0, set.err} end
 local i = 1
 local skipped, trimmed = 0, 0
+local wrote = false
 local errors, refused = {}, {}
 local function run(...)
   local r = redis.pcall(...)
@@ -152,13 +155,17 @@ while i <= #ARGV do
     end
     i = i + 4
   elseif op == 'C' then
-    if taken(key, KEYS[tonumber(ARGV[i + 2])]) then
-      refused[#refused + 1] = key
-    else
+    wrote = not taken(key, KEYS[tonumber(ARGV[i + 2])])
+    if wrote then
       run('SETEX', key, ARGV[i + 4], ARGV[i + 3])
       run('PUBLISH', key, ARGV[i + 3])
+    else
+      refused[#refused + 1] = key
     end
     i = i + 5
+  elseif op == 'W' then
+    if wrote then run('LPUSH', key, ARGV[i + 2]) end
+    i = i + 3
   elseif op == 'A' then
     run('LREM', key, -1, ARGV[i + 2]); i = i + 3
   elseif op == 'P' then
@@ -304,14 +311,17 @@ class Ops:
         self.argv += ["R", self._k(keys.result_key(task_id)), value, ttl]
         self.count += 1
 
-    def result_new(self, task_id: str, value: str, ttl: int) -> bool:
+    def result_new(self, task_id: str, value: str, ttl: int, then: Sequence[tuple[str, str | bytes]] = ()) -> bool:
         """Store a result for an id a message named for another job (a chord part's), only if no result and
-        no owner is recorded for it: never over another job's state. False if this batch already has it."""
+        no owner is recorded for it: never over another job's state; and only then publish the messages
+        ``then`` (``(list, raw)``: a failed chord body's errbacks). False if this batch already has it."""
         if task_id in self.chosen:
             return False
         self.chosen.add(task_id)
         self.argv += ["C", self._k(keys.result_key(task_id)), self._k(self.owner_key(task_id)), value, ttl]
-        self.count += 1
+        for list_name, raw in then:
+            self.argv += ["W", self._k(list_name), raw]
+        self.count += 1 + len(then)
         return True
 
     def owner_key(self, task_id: str) -> str:

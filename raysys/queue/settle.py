@@ -129,7 +129,7 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
                 children += _publish_next(msg.chain[-1], msg, (value,), msg.chain[:-1], env, plan, chosen)
             plan.children = children
         if job.chord_error is not None:  # this part completed its chord, whose body could not be published
-            chord.fail_body(plan, msg, None, ttl, reason=job.chord_error)
+            chord.fail_body(plan, msg, None, ttl, env.callback_targets, reason=job.chord_error)
         if store:
             plan.steps.append(("result", (msg.id, results.success_json(
                 msg.id, outcome.value_json, children=results.children_of(plan.children), parent_id=msg.parent_id,
@@ -178,7 +178,7 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
     plan.steps.append(("dead", (msg.queue, dead_entry(reason, msg.queue, msg.raw, task_id=msg.id, task=msg.task,
                                                      retries=msg.retries, consumer=env.consumer, source=job.source))))
     if msg.chord is not None:  # a header part failed for good: its body gets ChordError
-        chord.fail_body(plan, msg, meta, ttl)
+        chord.fail_body(plan, msg, meta, ttl, env.callback_targets)
     plan.transition, plan.counts, plan.level = "failed", ("failed", "dead_lettered"), logging.WARNING
     plan.note = f"failed: {reason}"
     _hook(plan, job, hooks.FAILURE, meta, tb)
@@ -211,7 +211,8 @@ def revoked(msg: Message, task: str, inflight: str, slot: tuple[str, str], reaso
     if not msg.ignore_result:
         plan.steps.append(("result", (msg.id, results.revoked_json(msg.id, reason, extended=env.extended(msg)), ttl)))
     if msg.chord is not None and fail_chord:  # a revoked part's body never gets all its parts
-        chord.fail_body(plan, msg, results.exception_meta(results.TaskRevokedError(reason)), ttl)
+        chord.fail_body(plan, msg, results.exception_meta(results.TaskRevokedError(reason)), ttl,
+                        env.callback_targets)
     return plan.ack(inflight, msg.raw, slot)
 
 
@@ -242,8 +243,9 @@ def refused(exc: Refused, queue: str, source: str, inflight: str, raw: bytes, sl
         plan.steps.append(("result", (task_id, results.failure_json(task_id, results.exception_meta(error)), ttl)))
     for other in getattr(exc, "also_fail", ()):  # a refused chord part: its body will never run
         # Another job's id, named by this message: failed only if no job has it yet (no result, no owner).
-        error = results.ChordError(f"chord part {task_id or '?'} ({task or '?'}) was refused: {reason}")
-        plan.steps.append(("result_new", (other, results.failure_json(other, results.exception_meta(error)), ttl)))
+        chord.fail_body_id(plan, other, getattr(exc, "chord_body", None),
+                           f"chord part {task_id or '?'} ({task or '?'}) was refused: {reason}", queue, ttl,
+                           env.callback_targets)
     plan.steps.append(("dead", (queue, dead_entry(reason, queue, raw, task_id=task_id, task=task,
                                                  consumer=env.consumer, source=source))))
     plan.note = f"job {task_id or '-'} {task or '-'} refused: {reason} (dead-lettered to {queue}.dead)"
