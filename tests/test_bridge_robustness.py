@@ -23,7 +23,7 @@ from conftest import wire_message
 from queue_fixtures import drain_publications, settled
 from waiting import wait_until
 
-from raysys.queue import keys, messages
+from raysys.queue import keys, messages, results
 
 pytestmark = pytest.mark.usefixtures("bridges")
 
@@ -226,6 +226,29 @@ def test_duplicate_delivery_while_running_runs_once(r):
         pubs.close()
     assert pubs.seen[task_id]["SUCCESS"] == 1
     assert r.llen("analytics") == 0 and not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
+
+
+def test_a_job_whose_success_is_stored_is_acked_without_running(r):
+    """A delivery of an id whose SUCCESS is stored (a producer's retry after the job ran, a requeue racing its
+    result) is acked without running, on each claim path: an idle queue's waiter (which reads the stored
+    result in its claim's own round trip), a message whose first "id" is not its own (that read misses; the
+    bridge reads the right one), and the claim loop's batches."""
+    key = f"stored-{uuid.uuid4()}"
+    done = [str(uuid.uuid4()) for _ in range(6)]
+    for task_id in done:
+        r.set(keys.result_key(task_id), results.success_json(task_id, '"earlier"'))
+    wait_until(lambda: settled(r, "ingest"), message="an idle queue")
+    r.lpush("ingest", json.dumps(wire("tests.count", (key, 1), task_id=done[0])[1]))
+    wait_until(lambda: settled(r, "ingest"), message="the waiter's delivery acked")
+    r.lpush("ingest", json.dumps({"meta": {"id": "decoy"}, "task": "tests.count", "id": done[1], "args": [key, 1]}))
+    wait_until(lambda: settled(r, "ingest"), message="the decoy's delivery acked")
+    r.lpush("ingest", *[json.dumps(wire("tests.count", (key, 1), task_id=i)[1]) for i in done[2:]])
+    control, env = wire("tests.count", (key, 7))
+    r.lpush("ingest", json.dumps(env))
+    assert wait_final(r, [control])[control]["result"] == 7
+    wait_until(lambda: settled(r, "ingest"), message="every delivery acked")
+    assert r.hgetall(key) == {control.encode(): b"1"}  # only the control job ran
+    assert [meta(r, i)["result"] for i in done] == ["earlier"] * len(done)
 
 
 def _bad_messages(n: int, rng: random.Random) -> list[tuple[str | None, bytes | str]]:

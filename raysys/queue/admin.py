@@ -22,7 +22,7 @@ from raysys.constants import (
 )
 from raysys.errors import NotFound
 from raysys.queue import keys, messages
-from raysys.queue.redis import MOVE_ONE
+from raysys.queue.scripts import MOVE_ONE
 
 
 def connect(settings: Settings) -> redis.Redis:

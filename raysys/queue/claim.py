@@ -124,9 +124,9 @@ class ClaimStage:
                     continue
                 self.claims_active += 1
                 try:
-                    raw = await self.core.broker.block_claim(queue, BLOCK_SECONDS, conn)
+                    raw, known = await self.core.broker.block_claim(queue, BLOCK_SECONDS, conn)
                 except (RedisError, OSError) as exc:
-                    raw = None
+                    raw, known = None, {}
                     if write_refused(exc):  # refused before it moved anything
                         await self.core.memory_full_wait(exc)
                     else:
@@ -137,7 +137,7 @@ class ClaimStage:
                 if raw is not None:
                     light_guess = task_name(raw) in self.light_names
                     self._count_claim(queue, light_guess, raw)
-                    asyncio.get_running_loop().create_task(self.admit([(queue, light_guess, raw)]))
+                    asyncio.get_running_loop().create_task(self.admit([(queue, light_guess, raw)], known))
                     if self.n_light + sum(self.n_heavy.values()) > 1:
                         self.core.wake.set()  # busy: more may be waiting, let the claim loop take a batch
                     else:
@@ -196,7 +196,9 @@ class ClaimStage:
         if full or not self.claims_idle.is_set():
             self.core.wake.set()
 
-    async def admit(self, items: list[tuple[str, bool, bytes]]) -> None:
+    async def admit(self, items: list[tuple[str, bool, bytes]], known: dict[str, bytes | None] | None = None) -> None:
+        """Admit claimed messages and hand them to the run stage. ``known``: stored results already read for
+        some ids (a waiter's claim reads its message's in the same round trip); the others are read here."""
         now = time.time()
         to_run: list[Job] = []
         for source, light_guess, raw in items:
@@ -219,10 +221,14 @@ class ClaimStage:
         self.core.flush_event.set()
         if not to_run:
             return
-        try:
-            stored = await self.core.broker.results([j.id for j in to_run])
-        except (RedisError, OSError):
-            stored = [None] * len(to_run)  # the store step still refuses to overwrite a SUCCESS
+        ids = [j.id for j in to_run]
+        if known and all(i in known for i in ids):
+            stored = [known[i] for i in ids]
+        else:
+            try:
+                stored = await self.core.broker.results(ids)
+            except (RedisError, OSError):
+                stored = [None] * len(to_run)  # the store step still refuses to overwrite a SUCCESS
         for job, meta in zip(to_run, stored, strict=True):
             if results.is_success(meta):
                 self.core.commit(settle.dropped(job, "skipped: SUCCESS already stored"))
