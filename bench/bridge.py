@@ -2,8 +2,8 @@
 
 Both consume the queue ``bench`` and run the same no-op job (``raysys.ping``, result stored in the
 Redis result backend). Measured, one system at a time (the other one stopped), each on a fresh
-redis-server of the same build and configuration (the embedded stack's: append-only), so neither
-inherits the other's append-only log, nor its rewrite:
+redis-server of the same build and configuration (the embedded stack's: append-only), after the previous
+run's files were deleted and the disk synced, so neither pays for the other's writes:
 
 - **drain**: 10,000 jobs pushed at once (one pipeline); jobs/s from the first push to the last result.
 - **latency**: jobs offered at 200/s; enqueue -> result received over pub/sub, p50 to p99. The first
@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -187,11 +188,16 @@ def main() -> None:
                 if args.only and args.only != name:
                     continue
                 print(f"round {i + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
-                pid, url = start_redis(workdir / f"redis-{name}-{i}", free_port())
+                # The previous run's append-only log is deleted and the disk synced first: its write-back
+                # would otherwise stall this run's Redis (one system would pay for the other's writes).
+                os.sync()
+                data = workdir / f"redis-{name}-{i}"
+                pid, url = start_redis(data, free_port())
                 try:
                     rounds[name].append(runner(url, workdir, args))
                 finally:
                     terminate([pid])
+                    shutil.rmtree(data, ignore_errors=True)
     c, s = (_median(rounds["celery"]), _median(rounds["raysys"]))
     print(f"\nqueue bridge benchmark: no-op jobs with results stored, same Redis, {os.cpu_count()} CPUs, "
           f"median of {args.rounds} rounds")
