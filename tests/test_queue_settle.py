@@ -303,14 +303,14 @@ def test_a_failed_chord_body_calls_its_errbacks_once_with_its_id(r, qs):
     raw = messages.encode_celery("tests.no_such_task", [], queue="ingest", group="g-" + body_id, group_index=2,
                                  chord=body).encode()
     refusal = messages.refused("unknown task", messages.sniff_id(raw), "tests.no_such_task",
-                               also_fail=(body_id,), chord_body=body)
+                               chord_body=body)
     write(qs, settle.refused(refusal, "ingest", "ingest", "raysys:inflight:settle-test:ingest", raw, LIGHT, env))
     assert r.llen("ingest") == 1 and r.llen("analytics") == 1
     assert "Dependency" in stored(r, body_id)["result"]["exc_message"][0]
     # a body with no result yet, failed by a refused part: its errbacks go out with that FAILURE
     other = str(uuid.uuid4())
     body = canvas.signature("tests.tsum", task_id=other, link_error=errbacks[:1])
-    refusal = messages.refused("unknown task", None, "tests.no_such_task", also_fail=(other,), chord_body=body)
+    refusal = messages.refused("unknown task", None, "tests.no_such_task", chord_body=body)
     write(qs, settle.refused(refusal, "ingest", "ingest", "raysys:inflight:settle-test:ingest", raw, LIGHT, env))
     assert "was refused" in stored(r, other)["result"]["exc_message"][0]
     assert messages.decode(r.lindex("ingest", 0), "ingest").args == [other, "failed"]

@@ -116,7 +116,7 @@ def check_part(msg: messages.Message) -> None:
         missing = "group id" if not msg.group else "body task_id"
         raise messages.refused(f"chord part without a {missing}: it cannot be counted", msg.id, msg.task,
                                error=results.ChordError(f"chord part {msg.id} has no {missing}"),
-                               also_fail=messages.chord_body_id(msg.chord), chord_body=msg.chord)
+                               chord_body=msg.chord)
 
 
 async def record_part(redis: Any, msg: messages.Message, value_json: str, ttl: int) -> list | None:
@@ -198,6 +198,16 @@ def fail_body_id(plan: Any, target: str, body: Any, reason: str, queue: str, ttl
     plan.steps.append(("result_new", (target, results.failure_json(target, error), ttl, then)))
 
 
+def queue_for(task: str, fallback: str) -> str:
+    """The queue a published signature of ``task`` goes to when it names none: its task's, else ``fallback``
+    (the publishing job's queue: for tasks registered with ``queue="*"`` and names unknown here)."""
+    try:
+        spec = lookup(task)
+    except UnknownTask:
+        return fallback
+    return fallback if spec.queue == "*" else spec.queue
+
+
 def body_errbacks(body: Any, target: str, queue: str, targets: frozenset[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """The messages of the errbacks (``options.link_error``) of the chord body ``target`` that failed, as
     Celery's result backend sends them (``chord_error_from_stack``): each errback called with the body's id
@@ -220,12 +230,8 @@ def body_errbacks(body: Any, target: str, queue: str, targets: frozenset[str]) -
             continue
         try:
             for s, c, group, index in expand(sig):
-                try:
-                    spec = lookup(s["task"])
-                    default = queue if spec.queue == "*" else spec.queue
-                except UnknownTask:
-                    default = queue
-                list_name, raw, _ = canvas.next_message(s, parent, prepend=(target,), chain=c, default_queue=default,
+                list_name, raw, _ = canvas.next_message(s, parent, prepend=(target,), chain=c,
+                                                        default_queue=queue_for(s["task"], queue),
                                                         group=group, group_index=index, allowed_queues=targets)
                 out.append((list_name, raw))
         except (ValueError, TypeError, KeyError) as exc:

@@ -255,19 +255,16 @@ class ClaimStage:
         msg = messages.decode(raw, queue, max_bytes=settings.max_message_bytes, tz=settings.timezone)
         if msg.chord is not None:  # a header part that can never be counted fails its body
             chord.check_part(msg)
-        body = messages.chord_body_id(msg.chord)  # a refused chord part fails its body
         try:
             spec = lookup(msg.task)
         except UnknownTask:
             raise messages.refused(f"unknown task {msg.task!r}", msg.id, msg.task,
-                                   error=results.NotRegistered(msg.task), also_fail=body,
-                                   chord_body=msg.chord) from None
+                                   error=results.NotRegistered(msg.task), chord_body=msg.chord) from None
         try:
             spec.check_arguments(msg.args, msg.kwargs)
         except TypeError as exc:
             raise messages.refused(f"wrong arguments for {msg.task}: {exc}", msg.id, msg.task,
-                                   error=TypeError(str(exc)), also_fail=body,
-                                   chord_body=msg.chord) from None
+                                   error=TypeError(str(exc)), chord_body=msg.chord) from None
         self.core.metrics.count("received", queue, spec.name)
         if msg.id in self.core.revoked:
             self.core.commit(settle.revoked(msg, spec.name, inflight, slot, "revoked", self.core.env))

@@ -136,16 +136,16 @@ class Message:
 
 
 def refused(reason: str, task_id: str | None = None, task: str | None = None, exc_cls: type = Refused,
-            also_fail: tuple[str, ...] = (), error: BaseException | None = None, chord_body: Any = None) -> Refused:
+            error: BaseException | None = None, chord_body: Any = None) -> Refused:
     """A :class:`Refused` carrying what the bridge needs: the id to fail, the task, what to report (``error``,
-    else ``exc_cls(reason)``), and ``also_fail``: other ids a client may be waiting on (a refused chord part's
-    body, whose signature ``chord_body`` names its errbacks)."""
+    else ``exc_cls(reason)``), and for a refused chord part its body's signature ``chord_body``: ``also_fail``
+    is that body's id (a client may be waiting on it), whose errbacks the signature names."""
     err = Refused(reason)
     err.task_id = task_id  # type: ignore[attr-defined]
     err.task = task  # type: ignore[attr-defined]
     err.exc_cls = exc_cls  # type: ignore[attr-defined]
     err.error = error  # type: ignore[attr-defined]
-    err.also_fail = also_fail  # type: ignore[attr-defined]
+    err.also_fail = chord_body_id(chord_body)  # type: ignore[attr-defined]
     err.chord_body = chord_body  # type: ignore[attr-defined]
     return err
 
@@ -356,15 +356,14 @@ def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Mess
     if not (isinstance(decoded, list) and len(decoded) in (2, 3)):
         raise refused("body is not [args, kwargs, embed]", task_id, task, exc_cls=DecodeError)
     args, kwargs, embed = (*decoded, None) if len(decoded) == 2 else decoded
-    chord_body = embed.get("chord") if isinstance(embed, dict) else None
-    body_id = chord_body_id(chord_body)
+    chord_body = embed.get("chord") if isinstance(embed, dict) else None  # a refused part fails its body
     if not isinstance(args, list):
         raise refused(f"body args must be a list, got {type(args).__name__}", task_id, task,
-                      exc_cls=DecodeError, also_fail=body_id,
+                      exc_cls=DecodeError,
                       chord_body=chord_body)
     if not isinstance(kwargs, dict):
         raise refused(f"body kwargs must be an object, got {type(kwargs).__name__}", task_id, task,
-                      exc_cls=DecodeError, also_fail=body_id,
+                      exc_cls=DecodeError,
                       chord_body=chord_body)
     if embed is not None and not isinstance(embed, dict):
         raise refused("body embed must be an object", task_id, task, exc_cls=DecodeError)
@@ -387,7 +386,7 @@ def _decode_celery(env: dict, queue: str, max_body: int, tz: str | None) -> Mess
             chord=_sig(chord_body, "chord") if chord_body else None, envelope=env,
         )
     except ValueError as exc:
-        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id,
+        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError,
                       chord_body=chord_body) from None
 
 
@@ -411,7 +410,6 @@ def _decode_celery_v1(body: dict, env: dict, props: dict, queue: str, tz: str | 
         raise refused("protocol 1 message without a task name", task_id, exc_cls=DecodeError)
     args = body.get("args") if body.get("args") is not None else []
     kwargs = body.get("kwargs") if body.get("kwargs") is not None else {}
-    body_id = chord_body_id(body.get("chord"))
     try:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("args must be a list and kwargs an object")
@@ -425,7 +423,7 @@ def _decode_celery_v1(body: dict, env: dict, props: dict, queue: str, tz: str | 
         group = _opt_str(body.get("taskset") or body.get("group"), "taskset")
         priority = _priority(props.get("priority"))
     except ValueError as exc:
-        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError, also_fail=body_id,
+        raise refused(f"bad message: {exc}", task_id, task, exc_cls=DecodeError,
                       chord_body=body.get("chord")) from None
     v2 = json.loads(encode_celery(
         task, args, kwargs, task_id=task_id, queue=queue, eta=eta, expires=expires, retries=retries,

@@ -36,13 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysys.config import Settings
-from raysys.errors import Refused, UnknownTask
+from raysys.errors import Refused
 from raysys.queue import canvas, chord, messages, results
 from raysys.queue.job import Job, Kind, Outcome
 from raysys.queue.messages import Message
 from raysys.queue.redis import Ops, dead_entry
 from raysys.tasks import hooks
-from raysys.tasks.registry import lookup
 
 log = logging.getLogger("raysys.queue.bridge")
 
@@ -262,12 +261,8 @@ def _publish_next(sig: dict, parent: Message, prepend: tuple, chain: list | None
     ids = []
     try:
         for s, c, group, index in chord.expand(sig, chain):  # celery.chord: its header parts, carrying the body
-            try:
-                spec = lookup(s["task"])
-                default = parent.queue if spec.queue == "*" else spec.queue
-            except UnknownTask:
-                default = parent.queue
-            list_name, raw, task_id = canvas.next_message(s, parent, prepend=prepend, chain=c, default_queue=default,
+            list_name, raw, task_id = canvas.next_message(s, parent, prepend=prepend, chain=c,
+                                                          default_queue=chord.queue_for(s["task"], parent.queue),
                                                           group=group, group_index=index,
                                                           allowed_queues=env.callback_targets)
             if canvas.chosen_id(s) is None:
