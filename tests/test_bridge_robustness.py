@@ -171,7 +171,8 @@ def test_malformed_fields_fail_clearly_and_good_jobs_still_run(r):
         entry = next(e for e in dead if (e["id"] == task_id if task_id else words in e["reason"]))
         assert words is None or words in entry["reason"], (name, entry["reason"])
         assert entry["message"]
-    assert not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
+    # a light job's SUCCESS is published before its ack (by the thread that ran it): every delivery is acked soon after
+    wait_until(lambda: settled(r, "ingest"), message="every delivery acked")
 
 
 def test_negative_and_huge_countdowns_in_native_envelopes(r):
@@ -301,7 +302,7 @@ def test_flood_of_bad_messages_among_good_ones(r, bridges):
     assert len(runs) == 400 and {int(v) for v in runs.values()} == {1}
     dead = sum(r.llen(f"{q}.dead") for q in ("ingest", "analytics", "reports", "celery"))
     assert dead == 400
-    assert not [k for k in r.keys("raysys:inflight:*") if r.llen(k)]
+    wait_until(lambda: settled(r, "ingest", "analytics", "reports", "celery"), message="every delivery acked")
     assert ray.get(bridges[0].stats.remote())["totals"].get("loop_errors:claim") is None
     assert len(r.keys("raysys:applied:*")) <= 1  # each batch deletes the previous batch's token
 

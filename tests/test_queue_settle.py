@@ -10,7 +10,9 @@ import asyncio
 import dataclasses
 import json
 import math
+import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -20,7 +22,9 @@ from raysys.queue import canvas, keys, messages, results, settle
 from raysys.queue.job import LIGHT, Job, Kind, Outcome
 from raysys.queue.metrics import BridgeMetrics
 from raysys.queue.redis import Broker, Ops
-from raysys.queue.run import limits
+from raysys.queue.run import RunStage, limits
+from raysys.queue.run_worker import Publish, ThreadRunner, Work, publish_early
+from raysys.stack import free_port
 from raysys.tasks import hooks
 from raysys.tasks.registry import load_all, lookup
 from tests.queue_fixtures import TASK_MODULES, bridge_settings
@@ -347,3 +351,63 @@ def test_a_plan_names_the_tasks_hook_once_per_event(r, qs):
     assert plan.hook[0][1] == hooks.FAILURE and isinstance(plan.hook[1]["exc"], ValueError)
     job.terminated = True  # a revoked job calls no hook
     assert settle.settle(job, Outcome.ok(0.1, "1"), env, NOW).hook == ()
+
+
+def publications(sub, deadline: float = 20.0) -> list[str]:
+    """The channels ``sub`` received messages on until now: a PING is answered after every earlier
+    publication was delivered, so its PONG ends the list."""
+    sub.ping()
+    got, end = [], time.monotonic() + deadline
+    while time.monotonic() < end:
+        m = sub.get_message(timeout=1.0)
+        if m is None:
+            continue
+        if m["type"] == "pong":
+            return got
+        if m["type"] == "message":
+            got.append(m["channel"].decode())
+    raise AssertionError("no PONG from Redis")
+
+
+def test_a_light_batch_publishes_its_results_where_it_ran_and_their_plans_only_ack(r, qs):
+    """Early publication: the light thread stores and publishes each SUCCESS the bridge marked publishable
+    (one script call per batch, before the bridge's batch acks); a result that a callback, chain or chord
+    depends on, or none at all (ignore_result), is left to the settle stage's batch; a stored SUCCESS stays."""
+    plain, env = claimed(r, qs, "tests.add", [2, 3])
+    linked, _ = claimed(r, qs, "tests.add", [1, 1], callbacks=[canvas.signature("tests.mul", [10])])
+    ignored, _ = claimed(r, qs, "tests.add", [4, 4], ignore_result=True)
+    again, _ = claimed(r, qs, "tests.add", [5, 5])  # a re-run of a job whose SUCCESS is stored
+    r.set(keys.result_key(again.id), results.success_json(again.id, "99"))
+    jobs = [plain, linked, ignored, again]
+    stage = RunStage(SimpleNamespace(env=env, queues=QUEUES, concurrency=1), qs, 0, 8)
+    work = [Work(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue, None, stage.publish(j))
+            for j in jobs]
+    assert [w.publish is not None for w in work] == [True, False, False, True]
+    sub = r.pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(*[keys.result_key(j.id) for j in jobs])
+    runner = ThreadRunner(qs)
+    try:
+        outcomes = runner.submit(work).result(timeout=30)
+    finally:
+        runner.shutdown()
+    assert [(o.kind, o.published) for o in outcomes] == [(Kind.OK, True), (Kind.OK, False), (Kind.OK, False),
+                                                         (Kind.OK, True)]
+    assert publications(sub) == [keys.result_key(plain.id)]
+    assert stored(r, plain.id)["status"] == "SUCCESS" and stored(r, plain.id)["result"] == 5
+    assert stored(r, again.id)["result"] == 99
+    assert r.get(keys.result_key(linked.id)) is None and r.llen(plain.inflight) == 4  # nothing acked yet
+
+    plans = [settle.settle(j, o, env, NOW) for j, o in zip(jobs, outcomes, strict=True)]
+    assert [[op for op, _ in p.steps] for p in plans] == [["ack"], ["publish", "result", "ack"], ["ack"], ["ack"]]
+    write(qs, *plans)
+    assert r.llen(plain.inflight) == 0
+    assert stored(r, linked.id)["result"] == 2 and stored(r, plain.id)["result"] == 5
+    assert publications(sub) == [keys.result_key(linked.id)]  # each result published once
+    sub.close()
+
+
+def test_early_publication_leaves_the_results_to_the_batch_when_redis_cannot_take_them(qs):
+    unreachable = dataclasses.replace(qs, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    work = [Work("tests.add", [1, 2], {}, str(uuid.uuid4()), 0, "analytics", None, Publish(60))]
+    [outcome] = publish_early(unreachable, work, [Outcome.ok(0.0, "3")])
+    assert outcome.kind is Kind.OK and not outcome.published  # so its plan stores it (see the test above)

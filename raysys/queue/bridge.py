@@ -10,7 +10,9 @@ stages around a claimed :class:`~raysys.queue.job.Job` and the :class:`~raysys.q
    thread or executor actors under a watchdog, heavy ones as Ray tasks under their soft and hard time limits.
 3. **settle** (:mod:`raysys.queue.settle`): a pure function from job + outcome to a plan of Redis operations
    (result, retry with backoff, outage retry, dead letter, callbacks, chains, groups, revoke), appended to the
-   batch the writer (:mod:`raysys.queue.writer`) applies in one atomic script call, with the job's ack.
+   batch the writer (:mod:`raysys.queue.writer`) applies in one atomic script call, with the job's ack. (A
+   light job's plain SUCCESS is stored and published by the thread that ran it, before that batch: the client
+   sees it one hop earlier, and the plan only acks it.)
    :meth:`BridgeCore.commit` is where every plan goes: the one place a transition is counted (metrics and
    stats alike), logged, and its task hook queued (:mod:`raysys.tasks.hooks`). A chord header part that
    succeeded is first counted in Redis, and the chord's body published when it completes the chord

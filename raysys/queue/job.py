@@ -66,6 +66,7 @@ class Outcome:
     traceback: str = ""
     countdown: float | None = None  # RETRY: the countdown the task asked for (``Retry(countdown=...)``)
     max_retries: int | None = None  # RETRY: the max_retries the task asked for
+    published: bool = False         # OK: its runner stored and published the SUCCESS already (the plan only acks)
 
     @classmethod
     def ok(cls, run_time: float, value_json: str) -> Outcome:

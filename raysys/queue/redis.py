@@ -24,8 +24,10 @@ Keys (``{p}`` is ``settings.key_prefix``; queue lists and results carry no prefi
 - ``celery-task-meta-<id>``               result value (SETEX) and pub/sub channel (PUBLISH).
 
 A message leaves an in-flight list only in the same script that stores its result (or moves it to the
-delayed set, a dead letter or back to its queue), so a crash at any point loses nothing; a stored
-SUCCESS is never overwritten, and a job whose SUCCESS is stored is acked without running again.
+delayed set, a dead letter or back to its queue), or after it: a light job's SUCCESS may be stored by the
+thread that ran it just before (:func:`raysys.queue.run_worker.publish_early`). So a crash at any point loses
+nothing; a stored SUCCESS is never overwritten, and a job whose SUCCESS is stored is acked without running
+again.
 """
 
 from __future__ import annotations

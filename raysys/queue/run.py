@@ -29,7 +29,7 @@ import ray
 from raysys.config import Settings
 from raysys.queue import results
 from raysys.queue.job import Job, Outcome, log_job
-from raysys.queue.run_worker import LightExecutor, ThreadRunner
+from raysys.queue.run_worker import LightExecutor, Publish, ThreadRunner, Work
 from raysys.queue.run_worker import run_heavy as run_heavy_task
 from raysys.tasks.execute import ray_options
 
@@ -129,7 +129,7 @@ class RunStage:
             job.started = now
             self.core.metrics.observe_wait(job.msg.queue, job.spec.name, now - max(job.claimed, job.msg.eta or 0.0))
         limits = [self.limits(j) for j in batch]
-        payload = [(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue, soft)
+        payload = [Work(j.spec.name, j.msg.args, j.msg.kwargs, j.id, j.msg.retries, j.msg.queue, soft, self.publish(j))
                    for j, (soft, _) in zip(batch, limits, strict=True)]
         if ex.runner is not None:
             await self._run_in_thread(ex, batch, payload, limits)
@@ -267,6 +267,15 @@ class RunStage:
     def limits(self, job: Job) -> tuple[float, float]:
         return limits(job, self.settings)
 
+    def publish(self, job: Job) -> Publish | None:
+        """How the runner may publish ``job``'s SUCCESS itself, if it may: a result is stored, and nothing is
+        decided when it is written (no callback, chain step or chord part: the settle stage publishes those
+        with the result, in one batch)."""
+        msg = job.msg
+        if msg.ignore_result or msg.callbacks or msg.chain or msg.chord is not None or job.terminated:
+            return None
+        return Publish(self.settings.result_expires, msg.parent_id, self.core.env.extended(msg))
+
     async def run_heavy(self, job: Job, from_light: bool = False) -> None:
         queue = job.msg.queue
         async with self.heavy_sem[queue]:
@@ -284,8 +293,8 @@ class RunStage:
             options = ray_options(job.spec, job.id)
             if self.settings.worker_max_tasks_per_child:
                 options["max_calls"] = self.settings.worker_max_tasks_per_child
-            payload = (job.spec.name, job.msg.args, job.msg.kwargs, job.id, job.msg.retries, queue,
-                       self.limits(job)[0])
+            payload = Work(job.spec.name, job.msg.args, job.msg.kwargs, job.id, job.msg.retries, queue,
+                           self.limits(job)[0])
             ref = job.ref = run_heavy_task.options(**options).remote(self.settings_ref, payload)
             outcome = await self._await_limited(job, ref)
             job.ref = None

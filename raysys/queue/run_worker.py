@@ -8,6 +8,11 @@ or a dead letter. The bridge's side of the stage (batches, watchdog, time limits
 
 A job cancelled by the soft time limit (Ray raises ``KeyboardInterrupt`` in it) fails with Celery's
 ``SoftTimeLimitExceeded`` unless the task catches it and returns.
+
+A light batch's SUCCESS results are published where the batch ran, the moment it ends (:func:`publish_early`:
+one script call, as a Celery worker's child stores its result itself), when the bridge marked them
+publishable (``Work.publish``: a result is stored and no callback, chain step or chord depends on it). The
+client sees the result one hop earlier; the bridge's batch then only acks the job (``Outcome.published``).
 """
 
 from __future__ import annotations
@@ -22,21 +27,44 @@ import queue
 import signal
 import threading
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import ray
 import redis
 
 from raysys.config import Settings
 from raysys.errors import RaysysError, Retry, UnknownTask, is_outage
-from raysys.queue import keys, results
+from raysys.queue import keys, results, scripts
 from raysys.queue.job import Kind, Outcome
 from raysys.tasks.execute import run_inline
 from raysys.tasks.registry import load_all, lookup
 
 log = logging.getLogger("raysys.queue.run_worker")
 
-Work = tuple  # (task name, args, kwargs, task id, retries, queue, soft time limit in seconds or None)
+
+class Publish(NamedTuple):
+    """How to store a job's SUCCESS where it ran (the fields of :func:`raysys.queue.results.success_json`)."""
+
+    ttl: int
+    parent_id: str | None = None
+    extended: dict | None = None
+
+
+class Work(NamedTuple):
+    """One job as a runner gets it (picklable: it travels to Ray tasks and executor actors)."""
+
+    name: str
+    args: list
+    kwargs: dict
+    task_id: str
+    retries: int
+    queue: str
+    soft: float | None                 # soft time limit in seconds
+    publish: Publish | None = None     # a light job whose SUCCESS its runner publishes (see publish_early)
+
+
+PUBLISH_TIMEOUT = 2.0  # seconds a runner waits for Redis to take early results (else the bridge's batch writes them)
 
 _state: dict[str, Any] = {}
 
@@ -48,12 +76,43 @@ def prepare(settings: Settings) -> None:
         _state["modules"] = settings.task_modules
 
 
-def _redis(settings: Settings) -> Any:
-    client = _state.get("redis")
-    if client is None or _state.get("redis_url") != settings.backend_url:
-        client = _state["redis"] = redis.Redis.from_url(settings.backend_url)
-        _state["redis_url"] = settings.backend_url
-    return client
+def _redis(settings: Settings, url: str | None = None) -> Any:
+    """This process' client of ``url`` (default: the result backend), one per URL, shared by its threads."""
+    url = url or settings.backend_url
+    clients = _state.setdefault("redis", {})
+    if url not in clients:
+        clients[url] = redis.Redis.from_url(url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT)
+    return clients[url]
+
+
+def publish_early(settings: Settings, jobs: list[Work], outcomes: list[Outcome], start: int = 0) -> list[Outcome]:
+    """Store and publish the SUCCESS of every job from ``start`` on that asks for it (``Work.publish``), in one
+    script call, into the Redis the bridge writes results to; those outcomes come back ``published``. The
+    script skips a job whose SUCCESS is stored already (as the bridge's batch would). On any error nothing is
+    marked, and the bridge's batch writes those results as it always did."""
+    todo = [i for i in range(start, len(outcomes))
+            if jobs[i].publish is not None and outcomes[i].kind is Kind.OK and not outcomes[i].published]
+    if not todo:
+        return outcomes
+    keys_, argv = [], []
+    for i in todo:
+        job, pub = jobs[i], jobs[i].publish
+        keys_.append(keys.result_key(job.task_id))
+        argv += [results.success_json(job.task_id, outcomes[i].value_json, parent_id=pub.parent_id,
+                                      extended=pub.extended), pub.ttl]
+    try:
+        client = _redis(settings, settings.redis_url)  # where the bridge's batches write results
+        script = _state.get(("publish", client))
+        if script is None:
+            script = _state[("publish", client)] = client.register_script(scripts.PUBLISH_RESULTS)
+        script(keys=keys_, args=argv)
+    except Exception as exc:  # noqa: BLE001 - the batch writes them instead; never worth failing a job
+        log.debug("early publication of %d results failed (%s); the bridge's batch writes them", len(todo), exc)
+        return outcomes
+    out = list(outcomes)
+    for i in todo:
+        out[i] = replace(out[i], published=True)
+    return out
 
 
 def _progress(settings: Settings, task_id: str):
@@ -93,7 +152,7 @@ def soft_limit(seconds: float | None):
 
 def execute(settings: Settings, work: Work) -> Outcome:
     """Run one job here and now; return its outcome. Never raises."""
-    name, args, kwargs, task_id, retries, queue, soft = work
+    name, args, kwargs, task_id, retries, queue, soft, _ = work
     t0 = time.perf_counter()
     try:
         spec = lookup(name)
@@ -172,6 +231,7 @@ class ThreadRunner:
         self.detached = False  # finish the running job, then stop
         self.sent: tuple[int, float] | None = None  # the job an exception was raised in (one per job)
         self.cancelled: set[int] = set()  # jobs of the batch revoked with terminate before they started
+        self.handed = 0  # outcomes of the batch the bridge took before it ended (detach): not published here
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         # A daemon thread (not a ThreadPoolExecutor's, which the interpreter joins at exit): one left behind
         # in a job that never returns must not keep the bridge's process from exiting.
@@ -181,7 +241,7 @@ class ThreadRunner:
     def submit(self, jobs: list[Work]) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self.lock:
-            self.done, self.cancelled = [], set()
+            self.done, self.cancelled, self.handed = [], set(), 0
         self.inbox.put((jobs, fut))
         return fut
 
@@ -212,6 +272,13 @@ class ThreadRunner:
                 self._leave(i, outcome)
             except (results.SoftTimeLimitExceeded, Terminated) as exc:  # delivered just outside the task's code
                 self._leave(i, outcome or Outcome.fail(0.0, exc))
+        with self.lock:  # the outcomes the bridge has not taken already (see detach) are published here
+            if self.abandoned:
+                return self.done
+            start, done = self.handed, list(self.done)
+        published = publish_early(self.settings, jobs, done, start)
+        with self.lock:
+            self.done[start:len(published)] = published[start:]
         return self.done
 
     def _leave(self, index: int, outcome: Outcome) -> None:
@@ -252,10 +319,15 @@ class ThreadRunner:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread.ident), ctypes.py_object(exc_type))
 
     def detach(self) -> tuple[int, int | None]:
-        """Finish the running job, start no other: (jobs finished so far, index of the job still running)."""
+        """Finish the running job, start no other: (jobs finished so far, index of the job still running).
+        When that job is the next one (the bridge settles the ones before it itself), only its outcome is
+        left for this runner to publish."""
         with self.lock:
             self.detached = True
-            return len(self.done), (self.current[0] if self.current is not None else None)
+            running = self.current[0] if self.current is not None else None
+            if running == len(self.done):
+                self.handed = running
+            return len(self.done), running
 
     def abandon(self, index: int, started: float) -> list[Outcome] | None:
         """Leave this runner behind while job ``index`` (started at ``started``) still runs: the outcomes of
@@ -285,7 +357,7 @@ class LightExecutor:
         gc.freeze()  # long-lived imports out of full collections (short pauses between batches)
 
     def run_batch(self, jobs: list[Work]) -> list[Outcome]:
-        return [execute(self.settings, job) for job in jobs]
+        return publish_early(self.settings, jobs, [execute(self.settings, job) for job in jobs])
 
     def pid(self) -> int:
         return os.getpid()

@@ -146,6 +146,23 @@ for _, e in ipairs(errors) do out[#out + 1] = e end
 return out
 """
 
+# Store and publish the SUCCESS results of a light batch where it ran, before the bridge's batch acks its jobs
+# (the R op of APPLY, without the batch around it). KEYS: result keys; ARGV: per key its value, then its TTL.
+# A key holding a SUCCESS already is left alone. Returns how many were written.
+PUBLISH_RESULTS = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if not (type(cur) == 'string' and string.find(string.sub(cur, 1, 40), '"status": *"SUCCESS"')) then
+    local value = ARGV[2 * i - 1]
+    redis.call('SETEX', key, ARGV[2 * i], value)
+    redis.call('PUBLISH', key, value)
+    n = n + 1
+  end
+end
+return n
+"""
+
 # Move one entry from a list onto another, atomically: KEYS[1] the list holding ARGV[1], KEYS[2] the target;
 # ARGV[2] what to push there, at ARGV[3] "consumer" (RPUSH: taken next) or "producer" (LPUSH: queued last).
 # Returns 1 if moved. Gives back a message whose claim's reply was lost; requeues a dead letter (admin).

@@ -22,7 +22,10 @@ Transitions (``Plan.transition``):
   that can never run; a chord part fails its body),
   ``delayed`` (an ``eta`` in the future), ``duplicates`` (acked without running).
 
-Every plan of a claimed message ends with its ack, so the transition and the ack are one atomic write.
+Every plan of a claimed message ends with its ack, so the transition and the ack are one atomic write. The
+one exception: a SUCCESS its light runner published already (``Outcome.published``, nothing depending on
+it) is not written again; the plan acks it (a crash between the two re-delivers a job whose SUCCESS is
+stored, which is acked without running).
 A plan also names the task lifecycle hook its transition calls (``Plan.hook``: success, retry, failure; only
 when the task has one, :mod:`raysys.tasks.hooks`); the bridge queues it when it commits the plan.
 """
@@ -129,7 +132,7 @@ def settle(job: Job, outcome: Outcome, env: Env, now: float, rng: random.Random 
             plan.children = children
         if job.chord_error is not None:  # this part completed its chord, whose body could not be published
             chord.fail_body(plan, msg, None, ttl, env.callback_targets, reason=job.chord_error)
-        if store:
+        if store and not outcome.published:
             plan.steps.append(("result", (msg.id, results.success_json(
                 msg.id, outcome.value_json, children=results.children_of(plan.children), parent_id=msg.parent_id,
                 extended=extended), ttl)))
