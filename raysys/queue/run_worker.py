@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 
 import ray
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
 
 from raysys.config import Settings
 from raysys.errors import RaysysError, Retry, UnknownTask, is_outage
@@ -76,13 +78,24 @@ def prepare(settings: Settings) -> None:
         _state["modules"] = settings.task_modules
 
 
-def _redis(settings: Settings, url: str | None = None) -> Any:
-    """This process' client of ``url`` (default: the result backend), one per URL, shared by its threads."""
-    url = url or settings.backend_url
-    clients = _state.setdefault("redis", {})
-    if url not in clients:
-        clients[url] = redis.Redis.from_url(url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT)
-    return clients[url]
+def _redis(settings: Settings) -> Any:
+    client = _state.get("redis")
+    if client is None or _state.get("redis_url") != settings.backend_url:
+        client = _state["redis"] = redis.Redis.from_url(settings.backend_url)
+        _state["redis_url"] = settings.backend_url
+    return client
+
+
+def _publisher(settings: Settings) -> tuple[Any, Any]:
+    """This process' client of the Redis the bridge writes results to, and the publication script on it:
+    one attempt per call (no redis-py retries) and short timeouts, so a runner never waits long on it."""
+    url = settings.redis_url
+    if _state.get("publisher_url") != url:
+        client = redis.Redis.from_url(url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT,
+                                      retry=RedisRetry(NoBackoff(), 0))
+        _state["publisher"] = client, client.register_script(scripts.PUBLISH_RESULTS)
+        _state["publisher_url"] = url
+    return _state["publisher"]
 
 
 def publish_early(settings: Settings, jobs: list[Work], outcomes: list[Outcome], start: int = 0) -> list[Outcome]:
@@ -101,10 +114,7 @@ def publish_early(settings: Settings, jobs: list[Work], outcomes: list[Outcome],
         argv += [results.success_json(job.task_id, outcomes[i].value_json, parent_id=pub.parent_id,
                                       extended=pub.extended), pub.ttl]
     try:
-        client = _redis(settings, settings.redis_url)  # where the bridge's batches write results
-        script = _state.get(("publish", client))
-        if script is None:
-            script = _state[("publish", client)] = client.register_script(scripts.PUBLISH_RESULTS)
+        _, script = _publisher(settings)
         script(keys=keys_, args=argv)
     except Exception as exc:  # noqa: BLE001 - the batch writes them instead; never worth failing a job
         log.debug("early publication of %d results failed (%s); the bridge's batch writes them", len(todo), exc)
