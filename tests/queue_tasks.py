@@ -124,6 +124,18 @@ def nap(ctx: TaskContext, value: int, ms: float) -> int:
     return value
 
 
+@task("tests.swallow", queue="ingest", light=True, num_cpus=0)
+def swallow(ctx: TaskContext, seconds: float) -> str:
+    """Swallows whatever is raised in it (even a terminate) and returns; else returns after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.01)
+        except BaseException:  # noqa: BLE001 - the point of this task
+            return "swallowed"
+    return "slept"
+
+
 class CustomError(Exception):
     """A task's own exception class (the client sees its name, module and arguments)."""
 

@@ -28,6 +28,7 @@ from raysys.stack import free_port
 from raysys.tasks import hooks
 from raysys.tasks.registry import load_all, lookup
 from tests.queue_fixtures import TASK_MODULES, bridge_settings
+from tests.waiting import wait_until
 
 QUEUES = ("ingest", "analytics", "reports")
 NOW = 1_800_000_000.0
@@ -411,3 +412,19 @@ def test_early_publication_leaves_the_results_to_the_batch_when_redis_cannot_tak
     work = [Work("tests.add", [1, 2], {}, str(uuid.uuid4()), 0, "analytics", None, Publish(60))]
     [outcome] = publish_early(unreachable, work, [Outcome.ok(0.0, "3")])
     assert outcome.kind is Kind.OK and not outcome.published  # so its plan stores it (see the test above)
+
+
+def test_a_terminated_light_job_that_swallows_it_and_returns_is_not_published(r, qs):
+    """Revoked with terminate while it runs: even if the task catches the exception and returns, its thread
+    publishes no SUCCESS (the bridge settles it as REVOKED ``terminated``)."""
+    task_id = str(uuid.uuid4())
+    runner = ThreadRunner(qs)
+    try:
+        fut = runner.submit([Work("tests.swallow", [30.0], {}, task_id, 0, "ingest", None, Publish(60))])
+        wait_until(lambda: runner.current is not None, message="the job to start")
+        assert runner.terminate(0)
+        [outcome] = fut.result(timeout=30)
+    finally:
+        runner.shutdown()
+    assert (outcome.kind, outcome.value_json, outcome.published) == (Kind.OK, '"swallowed"', False)
+    assert r.get(keys.result_key(task_id)) is None

@@ -25,9 +25,10 @@ from collections import deque
 from typing import Any
 
 import ray
+from redis.exceptions import RedisError
 
 from raysys.config import Settings
-from raysys.queue import results
+from raysys.queue import results, settle
 from raysys.queue.job import Job, Outcome, log_job
 from raysys.queue.run_worker import LightExecutor, Publish, ThreadRunner, Work
 from raysys.queue.run_worker import run_heavy as run_heavy_task
@@ -138,9 +139,7 @@ class RunStage:
         ex.busy -= 1
         if outcomes is None:  # the executor actor died or overran: its jobs run again, one Ray task each
             self._replace_executor(ex)
-            for job in batch:
-                job.light_tries += 1
-                asyncio.get_running_loop().create_task(self.run_heavy(job, from_light=True))
+            asyncio.get_running_loop().create_task(self._run_again(batch))
         else:
             ex.done += len(batch)
             self._settle(batch, outcomes)
@@ -148,6 +147,22 @@ class RunStage:
             if limit_calls and ex.done >= limit_calls and ex.busy == 0:
                 self._replace_executor(ex)
         self.kick()
+
+    async def _run_again(self, batch: list[Job]) -> None:
+        """Run a lost light batch's jobs again as heavy ones, but those whose SUCCESS is stored (the executor
+        published it before it was lost): they are acked, as a redelivered finished job is."""
+        try:
+            stored = await self.core.broker.results([job.id for job in batch])
+        except (RedisError, OSError):
+            stored = [None] * len(batch)  # the result write still refuses to overwrite a SUCCESS
+        for job, meta in zip(batch, stored, strict=True):
+            if results.is_success(meta):
+                self.core.jobs.pop(job.id, None)
+                self.core.commit(settle.dropped(job, "skipped: its executor stored its SUCCESS before it was lost"))
+                self.core.flush_event.set()
+                continue
+            job.light_tries += 1
+            asyncio.get_running_loop().create_task(self.run_heavy(job, from_light=True))
 
     def _settle(self, jobs: list[Job], outcomes: list[Outcome]) -> None:
         for job, outcome in zip(jobs, outcomes, strict=True):

@@ -27,6 +27,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -92,19 +93,21 @@ def _publisher(settings: Settings) -> tuple[Any, Any]:
     url = settings.redis_url
     if _state.get("publisher_url") != url:
         client = redis.Redis.from_url(url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT,
-                                      retry=RedisRetry(NoBackoff(), 0))
+                                      retry=RedisRetry(NoBackoff(), 0), socket_keepalive=True,
+                                      health_check_interval=10)
         _state["publisher"] = client, client.register_script(scripts.PUBLISH_RESULTS)
         _state["publisher_url"] = url
     return _state["publisher"]
 
 
-def publish_early(settings: Settings, jobs: list[Work], outcomes: list[Outcome], start: int = 0) -> list[Outcome]:
-    """Store and publish the SUCCESS of every job from ``start`` on that asks for it (``Work.publish``), in one
-    script call, into the Redis the bridge writes results to; those outcomes come back ``published``. The
-    script skips a job whose SUCCESS is stored already (as the bridge's batch would). On any error nothing is
-    marked, and the bridge's batch writes those results as it always did."""
-    todo = [i for i in range(start, len(outcomes))
-            if jobs[i].publish is not None and outcomes[i].kind is Kind.OK and not outcomes[i].published]
+def publish_early(settings: Settings, jobs: list[Work], outcomes: list[Outcome], start: int = 0,
+                  skip: Collection[int] = ()) -> list[Outcome]:
+    """Store and publish the SUCCESS of every job from ``start`` on (but those in ``skip``) that asks for it
+    (``Work.publish``), in one script call, into the Redis the bridge writes results to; those outcomes come
+    back ``published``. The script skips a job whose SUCCESS is stored already (as the bridge's batch would).
+    On any error nothing is marked, and the bridge's batch writes those results as it always did."""
+    todo = [i for i in range(start, len(outcomes)) if i not in skip
+            and jobs[i].publish is not None and outcomes[i].kind is Kind.OK and not outcomes[i].published]
     if not todo:
         return outcomes
     keys_, argv = [], []
@@ -240,7 +243,9 @@ class ThreadRunner:
         self.abandoned = False
         self.detached = False  # finish the running job, then stop
         self.sent: tuple[int, float] | None = None  # the job an exception was raised in (one per job)
-        self.cancelled: set[int] = set()  # jobs of the batch revoked with terminate before they started
+        # jobs of the batch revoked with terminate: never started if they had not, and never published here
+        # (one that swallows the exception and returns still ends REVOKED, as the bridge settles it)
+        self.cancelled: set[int] = set()
         self.handed = 0  # outcomes of the batch the bridge took before it ended (detach): not published here
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         # A daemon thread (not a ThreadPoolExecutor's, which the interpreter joins at exit): one left behind
@@ -285,8 +290,8 @@ class ThreadRunner:
         with self.lock:  # the outcomes the bridge has not taken already (see detach) are published here
             if self.abandoned:
                 return self.done
-            start, done = self.handed, list(self.done)
-        published = publish_early(self.settings, jobs, done, start)
+            start, done, skip = self.handed, list(self.done), set(self.cancelled)
+        published = publish_early(self.settings, jobs, done, start, skip)
         with self.lock:
             self.done[start:len(published)] = published[start:]
         return self.done
@@ -315,8 +320,8 @@ class ThreadRunner:
         with self.lock:
             if self.abandoned or len(self.done) > index:
                 return False
+            self.cancelled.add(index)
             if self.current is None or self.current[0] != index:
-                self.cancelled.add(index)
                 return True
             if self.sent != self.current:
                 self.sent = self.current
