@@ -225,10 +225,7 @@ class ClaimStage:
         if known and all(i in known for i in ids):
             stored = [known[i] for i in ids]
         else:
-            try:
-                stored = await self.core.broker.results(ids)
-            except (RedisError, OSError):
-                stored = [None] * len(to_run)  # the store step still refuses to overwrite a SUCCESS
+            stored = await self.core.broker.results(ids)
         for job, meta in zip(to_run, stored, strict=True):
             if results.is_success(meta):
                 self.core.commit(settle.dropped(job, "skipped: SUCCESS already stored"))

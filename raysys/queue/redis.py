@@ -320,9 +320,14 @@ class Broker:
         return {k.decode("utf-8", "replace"): float(v) for k, v in rows}
 
     async def results(self, ids: list[str]) -> list[bytes | None]:
+        """The stored results of ``ids``; None for each where Redis cannot be read (the result write still
+        refuses to overwrite a SUCCESS, so a job run again meanwhile changes nothing)."""
         if not ids:
             return []
-        return await self.redis.mget([keys.result_key(i) for i in ids])
+        try:
+            return await self.redis.mget([keys.result_key(i) for i in ids])
+        except (RedisError, OSError):
+            return [None] * len(ids)
 
     async def move_due(self, limit: int = 500) -> tuple[int, float | None]:
         moved, nxt = await self._due(keys=[self.delayed_key], args=[repr(time.time()), limit])

@@ -25,7 +25,6 @@ from collections import deque
 from typing import Any
 
 import ray
-from redis.exceptions import RedisError
 
 from raysys.config import Settings
 from raysys.queue import results, settle
@@ -151,10 +150,7 @@ class RunStage:
     async def _run_again(self, batch: list[Job]) -> None:
         """Run a lost light batch's jobs again as heavy ones, but those whose SUCCESS is stored (the executor
         published it before it was lost): they are acked, as a redelivered finished job is."""
-        try:
-            stored = await self.core.broker.results([job.id for job in batch])
-        except (RedisError, OSError):
-            stored = [None] * len(batch)  # the result write still refuses to overwrite a SUCCESS
+        stored = await self.core.broker.results([job.id for job in batch])
         for job, meta in zip(batch, stored, strict=True):
             if results.is_success(meta):
                 self.core.jobs.pop(job.id, None)
@@ -287,7 +283,7 @@ class RunStage:
         decided when it is written (no callback, chain step or chord part: the settle stage publishes those
         with the result, in one batch)."""
         msg = job.msg
-        if msg.ignore_result or msg.callbacks or msg.chain or msg.chord is not None or job.terminated:
+        if msg.ignore_result or msg.callbacks or msg.chain or msg.chord is not None:
             return None
         return Publish(self.settings.result_expires, msg.parent_id, self.core.env.extended(msg))
 

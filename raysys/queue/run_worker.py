@@ -87,15 +87,15 @@ def _redis(settings: Settings) -> Any:
     return client
 
 
-def _publisher(settings: Settings) -> tuple[Any, Any]:
-    """This process' client of the Redis the bridge writes results to, and the publication script on it:
-    one attempt per call (no redis-py retries) and short timeouts, so a runner never waits long on it."""
+def _publisher(settings: Settings) -> Any:
+    """The publication script on this process' client of the Redis the bridge writes results to: one
+    attempt per call (no redis-py retries) and short timeouts, so a runner never waits long on it."""
     url = settings.redis_url
     if _state.get("publisher_url") != url:
         client = redis.Redis.from_url(url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT,
                                       retry=RedisRetry(NoBackoff(), 0), socket_keepalive=True,
                                       health_check_interval=10)
-        _state["publisher"] = client, client.register_script(scripts.PUBLISH_RESULTS)
+        _state["publisher"] = client.register_script(scripts.PUBLISH_RESULTS)
         _state["publisher_url"] = url
     return _state["publisher"]
 
@@ -107,7 +107,7 @@ def publish_early(settings: Settings, jobs: list[Work], outcomes: list[Outcome],
     back ``published``. The script skips a job whose SUCCESS is stored already (as the bridge's batch would).
     On any error nothing is marked, and the bridge's batch writes those results as it always did."""
     todo = [i for i in range(start, len(outcomes)) if i not in skip
-            and jobs[i].publish is not None and outcomes[i].kind is Kind.OK and not outcomes[i].published]
+            and jobs[i].publish is not None and outcomes[i].kind is Kind.OK]
     if not todo:
         return outcomes
     keys_, argv = [], []
@@ -117,8 +117,7 @@ def publish_early(settings: Settings, jobs: list[Work], outcomes: list[Outcome],
         argv += [results.success_json(job.task_id, outcomes[i].value_json, parent_id=pub.parent_id,
                                       extended=pub.extended), pub.ttl]
     try:
-        _, script = _publisher(settings)
-        script(keys=keys_, args=argv)
+        _publisher(settings)(keys=keys_, args=argv)
     except Exception as exc:  # noqa: BLE001 - the batch writes them instead; never worth failing a job
         log.debug("early publication of %d results failed (%s); the bridge's batch writes them", len(todo), exc)
         return outcomes
@@ -165,16 +164,15 @@ def soft_limit(seconds: float | None):
 
 def execute(settings: Settings, work: Work) -> Outcome:
     """Run one job here and now; return its outcome. Never raises."""
-    name, args, kwargs, task_id, retries, queue, soft, _ = work
     t0 = time.perf_counter()
     try:
-        spec = lookup(name)
+        spec = lookup(work.name)
     except UnknownTask as exc:
         return Outcome.fail(0.0, results.NotRegistered(str(exc)))
     try:
-        with soft_limit(soft):
-            value = run_inline(settings, spec, args, kwargs, task_id=task_id, queue=queue, retries=retries,
-                               progress=_progress(settings, task_id))
+        with soft_limit(work.soft):
+            value = run_inline(settings, spec, work.args, work.kwargs, task_id=work.task_id, queue=work.queue,
+                               retries=work.retries, progress=_progress(settings, work.task_id))
     except Retry as exc:
         inner = exc.exc if exc.exc is not None else exc
         return Outcome.retry(time.perf_counter() - t0, inner, results.format_traceback(exc), exc.countdown,

@@ -70,7 +70,19 @@ return out
 # fails that one op, deterministically, never the batch.
 # Returns {skipped results, status, dead letters trimmed, refused ids n, ids..., errors...}; status is 0
 # applied, -1 applied before, -2 nothing applied (the reason is the next element).
-APPLY = """
+# Lua shared by APPLY and PUBLISH_RESULTS: store and publish a result (SETEX + PUBLISH through ``call``) unless
+# the key holds a SUCCESS already; false if it did.
+STORE_RESULT = """
+local function store_result(call, key, value, ttl)
+  local cur = redis.pcall('GET', key)
+  if type(cur) == 'string' and string.find(string.sub(cur, 1, 40), '"status": *"SUCCESS"') then return false end
+  call('SETEX', key, ttl, value)
+  call('PUBLISH', key, value)
+  return true
+end
+"""
+
+APPLY = STORE_RESULT + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, -1, 0, 0} end
 local set = redis.pcall('SET', KEYS[1], '1', 'EX', 3600)
 if type(set) == 'table' and set.err then return {0, -2, 0, 0, set.err} end
@@ -90,13 +102,7 @@ while i <= #ARGV do
   local op = ARGV[i]
   local key = KEYS[tonumber(ARGV[i + 1])]
   if op == 'R' then
-    local cur = redis.pcall('GET', key)
-    if type(cur) == 'string' and string.find(string.sub(cur, 1, 40), '"status": *"SUCCESS"') then
-      skipped = skipped + 1
-    else
-      run('SETEX', key, ARGV[i + 3], ARGV[i + 2])
-      run('PUBLISH', key, ARGV[i + 2])
-    end
+    if not store_result(run, key, ARGV[i + 2], ARGV[i + 3]) then skipped = skipped + 1 end
     i = i + 4
   elseif op == 'C' then
     wrote = not taken(key, KEYS[tonumber(ARGV[i + 2])])
@@ -149,16 +155,10 @@ return out
 # Store and publish the SUCCESS results of a light batch where it ran, before the bridge's batch acks its jobs
 # (the R op of APPLY, without the batch around it). KEYS: result keys; ARGV: per key its value, then its TTL.
 # A key holding a SUCCESS already is left alone. Returns how many were written.
-PUBLISH_RESULTS = """
+PUBLISH_RESULTS = STORE_RESULT + """
 local n = 0
 for i, key in ipairs(KEYS) do
-  local cur = redis.call('GET', key)
-  if not (type(cur) == 'string' and string.find(string.sub(cur, 1, 40), '"status": *"SUCCESS"')) then
-    local value = ARGV[2 * i - 1]
-    redis.call('SETEX', key, ARGV[2 * i], value)
-    redis.call('PUBLISH', key, value)
-    n = n + 1
-  end
+  if store_result(redis.call, key, ARGV[2 * i - 1], ARGV[2 * i]) then n = n + 1 end
 end
 return n
 """
