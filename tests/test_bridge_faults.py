@@ -87,6 +87,53 @@ def test_worker_sigkill_reruns_the_job(qsettings, bridges, r):
     assert value["killed"] is True and value["first_pid"] == pid and value["pid"] != pid
 
 
+def test_a_job_revoked_with_terminate_is_settled_even_if_its_ray_task_outlives_the_kill(ray_cluster, monkeypatch):
+    """Terminate kills a heavy job's Ray task (``ray.cancel(force=True)``). Should the kill not take, the run
+    stage still ends the job, as terminated, after two graces, instead of waiting for the task's own end.
+
+    The run stage runs here in the test process on a real Ray ref; a stand-in (SimpleNamespace) holds only what
+    it reads of the bridge (the job's time limits). The ref is an actor task, which Ray refuses to force-cancel:
+    that is the kill that does not take."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import ray
+
+    from raysys.queue import run
+    from raysys.queue.job import Kind
+
+    @ray.remote(num_cpus=0)
+    class Stuck:
+        def wait(self, seconds: float) -> str:
+            time.sleep(seconds)
+            return "ended on its own"
+
+    monkeypatch.setattr(run, "KILL_GRACE_SECONDS", 0.5)
+    stuck = Stuck.remote()
+    job = SimpleNamespace(id="t-1", spec=SimpleNamespace(name="tests.stuck"), msg=SimpleNamespace(retries=0),
+                          stop=asyncio.Event(), terminated=False)
+    stage = SimpleNamespace(limits=lambda job: (60.0, 90.0))
+
+    async def terminate_soon():
+        await asyncio.sleep(0.3)
+        job.terminated = True
+        job.stop.set()
+
+    ref = stuck.wait.remote(30)
+
+    async def main():
+        outcome, _ = await asyncio.gather(run.RunStage._await_limited(stage, job, ref), terminate_soon())
+        return outcome
+
+    try:
+        outcome = asyncio.run(main())
+        ready, _ = ray.wait([ref], timeout=0)
+    finally:
+        ray.kill(stuck)
+    assert outcome.kind is Kind.FAIL and outcome.exc_meta["exc_type"] == "WorkerLostError"  # settled as terminated
+    assert not ready  # ... while the task still ran
+
+
 def test_redis_restart_mid_run(ray_cluster, tmp_path):
     """Stop and restart redis-server (same port and data dir) mid-run: the bridge reconnects and finishes."""
     from queue_fixtures import bridge_settings

@@ -23,7 +23,7 @@ def ctasks(celery_app):
         def never(*args, **kwargs):
             raise AssertionError("runs on raysys, not in the test process")
 
-        return celery_app.task(name=name)(never)
+        return celery_app.task(name=name, shared=False)(never)  # not in Celery's process-wide registry
 
     return {name: stub(name) for name in ("tests.add", "tests.mul", "tests.boom", "tests.record", "tests.sleep",
                                            "tests.stubborn", "tests.flaky")}

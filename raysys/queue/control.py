@@ -26,7 +26,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
 from redis.exceptions import RedisError
 
 from raysys.constants import KOMBU_BINDING, PRIORITY_SEP
@@ -220,11 +219,9 @@ class ControlStage:
                 job = self.core.jobs.get(task_id)
                 if job is None or job.terminated or job.started is None:
                     continue
-                if job.ref is not None:
+                if job.stop is not None:  # a heavy job: its run stage kills the Ray task (and logs it)
                     job.terminated = True
-                    log.warning("job %s %s revoked with terminate: cancelling its Ray task", job.id, job.spec.name)
-                    with contextlib.suppress(Exception):
-                        ray.cancel(job.ref, force=True)
+                    job.stop.set()
                 elif job.runner is not None and job.runner.terminate(job.index):
                     job.terminated = True
                     log.warning("job %s %s revoked with terminate: interrupting it", job.id, job.spec.name)

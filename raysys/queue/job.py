@@ -7,6 +7,7 @@ transition (:mod:`raysys.queue.settle`).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -33,7 +34,7 @@ class Job:
     claimed: float = field(default_factory=time.time)
     started: float | None = None
     light_tries: int = 0
-    ref: Any = None           # the heavy job's Ray ObjectRef while it runs (revoke with terminate cancels it)
+    stop: asyncio.Event | None = None  # a heavy job's while it runs: revoke with terminate sets it (its task is killed)
     runner: Any = None        # the ThreadRunner running this light job's batch, and its place in it
     index: int = 0
     terminated: bool = False  # revoked with terminate=True while running

@@ -306,36 +306,46 @@ class RunStage:
                 options["max_calls"] = self.settings.worker_max_tasks_per_child
             payload = Work(job.spec.name, job.msg.args, job.msg.kwargs, job.id, job.msg.retries, queue,
                            self.limits(job)[0])
-            ref = job.ref = run_heavy_task.options(**options).remote(self.settings_ref, payload)
+            job.stop = asyncio.Event()
+            ref = run_heavy_task.options(**options).remote(self.settings_ref, payload)
             outcome = await self._await_limited(job, ref)
-            job.ref = None
+            job.stop = None
         self.core.finish(job, outcome)
         self.core.flush_event.set()
 
     async def _await_limited(self, job: Job, ref: ray.ObjectRef) -> Outcome:
+        """``job``'s Outcome from its Ray task ``ref``, within its time limits.
+
+        The worker raises SoftTimeLimitExceeded in the job at ``soft`` itself; a job still running a moment
+        later is cancelled through Ray, and one still running at ``hard`` is killed. A job revoked with
+        terminate (``job.stop``) is killed at once; it is settled as terminated even if Ray never reports
+        its task gone (a kill that does not take is logged, and its result would be ignored)."""
         soft, hard = self.limits(job)
         t0 = time.perf_counter()
         fut = asyncio.ensure_future(_await(ref))
-        # The worker raises SoftTimeLimitExceeded in the job at ``soft`` itself; a job still running a
-        # moment later is cancelled through Ray, and one still running at ``hard`` is killed.
         first = min(hard, soft + SOFT_GRACE_SECONDS)
-        done, _ = await asyncio.wait({fut}, timeout=first)
         soft_hit = False
-        if not done:
+        if not await _until(fut, job.stop, first) and not job.terminated:
             soft_hit = True
             log.warning("job %s %s try=%d past its soft time limit %.1f s: cancelling", job.id, job.spec.name,
                         job.msg.retries, soft)
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=False)
-            done, _ = await asyncio.wait({fut}, timeout=max(0.0, hard - first))
-            if not done:
+            await _until(fut, job.stop, max(0.0, hard - (time.perf_counter() - t0)))
+        if not fut.done():
+            if job.terminated:
+                log.warning("job %s %s try=%d revoked with terminate: killing its worker", job.id, job.spec.name,
+                            job.msg.retries)
+            else:
                 log.warning("job %s %s try=%d hard time limit %.1f s: killing its worker", job.id, job.spec.name,
                             job.msg.retries, hard)
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait({fut}, timeout=KILL_GRACE_SECONDS)
-                return Outcome.fail(time.perf_counter() - t0, results.TimeLimitExceeded(hard))
+            if not await _kill(ref, fut):
+                log.error("job %s %s: its Ray task did not end %.0f s after it was killed; settled without it",
+                          job.id, job.spec.name, 2 * KILL_GRACE_SECONDS)
+                fut.cancel()
+            if job.terminated:  # settled as REVOKED terminated, whatever the outcome
+                return Outcome.fail(time.perf_counter() - t0, results.WorkerLostError("job was terminated"))
+            return Outcome.fail(time.perf_counter() - t0, results.TimeLimitExceeded(hard))
         elapsed = time.perf_counter() - t0
         try:
             return fut.result()
@@ -345,6 +355,31 @@ class RunStage:
             return Outcome.retry(elapsed, results.WorkerLostError("job was cancelled"))
         except Exception as exc:  # noqa: BLE001 - worker died more often than Ray retries, object lost...
             return Outcome.retry(elapsed, results.WorkerLostError(str(exc)[:500]), results.format_traceback(exc))
+
+
+async def _until(fut: asyncio.Future, stop: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``fut``, or until ``stop`` is set; whether ``fut`` is done."""
+    if not stop.is_set():
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({fut, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+    return fut.done()
+
+
+async def _kill(ref: ray.ObjectRef, fut: asyncio.Future) -> bool:
+    """Force-cancel the Ray task ``ref`` (its worker process is killed) and wait for ``fut`` to end; once
+    more if it has not ended after a grace. Whether it ended."""
+    for _ in range(2):
+        try:
+            ray.cancel(ref, force=True)
+        except Exception as exc:  # noqa: BLE001 - Ray refused the cancel: wait, and try again
+            log.warning("ray.cancel failed: %s", exc)
+        await asyncio.wait({fut}, timeout=KILL_GRACE_SECONDS)
+        if fut.done():
+            return True
+    return False
 
 
 async def _await(ref: ray.ObjectRef) -> Any:
