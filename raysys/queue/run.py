@@ -343,6 +343,8 @@ class RunStage:
                 log.error("job %s %s: its Ray task did not end %.0f s after it was killed; settled without it",
                           job.id, job.spec.name, 2 * KILL_GRACE_SECONDS)
                 fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()  # the kill's error, expected: retrieved so asyncio does not log it as lost
             if job.terminated:  # settled as REVOKED terminated, whatever the outcome
                 return Outcome.fail(time.perf_counter() - t0, results.WorkerLostError("job was terminated"))
             return Outcome.fail(time.perf_counter() - t0, results.TimeLimitExceeded(hard))
