@@ -48,7 +48,8 @@ def cold_env(tmp_path: Path, address: str, redis_url: str, pg_url: str) -> dict[
 
 
 def seed_calls(settings: Settings, tenant: str, n: int, with_audio: int) -> str:
-    """``n`` synthetic calls of ``tenant`` today, the first ``with_audio`` of them with a real recording."""
+    """``n`` synthetic calls of ``tenant`` that started an hour ago, the first ``with_audio`` of them with a real
+    recording; the (UTC) day they started on (yesterday's, in the first hour of a day)."""
     from raysys import synthetic
     from raysys.storage.postgres import Database
 
@@ -57,11 +58,12 @@ def seed_calls(settings: Settings, tenant: str, n: int, with_audio: int) -> str:
     audio = uploads / "call.wav"
     with resources.as_file(resources.files("raysys") / "assets" / "demo_call.wav") as src:
         shutil.copyfile(src, audio)
-    today = datetime.now(UTC).date()
-    ds = synthetic.generate(tenants=1, calls=n, days=1, seed=7, end=today, tenant_prefix="c")
+    started = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    day = started.date()
+    ds = synthetic.generate(tenants=1, calls=n, days=1, seed=7, end=day, tenant_prefix="c")
     for i, sc in enumerate(ds.calls):
         sc.call.tenant_id = tenant
-        sc.call.started_at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        sc.call.started_at = started
         sc.call.answered_at = sc.call.started_at + timedelta(seconds=3)
         sc.call.ended_at = sc.call.started_at + timedelta(seconds=40)
         if i < with_audio:
@@ -78,7 +80,7 @@ def seed_calls(settings: Settings, tenant: str, n: int, with_audio: int) -> str:
             await db.close()
 
     asyncio.run(write())
-    return str(today)
+    return str(day)
 
 
 def run_entrypoint(env: dict[str, str], *argv: str) -> tuple[int, str]:
