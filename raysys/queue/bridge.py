@@ -31,8 +31,9 @@ Celery compatibility beyond running jobs:
   hours (in memory and in ``raysys:revoked`` for bridges started later); a revoked job that is queued,
   delayed or retrying gets REVOKED (``revoked``) instead of running. ``terminate=True`` also kills a
   heavy job that is running (its Ray task is force-cancelled, again after a grace; the job is settled as
-  terminated even if Ray never reports the task gone) and interrupts a light one on the bridge's thread (REVOKED ``terminated``; a
-  light job blocked in a C call ends at its hard limit); a running light job on an executor actor finishes.
+  terminated even if Ray never reports the task gone) and interrupts a light one on the bridge's thread
+  (REVOKED ``terminated``; a light job blocked in a C call ends at its hard limit); a running light job on
+  an executor actor finishes.
 - ``inspect`` (``app.control.inspect()``, ``celery -A app inspect ...``): each bridge answers on the same
   broadcast like a Celery worker (:mod:`raysys.queue.control`).
 - ``ignore_result``: no state is stored at all (not even STARTED or FAILURE), as Celery does.

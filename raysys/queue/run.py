@@ -35,7 +35,8 @@ from raysys.tasks.execute import ray_options
 
 log = logging.getLogger("raysys.queue.bridge")
 
-KILL_GRACE_SECONDS = 5.0  # after the hard limit, how long a force-cancelled task may take to go
+KILL_GRACE_SECONDS = 5.0  # after a kill (hard limit, terminate), how long a force-cancelled task may take to go
+KILL_TRIES = 2            # force-cancels of a task that has not ended, a grace apart (then it is settled without it)
 SOFT_GRACE_SECONDS = 0.5  # after the soft limit (raised in the job), when the bridge cancels the Ray task
 LIGHT_DETACH_SECONDS = 0.5  # a light job running this long finishes alone; the jobs behind it go on a fresh thread
 MAX_DETACHED = 16           # light jobs finishing alone at once, at most (beyond: the next ones wait in line)
@@ -341,9 +342,9 @@ class RunStage:
                             job.msg.retries, hard)
             if not await _kill(ref, fut):
                 log.error("job %s %s: its Ray task did not end %.0f s after it was killed; settled without it",
-                          job.id, job.spec.name, 2 * KILL_GRACE_SECONDS)
+                          job.id, job.spec.name, KILL_TRIES * KILL_GRACE_SECONDS)
                 fut.cancel()
-            elif not fut.cancelled():
+            else:
                 fut.exception()  # the kill's error, expected: retrieved so asyncio does not log it as lost
             if job.terminated:  # settled as REVOKED terminated, whatever the outcome
                 return Outcome.fail(time.perf_counter() - t0, results.WorkerLostError("job was terminated"))
@@ -371,9 +372,9 @@ async def _until(fut: asyncio.Future, stop: asyncio.Event, timeout: float) -> bo
 
 
 async def _kill(ref: ray.ObjectRef, fut: asyncio.Future) -> bool:
-    """Force-cancel the Ray task ``ref`` (its worker process is killed) and wait for ``fut`` to end; once
-    more if it has not ended after a grace. Whether it ended."""
-    for _ in range(2):
+    """Force-cancel the Ray task ``ref`` (its worker process is killed) and wait for ``fut`` to end, up to
+    ``KILL_TRIES`` times a grace (a cancel can be lost in a race inside Ray). Whether it ended."""
+    for _ in range(KILL_TRIES):
         try:
             ray.cancel(ref, force=True)
         except Exception as exc:  # noqa: BLE001 - Ray refused the cancel: wait, and try again
